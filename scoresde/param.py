@@ -1,0 +1,211 @@
+"""Parameterizations: conversions among eps, x0, score and v, and `ScoreModel`.
+
+All conversions use the general affine form x = alpha x0 + sigma eps, so they hold for VP,
+sub-VP and VE alike (no alpha^2 + sigma^2 = 1 shortcut). Per-sample alpha, sigma are (B,);
+x and predictions are (B, *D).
+
+v is the velocity of Salimans & Ho (2022, arXiv:2202.00512): v = alpha eps - sigma x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from solvers.protocol import PREDICTIONS, bcast
+
+from .sde import AffineSDE, DiscreteVPSDE
+
+__all__ = [
+    "C_NOISE", "ScoreModel", "convert", "eps_from_score", "eps_from_v", "eps_from_x0",
+    "score_from_eps", "v_from", "x0_from_eps", "x0_from_v",
+]
+
+
+def eps_from_x0(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """eps = (x - alpha x0) / sigma."""
+    return (x - bcast(alpha, x) * x0) / bcast(sigma, x)
+
+
+def x0_from_eps(x: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """x0 = (x - sigma eps) / alpha."""
+    return (x - bcast(sigma, x) * eps) / bcast(alpha, x)
+
+
+def score_from_eps(eps: Tensor, sigma: Tensor) -> Tensor:
+    """score = grad log p_t(x) = -eps / sigma (Tweedie; Vincent 2011)."""
+    return -eps / bcast(sigma, eps)
+
+
+def eps_from_score(score: Tensor, sigma: Tensor) -> Tensor:
+    """eps = -sigma score."""
+    return -bcast(sigma, score) * score
+
+
+def v_from(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """v = alpha eps - sigma x0."""
+    return bcast(alpha, x0) * eps - bcast(sigma, x0) * x0
+
+
+def eps_from_v(x: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """eps = (alpha v + sigma x) / (alpha^2 + sigma^2)."""
+    a, s = bcast(alpha, x), bcast(sigma, x)
+    return (a * v + s * x) / (a**2 + s**2)
+
+
+def x0_from_v(x: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)."""
+    a, s = bcast(alpha, x), bcast(sigma, x)
+    return (a * x - s * v) / (a**2 + s**2)
+
+
+def _check_kind(name: str, kind: str) -> None:
+    if kind not in PREDICTIONS:
+        raise ValueError(f"unknown {name} {kind!r}; choose one of {list(PREDICTIONS)}")
+
+
+def to_eps(out: Tensor, src: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Convert a prediction of kind `src` at x to eps."""
+    _check_kind("prediction", src)
+    if src == "eps":
+        return out
+    if src == "x0":
+        return eps_from_x0(x, out, alpha, sigma)
+    if src == "score":
+        return eps_from_score(out, sigma)
+    return eps_from_v(x, out, alpha, sigma)
+
+
+def from_eps(eps: Tensor, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Convert eps at x to a prediction of kind `dst`."""
+    _check_kind("prediction", dst)
+    if dst == "eps":
+        return eps
+    if dst == "score":
+        return score_from_eps(eps, sigma)
+    x0 = x0_from_eps(x, eps, alpha, sigma)
+    return x0 if dst == "x0" else v_from(x0, eps, alpha, sigma)
+
+
+def convert(out: Tensor, src: str, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """Convert a prediction `out` of kind `src` at x to kind `dst` (kinds: eps, x0, score, v).
+
+    x0 is taken directly where it is the source (x0 -> v does not pass through eps).
+    """
+    _check_kind("prediction", src)
+    _check_kind("prediction", dst)
+    if src == dst:
+        return out
+    if src == "x0" and dst == "v":
+        return v_from(out, eps_from_x0(x, out, alpha, sigma), alpha, sigma)
+    if src == "v" and dst == "x0":
+        return x0_from_v(x, out, alpha, sigma)
+    return from_eps(to_eps(out, src, x, alpha, sigma), dst, x, alpha, sigma)
+
+
+def _c_noise_t(sde: AffineSDE, t: Tensor) -> Tensor:
+    return t
+
+
+def _c_noise_999t(sde: AffineSDE, t: Tensor) -> Tensor:
+    return 999.0 * t
+
+
+def _c_noise_timestep(sde: AffineSDE, t: Tensor) -> Tensor:
+    if not isinstance(sde, DiscreteVPSDE):
+        raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
+    return sde.timestep(t)
+
+
+def _c_noise_log_noise(sde: AffineSDE, t: Tensor) -> Tensor:
+    return -sde.lambda_(t)  # log(sigma / alpha)
+
+
+def _c_noise_sigma(sde: AffineSDE, t: Tensor) -> Tensor:
+    return sde.sigma(t)
+
+
+C_NOISE: dict[str, Callable[[AffineSDE, Tensor], Tensor]] = {
+    "t": _c_noise_t,
+    "999t": _c_noise_999t,
+    "timestep": _c_noise_timestep,
+    "log_noise": _c_noise_log_noise,
+    "sigma": _c_noise_sigma,
+}
+
+
+class ScoreModel:
+    """Wrap a network into the solvers' Model protocol.
+
+    net(x, c_noise) or net(x, c_noise, y) returns a tensor of x's shape holding a prediction of
+    kind `prediction` ("eps", "x0", "score" or "v"). `c_noise` maps continuous time t (B,) to the
+    network's time input: "t"; "999t" (Song et al.'s continuous VP models); "timestep" (t N - 1
+    for a network trained on a DiscreteVPSDE's integer steps); "log_noise" (log(sigma/alpha) =
+    -lambda, a smooth low-frequency input); "sigma" (VE models); or a callable t -> (B,).
+
+    Inputs are cast to the network's parameter dtype and outputs back to x's dtype. Every call of
+    eps / x0 / score / v is one network evaluation.
+    """
+
+    def __init__(self, net: Callable[..., Tensor], sde: AffineSDE, prediction: str = "eps", *, c_noise: str | Callable = "t"):
+        _check_kind("prediction", prediction)
+        if not callable(net):
+            raise ValueError(f"net must be callable, got {type(net).__name__}")
+        if isinstance(c_noise, str):
+            if c_noise not in C_NOISE:
+                raise ValueError(f"unknown c_noise {c_noise!r}; choose one of {sorted(C_NOISE)} or pass a callable")
+            if c_noise == "timestep" and not isinstance(sde, DiscreteVPSDE):
+                raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
+        elif not callable(c_noise):
+            raise ValueError(f"c_noise must be one of {sorted(C_NOISE)} or a callable, got {c_noise!r}")
+        self.net = net
+        self.sde = sde
+        self.prediction = prediction
+        self.c_noise = c_noise
+
+    def noise_input(self, t: Tensor) -> Tensor:
+        """The network's time input for continuous times t (B,)."""
+        if isinstance(self.c_noise, str):
+            return C_NOISE[self.c_noise](self.sde, t)
+        return self.c_noise(t)
+
+    def _net_dtype(self, x: Tensor) -> torch.dtype:
+        if isinstance(self.net, nn.Module):
+            for p in self.net.parameters():
+                return p.dtype
+        return x.dtype
+
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's native prediction at x (B, *D), t (B,), in x's dtype."""
+        if x.ndim < 1 or t.shape != (x.shape[0],):
+            raise ValueError(f"expected t of shape ({x.shape[0] if x.ndim else '?'},), got {tuple(t.shape)}")
+        dtype = self._net_dtype(x)
+        c = self.noise_input(t).to(dtype)
+        out = self.net(x.to(dtype), c) if y is None else self.net(x.to(dtype), c, y)
+        if out.shape != x.shape:
+            raise ValueError(f"net returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        return out.to(x.dtype)
+
+    def _as(self, dst: str, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        out = self.predict(x, t, y)
+        if dst == self.prediction:
+            return out
+        return convert(out, self.prediction, dst, x, self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype))
+
+    def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Noise prediction, (B, *D)."""
+        return self._as("eps", x, t, y)
+
+    def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Data prediction E[x0 | x_t], (B, *D)."""
+        return self._as("x0", x, t, y)
+
+    def score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Score grad_x log p_t(x), (B, *D)."""
+        return self._as("score", x, t, y)
+
+    def v(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Velocity alpha eps - sigma x0, (B, *D)."""
+        return self._as("v", x, t, y)

@@ -1,0 +1,454 @@
+"""Forward diffusion processes: VP (linear, cosine), sub-VP, VE and a discrete DDPM schedule.
+
+Every process here is affine, x_t = alpha(t) x_0 + sigma(t) eps with eps ~ N(0, I), and solves the
+linear SDE dx = a(t) x dt + g(t) dw with a(t) = d log alpha / dt and
+g(t)^2 = d sigma^2 / dt - 2 a(t) sigma^2 (the moment equations of a linear SDE).
+
+A subclass supplies `log_alpha`, `sigma`, `dlog_alpha_dt`, `g2`, `t_of_lambda`; everything else
+(lambda, drift, prior, perturbation, reverse and probability-flow drifts) is shared. Times are float
+tensors of shape (B,) in [0, T]; results are (B,) unless noted. See docs/sde.md for the math.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, reverse_drift
+
+__all__ = ["AffineSDE", "DiscreteVPSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time"]
+
+
+def check_time(t: Tensor, T: float) -> None:
+    """Raise ValueError unless t is a 1-D float tensor with values in [0, T] and no NaN.
+
+    Value checks need the values on the host, so they run only for CPU tensors; on accelerators
+    only the shape and dtype are checked (no host sync in sampling loops).
+    """
+    if not isinstance(t, Tensor):
+        raise ValueError(f"t must be a torch.Tensor of shape (B,), got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"t must be a float tensor, got {t.dtype}")
+    if t.device.type == "cpu" and t.numel() > 0:
+        if bool(torch.isnan(t).any()):
+            raise ValueError("t contains NaN; valid times are in [0, T]")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > T * (1 + 1e-12):
+            raise ValueError(f"t must lie in [0, T={T}], got values in [{lo}, {hi}]")
+
+
+def _positive_finite(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class AffineSDE:
+    """Base class: x_t = alpha(t) x_0 + sigma(t) eps, dx = a(t) x dt + g(t) dw.
+
+    Attributes: kind ("vp", "subvp", "ve"), T (terminal time), t_eps (default end time of
+    sampling), t_eps_likelihood (default start time of the likelihood ODE), prior_std (the prior
+    is N(0, prior_std^2 I)).
+    """
+
+    kind: str = ""
+    T: float = 1.0
+    t_eps: float = 1e-3
+    t_eps_likelihood: float = 1e-5
+    prior_std: float = 1.0
+
+    # --- supplied by subclasses (inputs already checked) ---
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _g2(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _t_of_lambda(self, lam: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # --- public ---
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log alpha(t), (B,)."""
+        check_time(t, self.T)
+        return self._log_alpha(t)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        """Signal scale alpha(t), (B,)."""
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """Noise scale sigma(t), (B,)."""
+        check_time(t, self.T)
+        return self._sigma(t)
+
+    def lambda_(self, t: Tensor) -> Tensor:
+        """Half log-SNR lambda(t) = log(alpha / sigma), strictly decreasing, (B,)."""
+        check_time(t, self.T)
+        return self._log_alpha(t) - torch.log(self._sigma(t))
+
+    def t_of_lambda(self, lam: Tensor) -> Tensor:
+        """Exact inverse of `lambda_`: the time whose half log-SNR is lam, (B,)."""
+        if not isinstance(lam, Tensor) or lam.ndim != 1 or not lam.is_floating_point():
+            raise ValueError(f"lam must be a 1-D float tensor, got {getattr(lam, 'shape', type(lam).__name__)}")
+        if lam.device.type == "cpu" and bool(torch.isnan(lam).any()):
+            raise ValueError("lam contains NaN")
+        return self._t_of_lambda(lam)
+
+    def dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        """Drift coefficient a(t) = d log alpha / dt, so that f(x, t) = a(t) x; (B,)."""
+        check_time(t, self.T)
+        return self._dlog_alpha_dt(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion coefficient g(t)^2 = d sigma^2/dt - 2 a(t) sigma^2, (B,)."""
+        check_time(t, self.T)
+        return self._g2(t)
+
+    def g(self, t: Tensor) -> Tensor:
+        """Diffusion coefficient g(t), (B,)."""
+        return torch.sqrt(self.g2(t))
+
+    def f(self, x: Tensor, t: Tensor) -> Tensor:
+        """Drift f(x, t) = a(t) x; x (B, *D) -> (B, *D)."""
+        return bcast(self.dlog_alpha_dt(t), x) * x
+
+    def perturb(self, x0: Tensor, t: Tensor, *, generator: GeneratorArg = None) -> tuple[Tensor, Tensor]:
+        """Sample x_t ~ p(x_t | x_0): returns (x_t, eps) with x_t = alpha x_0 + sigma eps, both (B, *D)."""
+        eps = randn_like(x0, generator)
+        return bcast(self.alpha(t), x0) * x0 + bcast(self.sigma(t), x0) * eps, eps
+
+    def prior_sample(self, shape, *, generator: GeneratorArg = None, device=None, dtype=None) -> Tensor:
+        """A sample of the prior N(0, prior_std^2 I) of `shape` (B, *D)."""
+        return self.prior_std * randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """Log-density of the prior N(0, prior_std^2 I) at z (B, *D), in nats, (B,)."""
+        d = z[0].numel()
+        s2 = self.prior_std**2
+        return -0.5 * d * math.log(2 * math.pi * s2) - z.flatten(1).pow(2).sum(1) / (2 * s2)
+
+    def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Drift of the reverse-time SDE f - g^2 score (Song et al. 2021, Eq. 6), (B, *D)."""
+        return reverse_drift(self, x, t, score)
+
+    def pf_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+        """Drift of the probability-flow ODE f - g^2 score / 2 (Song et al. 2021, Eq. 13), (B, *D)."""
+        return pf_drift(self, x, t, score)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
+        return f"{type(self).__name__}({args})"
+
+    def _config(self) -> dict:
+        return {}
+
+    def config(self) -> dict:
+        """JSON-serializable description: {"type": class name, **constructor arguments}."""
+        return {"type": type(self).__name__, **self._config()}
+
+
+def _vp_log_alpha_from_lambda(lam: Tensor) -> Tensor:
+    # alpha^2 + sigma^2 = 1 and lambda = log(alpha/sigma)  =>  alpha^2 = sigmoid(2 lambda)
+    return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+
+
+def _vp_sigma(log_alpha: Tensor) -> Tensor:
+    # sigma = sqrt(1 - alpha^2), computed as sqrt(-expm1(2 log alpha)) to keep precision near t = 0;
+    # the clamp removes round-off only (log alpha is 0 up to rounding at t = 0)
+    return torch.sqrt(torch.clamp(-torch.expm1(2.0 * log_alpha), min=0.0))
+
+
+SCHEDULES = ("linear", "cosine")
+
+
+class VPSDE(AffineSDE):
+    """Variance-preserving SDE dx = -beta(t)/2 x dt + sqrt(beta(t)) dw (Song et al. 2021, Eq. 11).
+
+    schedule="linear": beta(t) = beta_min + t (beta_max - beta_min), T = 1 (DDPM in continuous time).
+    schedule="cosine": alpha(t)^2 = cos^2(pi/2 (t + s)/(1 + s)) / cos^2(pi/2 s/(1 + s)) (Nichol &
+    Dhariwal 2021); alpha reaches 0 at t = 1, so T = 0.9946 keeps the log-SNR finite
+    (lambda(T) ≈ -4.78, the end time DPM-Solver uses). beta_min, beta_max are for "linear" only; s
+    for "cosine" only. Defaults: beta_min = 0.1, beta_max = 20, s = 0.008.
+    """
+
+    kind = "vp"
+
+    def __init__(
+        self,
+        beta_min: float | None = None,
+        beta_max: float | None = None,
+        *,
+        schedule: str = "linear",
+        s: float | None = None,
+    ):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
+        self.schedule = schedule
+        if schedule == "linear":
+            if s is not None:
+                raise ValueError("s applies to schedule='cosine' only")
+            self.beta_min = 0.1 if beta_min is None else _nonnegative("beta_min", beta_min)
+            self.beta_max = 20.0 if beta_max is None else _positive_finite("beta_max", beta_max)
+            if not self.beta_min < self.beta_max:
+                raise ValueError(f"need beta_min < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
+            self.T = 1.0
+        else:
+            if beta_min is not None or beta_max is not None:
+                raise ValueError("beta_min and beta_max apply to schedule='linear' only; the cosine schedule takes s")
+            self.s = 0.008 if s is None else _positive_finite("s", s)
+            self.T = 0.9946
+            theta_0 = 0.5 * math.pi * self.s / (1 + self.s)
+            self._cos0, self._sin0, self._tan0 = math.cos(theta_0), math.sin(theta_0), math.tan(theta_0)
+
+    def _config(self) -> dict:
+        if self.schedule == "linear":
+            return {"beta_min": self.beta_min, "beta_max": self.beta_max, "schedule": "linear"}
+        return {"schedule": "cosine", "s": self.s}
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        if self.schedule == "linear":
+            return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        # alpha = cos(theta_0 + delta) / cos(theta_0) = cos(delta) - tan(theta_0) sin(delta), delta = pi t / (2 (1 + s)),
+        # written with log1p so that it stays exact for small t
+        delta = 0.5 * math.pi * t / (1 + self.s)
+        return torch.log1p(-2.0 * torch.sin(0.5 * delta) ** 2 - self._tan0 * torch.sin(delta))
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return _vp_sigma(self._log_alpha(t))
+
+    def _beta(self, t: Tensor) -> Tensor:
+        if self.schedule == "linear":
+            return self.beta_min + t * (self.beta_max - self.beta_min)
+        # beta = -2 d log alpha / dt = pi/(1+s) tan(pi/2 (t+s)/(1+s))
+        return math.pi / (1 + self.s) * torch.tan(0.5 * math.pi * (t + self.s) / (1 + self.s))
+
+    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        return -0.5 * self._beta(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return self._beta(t)
+
+    def _log_alpha_from_lambda(self, lam: Tensor) -> Tensor:
+        return _vp_log_alpha_from_lambda(lam)
+
+    def _t_of_lambda(self, lam: Tensor) -> Tensor:
+        return self._t_of_log_alpha(self._log_alpha_from_lambda(lam))
+
+    def _t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        if self.schedule == "linear":
+            # solve (bmax - bmin)/4 t^2 + bmin/2 t + log_alpha = 0 in the cancellation-free form
+            b = 0.5 * self.beta_min
+            return -2.0 * log_alpha / (b + torch.sqrt(b**2 - (self.beta_max - self.beta_min) * log_alpha))
+        # delta = theta - theta_0 with cos(theta) = alpha cos(theta_0), as atan2(sin(delta), cos(delta)) where
+        # sin(theta) - alpha sin(theta_0) = (1 - alpha^2) / (sin(theta) + alpha sin(theta_0)) avoids cancellation
+        alpha = torch.exp(log_alpha)
+        one_minus_a2 = -torch.expm1(2.0 * log_alpha)
+        sin_theta = torch.sqrt(1.0 - (alpha * self._cos0) ** 2)
+        sin_delta = self._cos0 * one_minus_a2 / (sin_theta + alpha * self._sin0)
+        cos_delta = alpha * self._cos0**2 + sin_theta * self._sin0
+        return 2.0 * (1 + self.s) / math.pi * torch.atan2(sin_delta, cos_delta)
+
+
+def _nonnegative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE dx = -beta/2 x dt + sqrt(beta (1 - exp(-2 int_0^t beta))) dw (Song et al. 2021, Eq. 12).
+
+    Same alpha as the linear VP SDE; sigma = 1 - alpha^2 (so its variance stays below VP's).
+    """
+
+    kind = "subvp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        super().__init__(beta_min, beta_max, schedule="linear")
+
+    def _config(self) -> dict:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(2.0 * self._log_alpha(t))
+
+    def _g2(self, t: Tensor) -> Tensor:
+        # g^2 = beta (1 - alpha^4) = beta (1 - exp(-2 int beta))
+        return self._beta(t) * -torch.expm1(4.0 * self._log_alpha(t))
+
+    def _log_alpha_from_lambda(self, lam: Tensor) -> Tensor:
+        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^(2 lam)))
+        root = torch.exp(0.5 * torch.logaddexp(torch.zeros_like(lam), 2.0 * lam + math.log(4.0)))
+        return lam + math.log(2.0) - torch.log1p(root)
+
+
+class VESDE(AffineSDE):
+    """Variance-exploding SDE dx = sqrt(d sigma^2/dt) dw with sigma(t) = sigma_min (sigma_max/sigma_min)^t
+    (Song et al. 2021, Eq. 9); alpha = 1, g = sigma(t) sqrt(2 log(sigma_max/sigma_min)).
+
+    The prior is N(0, sigma_max^2 I). Defaults sigma_min = 0.01, sigma_max = 50.
+    """
+
+    kind = "ve"
+    t_eps = 1e-5
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        self.sigma_min = _positive_finite("sigma_min", sigma_min)
+        self.sigma_max = _positive_finite("sigma_max", sigma_max)
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"need sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+        self.prior_std = self.sigma_max
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def _config(self) -> dict:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return 2.0 * self._log_ratio * self._sigma(t) ** 2
+
+    def _t_of_lambda(self, lam: Tensor) -> Tensor:
+        # alpha = 1, so lambda = -log sigma = -log sigma_min - t log(sigma_max / sigma_min)
+        return (-lam - math.log(self.sigma_min)) / self._log_ratio
+
+
+DISCRETE_SCHEDULES = ("linear", "cosine")
+
+
+def ddpm_betas(schedule: str, num_steps: int = 1000) -> Tensor:
+    """Discrete DDPM betas (float64, (N,)).
+
+    "linear": linspace(1e-4, 0.02, N) (Ho et al. 2020); "cosine": beta_n = min(1 - abar(n+1)/abar(n), 0.999)
+    with abar(n) = cos^2(pi/2 (n/N + s)/(1 + s)), s = 0.008 (Nichol & Dhariwal 2021, Eq. 17).
+    """
+    if schedule not in DISCRETE_SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(DISCRETE_SCHEDULES)}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
+    if schedule == "linear":
+        return torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64)
+    s = 0.008
+    n = torch.arange(num_steps + 1, dtype=torch.float64)
+    abar = torch.cos(0.5 * math.pi * (n / num_steps + s) / (1 + s)) ** 2
+    return torch.clamp(1 - abar[1:] / abar[:-1], max=0.999)
+
+
+class DiscreteVPSDE(AffineSDE):
+    """A discrete DDPM schedule seen as a continuous-time VP process.
+
+    Give exactly one of `betas` (N,), `alphas_cumprod` (N,) or `schedule` ("linear": 1e-4..0.02,
+    "cosine"; N = num_steps, default 1000). Knots t_n = (n + 1)/N carry log alpha_n = log(abar_n)/2;
+    log alpha is piecewise linear in t between them and through (0, 0), so alpha(0) = 1,
+    alpha(t_n)^2 = abar_n exactly, and T = 1. A network trained on integer timesteps n = 0..N-1
+    sees the continuous index `timestep(t)` = t N - 1 (n at the knots). t_eps = 1/N (the first
+    knot) for sampling and for likelihood.
+    """
+
+    kind = "vp"
+
+    def __init__(
+        self,
+        betas: Tensor | None = None,
+        *,
+        alphas_cumprod: Tensor | None = None,
+        schedule: str | None = None,
+        num_steps: int = 1000,
+    ):
+        given = [name for name, v in (("betas", betas), ("alphas_cumprod", alphas_cumprod), ("schedule", schedule)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of betas, alphas_cumprod or schedule, got {given}")
+        if not given:
+            schedule = "linear"
+        if schedule is not None:
+            betas = ddpm_betas(schedule, num_steps)
+        self.schedule = schedule
+        if betas is not None:
+            betas = torch.as_tensor(betas, dtype=torch.float64)
+            if betas.ndim != 1 or betas.numel() < 2:
+                raise ValueError(f"betas must have shape (N,) with N >= 2, got {tuple(betas.shape)}")
+            if not bool(torch.all((betas > 0) & (betas < 1))):
+                raise ValueError("betas must lie in (0, 1)")
+            log_abar = torch.cumsum(torch.log1p(-betas), 0)
+        else:
+            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            if abar.ndim != 1 or abar.numel() < 2:
+                raise ValueError(f"alphas_cumprod must have shape (N,) with N >= 2, got {tuple(abar.shape)}")
+            if not bool(torch.all((abar > 0) & (abar < 1))) or not bool(torch.all(abar[1:] < abar[:-1])):
+                raise ValueError("alphas_cumprod must lie in (0, 1) and decrease strictly")
+            log_abar = torch.log(abar)
+        self.N = log_abar.numel()
+        self.t_eps = self.t_eps_likelihood = 1.0 / self.N
+        # knots (0, 0), (t_n, log alpha_n); float64 on the CPU, moved to t's device when used
+        self._knots_t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
+        self._knots_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * log_abar])
+        self._slopes = torch.diff(self._knots_log_alpha) * self.N
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        """abar_n, (N,) float64."""
+        return torch.exp(2.0 * self._knots_log_alpha[1:])
+
+    def _config(self) -> dict:
+        if self.schedule is not None:
+            return {"schedule": self.schedule, "num_steps": self.N}
+        return {"alphas_cumprod": self.alphas_cumprod.tolist()}
+
+    def _segment(self, t: Tensor) -> Tensor:
+        # index k of the segment [t_k, t_{k+1}] holding t (k in 0..N-1)
+        return torch.clamp(torch.floor(t.to(torch.float64) * self.N).long(), 0, self.N - 1)
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        k = self._segment(t)
+        knots = self._knots_log_alpha.to(t.device)
+        slopes = self._slopes.to(t.device)
+        t0 = k.to(torch.float64) / self.N
+        return (knots[k] + slopes[k] * (t.to(torch.float64) - t0)).to(t.dtype)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return _vp_sigma(self._log_alpha(t))
+
+    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        return self._slopes.to(t.device)[self._segment(t)].to(t.dtype)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return -2.0 * self._dlog_alpha_dt(t)
+
+    def _t_of_lambda(self, lam: Tensor) -> Tensor:
+        return self._t_of_log_alpha(_vp_log_alpha_from_lambda(lam))
+
+    def _t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
+        # invert the decreasing piecewise-linear log alpha: find the segment, then solve linearly
+        knots = -self._knots_log_alpha.to(log_alpha.device)  # increasing
+        la = log_alpha.to(torch.float64)
+        k = torch.clamp(torch.searchsorted(knots, -la.contiguous()) - 1, 0, self.N - 1)
+        t = k.to(torch.float64) / self.N + (la - self._knots_log_alpha.to(la.device)[k]) / self._slopes.to(la.device)[k]
+        return t.to(log_alpha.dtype)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """Continuous index t N - 1 of a network trained on integer timesteps 0..N-1, (B,)."""
+        check_time(t, self.T)
+        return t * self.N - 1.0
+
+    def t_of_timestep(self, n: Tensor) -> Tensor:
+        """Inverse of `timestep`: t = (n + 1) / N, (B,) float."""
+        n = torch.as_tensor(n)
+        return (n.to(torch.float64 if not n.is_floating_point() else n.dtype) + 1.0) / self.N
