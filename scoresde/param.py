@@ -4,7 +4,9 @@ All conversions use the general affine form x = alpha x0 + sigma eps, so they ho
 sub-VP and VE alike (no alpha^2 + sigma^2 = 1 shortcut). Per-sample alpha, sigma are (B,);
 x and predictions are (B, *D).
 
-v is the velocity of Salimans & Ho (2022, arXiv:2202.00512): v = alpha eps - sigma x0.
+v is the velocity of Salimans & Ho (2022, arXiv:2202.00512): v = alpha eps - sigma x0. The flow
+velocity u = dx_t/dt = alpha' x0 + sigma' eps (flow matching; u = eps - x0 on FlowSDE) is a
+different quantity; its conversions also need alpha' and sigma'.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from solvers.protocol import PREDICTIONS, bcast
 from .sde import AffineSDE, DiscreteVPSDE
 
 __all__ = [
-    "C_NOISE", "ScoreModel", "convert", "eps_from_score", "eps_from_v", "eps_from_x0",
-    "score_from_eps", "v_from", "x0_from_eps", "x0_from_v",
+    "C_NOISE", "NATIVE_PREDICTIONS", "ScoreModel", "convert", "eps_from_flow", "eps_from_score", "eps_from_v",
+    "eps_from_x0", "flow_from", "score_from_eps", "v_from", "x0_from_eps", "x0_from_flow", "x0_from_v",
 ]
 
 
@@ -59,6 +61,26 @@ def x0_from_v(x: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)."""
     a, s = bcast(alpha, x), bcast(sigma, x)
     return (a * x - s * v) / (a**2 + s**2)
+
+
+def flow_from(x0: Tensor, eps: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
+    """Flow velocity u = dx_t/dt = alpha' x0 + sigma' eps (for FlowSDE: u = eps - x0)."""
+    return bcast(d_alpha, x0) * x0 + bcast(d_sigma, x0) * eps
+
+
+def eps_from_flow(x: Tensor, u: Tensor, alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
+    """eps = (alpha u - alpha' x) / (alpha sigma' - sigma alpha'), solving x = alpha x0 + sigma eps, u = alpha' x0 + sigma' eps."""
+    a, s, da, ds = (bcast(c, x) for c in (alpha, sigma, d_alpha, d_sigma))
+    return (a * u - da * x) / (a * ds - s * da)
+
+
+def x0_from_flow(x: Tensor, u: Tensor, alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
+    """x0 = (sigma' x - sigma u) / (alpha sigma' - sigma alpha')."""
+    a, s, da, ds = (bcast(c, x) for c in (alpha, sigma, d_alpha, d_sigma))
+    return (ds * x - s * u) / (a * ds - s * da)
+
+
+NATIVE_PREDICTIONS = (*PREDICTIONS, "flow")
 
 
 def _check_kind(name: str, kind: str) -> None:
@@ -140,7 +162,8 @@ class ScoreModel:
     """Wrap a network into the solvers' Model protocol.
 
     net(x, c_noise) or net(x, c_noise, y) returns a tensor of x's shape holding a prediction of
-    kind `prediction` ("eps", "x0", "score" or "v"). `c_noise` maps continuous time t (B,) to the
+    kind `prediction` ("eps", "x0", "score", "v", or "flow": the velocity dx_t/dt = alpha' x0 +
+    sigma' eps, which is eps - x0 on FlowSDE). `c_noise` maps continuous time t (B,) to the
     network's time input: "t"; "999t" (Song et al.'s continuous VP models); "timestep" (t N - 1
     for a network trained on a DiscreteVPSDE's integer steps); "log_noise" (log(sigma/alpha) =
     -lambda, a smooth low-frequency input); "sigma" (VE models); or a callable t -> (B,).
@@ -150,7 +173,8 @@ class ScoreModel:
     """
 
     def __init__(self, net: Callable[..., Tensor], sde: AffineSDE, prediction: str = "eps", *, c_noise: str | Callable = "t"):
-        _check_kind("prediction", prediction)
+        if prediction not in NATIVE_PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(NATIVE_PREDICTIONS)}")
         if not callable(net):
             raise ValueError(f"net must be callable, got {type(net).__name__}")
         if isinstance(c_noise, str):
@@ -192,7 +216,13 @@ class ScoreModel:
         out = self.predict(x, t, y)
         if dst == self.prediction:
             return out
-        return convert(out, self.prediction, dst, x, self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype))
+        alpha, sigma = self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype)
+        if self.prediction == "flow":
+            d_alpha, d_sigma = self.sde.dalpha_dt(t).to(x.dtype), self.sde.dsigma_dt(t).to(x.dtype)
+            if dst == "x0":
+                return x0_from_flow(x, out, alpha, sigma, d_alpha, d_sigma)
+            return convert(eps_from_flow(x, out, alpha, sigma, d_alpha, d_sigma), "eps", dst, x, alpha, sigma)
+        return convert(out, self.prediction, dst, x, alpha, sigma)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Noise prediction, (B, *D)."""

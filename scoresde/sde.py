@@ -18,7 +18,7 @@ from torch import Tensor
 
 from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, reverse_drift
 
-__all__ = ["AffineSDE", "DiscreteVPSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time"]
+__all__ = ["AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time"]
 
 
 def check_time(t: Tensor, T: float) -> None:
@@ -37,7 +37,7 @@ def check_time(t: Tensor, T: float) -> None:
         if bool(torch.isnan(t).any()):
             raise ValueError("t contains NaN; valid times are in [0, T]")
         lo, hi = float(t.min()), float(t.max())
-        if lo < 0.0 or hi > T * (1 + 1e-12):
+        if lo < 0.0 or hi > T * (1 + 2 * torch.finfo(t.dtype).eps):  # T itself after rounding to t's dtype
             raise ValueError(f"t must lie in [0, T={T}], got values in [{lo}, {hi}]")
 
 
@@ -114,6 +114,15 @@ class AffineSDE:
         """Squared diffusion coefficient g(t)^2 = d sigma^2/dt - 2 a(t) sigma^2, (B,)."""
         check_time(t, self.T)
         return self._g2(t)
+
+    def dalpha_dt(self, t: Tensor) -> Tensor:
+        """d alpha / dt = a(t) alpha(t), (B,)."""
+        return self.dlog_alpha_dt(t) * self.alpha(t)
+
+    def dsigma_dt(self, t: Tensor) -> Tensor:
+        """d sigma / dt = (g^2 + 2 a sigma^2) / (2 sigma), from the moment equation, (B,)."""
+        sigma = self.sigma(t)
+        return (self.g2(t) + 2.0 * self.dlog_alpha_dt(t) * sigma**2) / (2.0 * sigma)
 
     def g(self, t: Tensor) -> Tensor:
         """Diffusion coefficient g(t), (B,)."""
@@ -329,6 +338,41 @@ class VESDE(AffineSDE):
     def _t_of_lambda(self, lam: Tensor) -> Tensor:
         # alpha = 1, so lambda = -log sigma = -log sigma_min - t log(sigma_max / sigma_min)
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
+
+
+class FlowSDE(AffineSDE):
+    """The flow-matching / rectified-flow path x_t = (1 - t) x_0 + t eps (Lipman et al. 2023; Liu et al. 2023).
+
+    As an SDE: a(t) = d log alpha/dt = -1/(1 - t) and g(t)^2 = d sigma^2/dt - 2 a sigma^2 = 2t/(1 - t),
+    so its probability-flow ODE is the flow-matching ODE dx/dt = E[eps - x_0 | x_t].
+    lambda = log((1 - t)/t), t = sigmoid(-lambda). alpha reaches 0 at t = 1, so T = 0.999
+    (lambda(T) ≈ -6.9) keeps the log-SNR finite; the prior is N(0, I).
+    """
+
+    kind = "flow"
+    T = 0.999
+
+    def _config(self) -> dict:
+        return {}
+
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        return torch.log1p(-t)
+
+    def _sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
+        return -1.0 / (1.0 - t)
+
+    def _g2(self, t: Tensor) -> Tensor:
+        return 2.0 * t / (1.0 - t)
+
+    def _t_of_lambda(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-lam)
+
+    def dsigma_dt(self, t: Tensor) -> Tensor:
+        check_time(t, self.T)
+        return torch.ones_like(t)
 
 
 DISCRETE_SCHEDULES = ("linear", "cosine")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .protocol import CountedModel, GeneratorArg, Model, Process, time_like
 
-ALL_KINDS = frozenset({"vp", "subvp", "ve"})
+ALL_KINDS = frozenset({"vp", "subvp", "ve", "flow"})
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class Sampler:
     Class attributes (overridden by subclasses): `name`; `description` (one line); `order` (the
     convergence order of the deterministic part: global order for ODE solvers, weak order for
     SDE samplers); `stochastic`; `nfe_per_step` (model evaluations per grid step, 0 when
-    adaptive); `kinds` (process kinds it supports) and `why_unsupported` (said when refused).
+    adaptive); `kinds` (process kinds it supports) and `why_unsupported` (said when refused);
+    `default_steps` and `default_grid` (what `scoresde.sample` uses unless told otherwise).
     """
 
     name: ClassVar[str] = "sampler"
@@ -80,6 +81,8 @@ class Sampler:
     nfe_per_step: ClassVar[int] = 1
     kinds: ClassVar[frozenset[str]] = ALL_KINDS
     why_unsupported: ClassVar[str] = ""
+    default_steps: ClassVar[int] = 100  # what scoresde.sample uses when no step count is given
+    default_grid: ClassVar[str] = "uniform_t"  # a name in solvers.grids.GRIDS
 
     def __init__(self, *, denoise_final: bool = False):
         if not isinstance(denoise_final, bool):

@@ -25,7 +25,7 @@ class Process(Protocol):
     """Affine forward SDE dx = f(x, t) dt + g(t) dw with x_t = alpha(t) x_0 + sigma(t) eps.
 
     Times t are tensors of shape (B,); every method returns (B,) unless noted.
-    `kind` names the family ("vp", "subvp", "ve"); solvers use it to refuse what they cannot do.
+    `kind` names the family ("vp", "subvp", "ve", "flow"); solvers use it to refuse what they cannot do.
     """
 
     kind: str

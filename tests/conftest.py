@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scoresde import VESDE, VPSDE, DiscreteVPSDE, SubVPSDE
+from scoresde import VESDE, VPSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -15,6 +15,7 @@ def all_sdes():
         "ve": VESDE(),
         "ddpm_linear": DiscreteVPSDE(),
         "ddpm_cosine": DiscreteVPSDE(schedule="cosine"),
+        "flow": FlowSDE(),
     }
 
 

@@ -103,7 +103,7 @@ def test_network_dtype_cast_and_back():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(prediction="flow"), r"unknown prediction 'flow'; choose one of"),
+        (dict(prediction="velocity"), r"unknown prediction 'velocity'; choose one of \['eps', 'x0', 'score', 'v', 'flow'\]"),
         (dict(c_noise="fourier"), r"unknown c_noise 'fourier'; choose one of \['999t', 'log_noise', 'sigma', 't', 'timestep'\]"),
         (dict(c_noise="timestep"), "c_noise='timestep' needs a DiscreteVPSDE"),
         (dict(c_noise=3), "c_noise must be one of"),
@@ -120,3 +120,46 @@ def test_score_model_checks_shapes():
         model.eps(torch.zeros(2, 3), torch.full((2,), 0.5))
     with pytest.raises(ValueError, match=r"expected t of shape \(2,\)"):
         ScoreModel(Linear(), VPSDE()).eps(torch.zeros(2, 3, dtype=F64), torch.full((3,), 0.5, dtype=F64))
+
+
+@given(u=st.floats(0.01, 0.99))
+def test_flow_velocity_round_trip(u):
+    """On FlowSDE u = eps - x0; the general conversions recover eps and x0 from (x, u)."""
+    from scoresde import FlowSDE
+
+    sde = FlowSDE()
+    t = torch.tensor([u * sde.T], dtype=F64)
+    a, s = sde.alpha(t), sde.sigma(t)
+    da, ds = sde.dalpha_dt(t), sde.dsigma_dt(t)
+    torch.testing.assert_close(da, torch.tensor([-1.0], dtype=F64))
+    _, _, x0, eps, _ = _sample(0.5, 0.5)
+    x = a[:, None, None, None] * x0 + s[:, None, None, None] * eps
+    flow = param.flow_from(x0, eps, da, ds)
+    torch.testing.assert_close(flow, eps - x0)
+    torch.testing.assert_close(param.eps_from_flow(x, flow, a, s, da, ds), eps)
+    torch.testing.assert_close(param.x0_from_flow(x, flow, a, s, da, ds), x0)
+
+
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+def test_dsigma_dt_matches_finite_differences(name):
+    from .conftest import all_sdes
+
+    sde = all_sdes()[name]
+    t = torch.tensor([0.2, 0.6], dtype=F64)
+    h = 1e-6
+    torch.testing.assert_close(sde.dsigma_dt(t), (sde.sigma(t + h) - sde.sigma(t - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sde.dalpha_dt(t), (sde.alpha(t + h) - sde.alpha(t - h)) / (2 * h), rtol=1e-6, atol=1e-8)
+
+
+def test_score_model_flow_prediction():
+    from scoresde import FlowSDE
+
+    sde = FlowSDE()
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, dtype=F64, generator=gen)
+    t = torch.tensor([0.1, 0.3, 0.5, 0.9], dtype=F64)
+    x = sde.alpha(t)[:, None] * x0 + sde.sigma(t)[:, None] * eps
+    oracle = ScoreModel(lambda xx, c: eps - x0, sde, "flow")  # a net that knows the true velocity
+    torch.testing.assert_close(oracle.eps(x, t), eps)
+    torch.testing.assert_close(oracle.x0(x, t), x0)
+    torch.testing.assert_close(oracle.score(x, t), -eps / sde.sigma(t)[:, None])

@@ -1,0 +1,182 @@
+"""`scoresde.sample`: draw samples with any registered solver, by name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+import solvers
+from solvers.base import Callback, Step
+
+from .sde import VESDE, VPSDE, AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
+
+__all__ = ["SDES", "Samples", "make_generators", "make_sde", "sample"]
+
+# names accepted by sample(sde=...) and the CLI
+SDES = {
+    "vp": VPSDE,
+    "vp_cosine": lambda: VPSDE(schedule="cosine"),
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+    "ddpm": DiscreteVPSDE,
+    "flow": FlowSDE,
+}
+
+
+def make_sde(sde: str | AffineSDE) -> AffineSDE:
+    """An SDE instance from a name in SDES (or the instance itself)."""
+    if isinstance(sde, AffineSDE):
+        return sde
+    if sde not in SDES:
+        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDES)}")
+    return SDES[sde]()
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What `sample` returns.
+
+    x: (n, *shape) samples; nfe: model evaluations (final denoising included); ts: (N + 1,)
+    float64 grid walked; seconds: wall time of the solver; settings: everything needed to
+    reproduce the run (solver, its options, steps, grid, sde, seed).
+    """
+
+    x: Tensor
+    nfe: int
+    ts: Tensor
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def _sde_config(process) -> dict | str:
+    return process.config() if hasattr(process, "config") else repr(process)
+
+
+def make_generators(
+    seed: int | Sequence[int] | None, generator, device: torch.device
+) -> torch.Generator | list[torch.Generator] | None:
+    """One generator from an int seed, one per sample from a list of seeds, or `generator` as given."""
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if seed is None:
+        return generator
+    if isinstance(seed, bool):
+        raise ValueError(f"seed must be an int or a list of ints, got {seed!r}")
+    if isinstance(seed, int):
+        return torch.Generator(device).manual_seed(seed)
+    seeds = list(seed)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seed must be an int or a list of ints, got {seed!r}")
+    return [torch.Generator(device).manual_seed(s) for s in seeds]
+
+
+def sample(
+    model=None,
+    *,
+    sde: str | AffineSDE | None = None,
+    solver: str | solvers.Sampler = "pc",
+    steps: int | None = None,
+    grid: str | None = None,
+    n: int | None = None,
+    shape: Sequence[int] | None = None,
+    x_T: Tensor | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    seed: int | Sequence[int] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    callback: Callback | None = None,
+    **solver_options,
+) -> Samples:
+    """Sample from `model` (the shipped default model for `sde` when None) with a named solver.
+
+    model: a Model (e.g. `ScoreModel`, `AnalyticModel`); its `sde` is used, and `sde`, if given,
+    must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
+    ``snr=0.16``) or a built sampler. steps: grid steps (the solver's `default_steps` when None);
+    grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
+    from t_start (T) to t_end (the SDE's t_eps). Give the batch as `x_T` (B, *D) or as `n` and
+    `shape` (D, without the batch). seed: an int, or a list of n ints for one generator per sample
+    (a sample then does not depend on the batch); or pass `generator`(s). Runs under
+    torch.no_grad(). Returns `Samples` (x, nfe, ts, seconds, settings).
+    """
+    if isinstance(sde, str) and sde not in SDES:
+        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDES)}")
+    if model is None:
+        from .pretrained import default_model  # loaded lazily: it reads package files
+
+        model = default_model("vp" if sde is None else sde, device=device)
+    elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
+        raise ValueError(f"sde {sde!r} differs from the model's {model.sde!r}; omit sde when passing a model")
+    process = model.sde
+
+    if isinstance(solver, str):
+        sampler = solvers.get(solver, **solver_options)
+    elif isinstance(solver, solvers.Sampler):
+        if solver_options:
+            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
+        sampler = solver
+    else:
+        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
+    sampler.check_supported(process)
+
+    if x_T is not None:
+        if n is not None or shape is not None:
+            raise ValueError("give x_T or (n, shape), not both")
+        device = x_T.device if device is None else torch.device(device)
+    else:
+        if n is None or shape is None:
+            raise ValueError("give x_T, or both n and shape (shape excludes the batch dimension)")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        device = torch.device("cpu") if device is None else torch.device(device)
+    gen = make_generators(seed, generator, device)
+
+    steps = sampler.default_steps if steps is None else steps
+    grid_name = sampler.default_grid if grid is None else grid
+    ts = solvers.grids.make(grid_name, process, steps, t_start=t_start, t_end=t_end)
+    if x_T is None:
+        x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
+    else:
+        x_T = x_T.to(device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ts) - 1, desc=sampler.name, unit="step")
+
+    def on_step(step: Step) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(nfe=step.nfe)
+        if callback is not None:
+            callback(step)
+
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            sol = sampler(model, x_T, ts.to(device), generator=gen, callback=on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    settings = {
+        "solver": sampler.name,
+        "options": sampler.options(),
+        "steps": steps,
+        "grid": grid_name,
+        "t_start": float(ts[0]),
+        "t_end": float(ts[-1]),
+        "sde": _sde_config(process),
+        "seed": seed if not isinstance(seed, Sequence) else list(seed),
+        "batch": int(x_T.shape[0]),
+        "dtype": str(x_T.dtype).removeprefix("torch."),
+        "device": str(device),
+    }
+    return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
