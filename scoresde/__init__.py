@@ -11,10 +11,11 @@ from .analytic import AnalyticModel, Gaussian, GaussianMixture
 from .param import ScoreModel
 from .sampling import Samples, sample
 from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
+from .vlb import VLB, vlb_bits_per_dim
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AffineSDE", "AnalyticModel", "DiscreteVPSDE", "FlowSDE", "Gaussian", "GaussianMixture", "ScoreModel",
-    "Samples", "SubVPSDE", "VESDE", "VPSDE", "param", "sample",
+    "Samples", "SubVPSDE", "VESDE", "VLB", "VPSDE", "param", "sample", "vlb_bits_per_dim",
 ]

@@ -3,7 +3,8 @@ import torch
 
 from scoresde import VESDE, VPSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# tiny tensors: one intra-op thread avoids OpenMP stalls on a shared 2-core machine
+torch.set_num_threads(1)
 
 
 def all_sdes():
