@@ -2,15 +2,20 @@
 
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `DiscreteVPSDE`, `FlowSDE`), the parameterization layer
 (`ScoreModel`, conversions in `scoresde.param`), exact Gaussian and Gaussian-mixture ground truth
-(`Gaussian`, `GaussianMixture`, `AnalyticModel`), and `sample` (any solver by name). Samplers live
+(`Gaussian`, `GaussianMixture`, `AnalyticModel`), and `sample` (any solver by name). Conditional
+generation: `CFGModel`, `ClassifierGuidedModel`, `inpaint`, `colorize` (docs/guidance.md). Samplers live
 in the top-level `solvers` package.
 """
 
-from . import param
-from .analytic import AnalyticModel, Gaussian, GaussianMixture
+from . import data, losses, metrics, param
+from .nn import UNet, UNetConfig
+from .analytic import AnalyticModel, ConditionalAnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel, Gaussian, GaussianMixture
+from .controllable import colorize, inpaint
+from .guidance import CFGModel, ClassifierGuidedModel
 from .param import ScoreModel
 from .sampling import Samples, sample
 from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
+from .train import TrainConfig, load_model
 from .vlb import VLB, vlb_bits_per_dim
 
 __version__ = "0.1.0"
@@ -18,4 +23,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AffineSDE", "AnalyticModel", "DiscreteVPSDE", "FlowSDE", "Gaussian", "GaussianMixture", "ScoreModel",
     "Samples", "SubVPSDE", "VESDE", "VLB", "VPSDE", "param", "sample", "vlb_bits_per_dim",
+    # networks and training (docs/training.md)
+    "TrainConfig", "UNet", "UNetConfig", "data", "load_model", "losses", "metrics",
+    # conditional generation (docs/guidance.md)
+    "CFGModel", "ClassifierGuidedModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel",
+    "colorize", "inpaint",
 ]

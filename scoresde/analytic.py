@@ -5,6 +5,11 @@ p_t = sum_k w_k N(alpha m_k, diag(alpha^2 s_k^2 + sigma^2)) for every affine pro
 in closed form, the score, E[x_0 | x_t] (hence eps and v), log p_t, exact samples, the divergence of
 the probability-flow drift, and for a single Gaussian the probability-flow map itself. Use these as
 the yardstick for solvers and likelihoods; they implement the solvers' Model protocol.
+
+For conditional generation: `ConditionalAnalyticModel` (one mixture component per class: exact
+conditional and unconditional predictions and the exact noisy classifier log p(y | x_t)), and
+`CorrelatedGaussian` / `CorrelatedGaussianModel` (full covariance, exact at every t, with the
+exact Gaussian conditional of some coordinates given the others, for inpainting).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from solvers.protocol import GeneratorArg, bcast, randn
 
 from .sde import AffineSDE
 
-__all__ = ["AnalyticModel", "Gaussian", "GaussianMixture"]
+__all__ = [
+    "AnalyticModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel", "Gaussian",
+    "GaussianMixture",
+]
 
 
 class GaussianMixture:
@@ -208,3 +216,235 @@ class AnalyticModel:
 def bcast_k(r: Tensor, x: Tensor) -> Tensor:
     """View responsibilities r (B, K) as (B, K, 1, ..., 1) against x (B, K, *D)."""
     return r.reshape(*r.shape, *([1] * (x.ndim - 2)))
+
+
+class ConditionalAnalyticModel(AnalyticModel):
+    """Exact class-conditional Model: class k of the mixture `data` is its component k.
+
+    eps / x0 / score / v (x (B, *D), t (B,), y=None) -> (B, *D). y is None (the unconditional
+    mixture p_t(x)) or integer labels (B,) in 0..K, K = num_classes; label K = `null_label` means
+    unconditional for that sample (the convention of the class-conditional U-Net, whose learned
+    null class is K). For y = k the law is the single component k: p_t(x | y = k) =
+    N(alpha m_k, diag(alpha^2 s_k^2 + sigma^2)). `class_logits(x, t)` is the exact noisy classifier
+    log p(y | x_t) (B, K), for classifier guidance.
+    """
+
+    def __init__(self, data: GaussianMixture, sde: AffineSDE):
+        super().__init__(data, sde)
+        self.num_classes = data.means.shape[0]
+        self.null_label = self.num_classes
+
+    def _labels(self, y: Tensor, x: Tensor) -> Tensor:
+        if not isinstance(y, Tensor) or y.shape != (x.shape[0],) or y.is_floating_point() or y.is_complex():
+            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},), got {shape}")
+        if y.device.type == "cpu" and bool(((y < 0) | (y > self.num_classes)).any()):
+            raise ValueError(f"labels y must lie in 0..{self.num_classes} ({self.num_classes} = null, unconditional)")
+        return y.to(x.device)
+
+    def _posterior(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """alpha, sigma (B,), class weights (B, K) and per-component scores (B, K, *D).
+
+        The weights are the responsibilities p(k | x_t) for unconditional rows and one-hot(y) for
+        conditional ones.
+        """
+        alpha, sigma = self._coefs(x, t)
+        _, r, scores, _ = _mixture(self.data, x, alpha, sigma)
+        if y is not None:
+            y = self._labels(y, x)
+            onehot = torch.nn.functional.one_hot(y.clamp(max=self.num_classes - 1), self.num_classes).to(r)
+            r = torch.where((y == self.null_label)[:, None], r, onehot)
+        return alpha, sigma, r, scores
+
+    def score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """grad_x log p_t(x | y) (grad_x log p_t(x) where y is None or null), (B, *D)."""
+        _, _, r, scores = self._posterior(x, t, y)
+        return (bcast_k(r, scores) * scores).sum(1)
+
+    def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """E[eps | x_t, y] = -sigma score, (B, *D)."""
+        _, sigma = self._coefs(x, t)
+        return -bcast(sigma, x) * self.score(x, t, y)
+
+    def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """E[x_0 | x_t, y] = sum_k w_k (m_k + alpha s_k^2 (x - alpha m_k) / v_k), (B, *D)."""
+        alpha, _, r, scores = self._posterior(x, t, y)
+        a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))
+        post = self.data.means.to(x) - a * self.data.stds.to(x) ** 2 * scores
+        return (bcast_k(r, post) * post).sum(1)
+
+    def v(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """alpha E[eps | x_t, y] - sigma E[x_0 | x_t, y], (B, *D)."""
+        alpha, sigma = self._coefs(x, t)
+        return bcast(alpha, x) * self.eps(x, t, y) - bcast(sigma, x) * self.x0(x, t, y)
+
+    def class_logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """Exact noisy classifier log p(y = k | x_t) for k = 0..K-1, nats, (B, K) (normalized logits).
+
+        log p(k | x_t) = log w_k + log N(x_t; alpha m_k, v_k) - log p_t(x_t). Takes t itself as its
+        noise input, so it serves `ClassifierGuidedModel(..., c_noise="t")` directly.
+        """
+        alpha, sigma = self._coefs(x, t)
+        a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))
+        s = sigma.reshape(-1, 1, *([1] * (x.ndim - 1)))
+        var = a**2 * self.data.stds.to(x) ** 2 + s**2  # (B, K, *D)
+        diff = x[:, None] - a * self.data.means.to(x)
+        joint = self.data.log_weights.to(x) - 0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).flatten(2).sum(2)
+        return torch.log_softmax(joint, dim=1)
+
+    def log_prob(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Exact log p_t(x | y) (log p_t(x) where y is None or null), nats, (B,)."""
+        logp = super().log_prob(x, t)
+        if y is None:
+            return logp
+        y = self._labels(y, x)
+        k = y.clamp(max=self.num_classes - 1)
+        # log N_k(x) = log p_t(x) + log p(k | x_t) - log w_k
+        cond = logp + self.class_logits(x, t).gather(1, k[:, None])[:, 0] - self.data.log_weights.to(x)[k]
+        return torch.where(y == self.null_label, logp, cond)
+
+    def sample(self, n: int, t: float, *, y: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples of p_t(x | y) (of p_t(x) when y is None), (n, *D); t a float in [0, T]."""
+        if y is None:
+            return super().sample(n, t, generator=generator)
+        if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < self.num_classes:
+            raise ValueError(f"y must be None or an integer class in 0..{self.num_classes - 1}, got {y!r}")
+        data = self.data
+        one = GaussianMixture(torch.ones(1, dtype=data.means.dtype), data.means[y : y + 1], data.stds[y : y + 1])
+        return AnalyticModel(one, self.sde).sample(n, t, generator=generator)
+
+
+class CorrelatedGaussian:
+    """Data law N(mean, cov) with a full covariance: mean (*D); cov (d, d) symmetric positive
+    definite, d = prod(D), indexing the flattened data. Keeps the dtype given (float64 for tests).
+
+    Stored as the eigendecomposition cov = U diag(lam) U^T, which also diagonalizes every noisy
+    marginal: cov_t = alpha^2 cov + sigma^2 I = U diag(alpha^2 lam + sigma^2) U^T.
+    """
+
+    def __init__(self, mean: Tensor, cov: Tensor):
+        mean = torch.as_tensor(mean)
+        if not mean.is_floating_point():
+            mean = mean.to(torch.get_default_dtype())
+        if mean.ndim < 1:
+            raise ValueError(f"mean must have shape (*D) with at least one dimension, got {tuple(mean.shape)}")
+        d = mean.numel()
+        cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
+        if cov.shape != (d, d):
+            raise ValueError(f"cov must have shape ({d}, {d}) for mean of shape {tuple(mean.shape)}, got {tuple(cov.shape)}")
+        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(cov).all())):
+            raise ValueError("mean and cov must be finite")
+        if not torch.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * float(cov.abs().max())):
+            raise ValueError("cov must be symmetric")
+        lam, U = torch.linalg.eigh(cov)
+        if not bool(lam.min() > 0):
+            raise ValueError(f"cov must be positive definite, got smallest eigenvalue {float(lam.min())}")
+        self.mean, self.cov, self.eigvals, self.eigvecs = mean, cov, lam, U
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape D of one data point."""
+        return tuple(self.mean.shape)
+
+    @property
+    def dim(self) -> int:
+        """Number of dimensions d = prod(D)."""
+        return self.mean.numel()
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density of the data at x (B, *D), in nats, (B,)."""
+        one = torch.ones(1, dtype=x.dtype, device=x.device)
+        return _correlated_log_prob(self, x, one, 0 * one)
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples, (n, *D)."""
+        return self._sample(n, 1.0, 0.0, generator)
+
+    def _sample(self, n: int, alpha: float, sigma: float, generator: torch.Generator | None) -> Tensor:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        std = torch.sqrt(alpha**2 * self.eigvals + sigma**2)  # (d,) in the eigenbasis
+        z = randn((n, self.dim), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return (alpha * self.mean.reshape(1, -1) + (z * std) @ self.eigvecs.T).reshape(n, *self.shape)
+
+    def conditional(self, known: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact law of the unknown coordinates given the known ones (Gaussian conditioning).
+
+        known (*D) values (read where mask is True); mask (*D) bool, True where known. Returns the
+        mean (u,) and covariance (u, u) of the u unknown coordinates, in flattened order:
+        m_u + C_uk C_kk^-1 (x_k - m_k) and C_uu - C_uk C_kk^-1 C_ku.
+        """
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.mean.device)
+        if mask.shape != self.mean.shape or tuple(known.shape) != self.shape:
+            raise ValueError(f"known and mask must have shape {self.shape}, got {tuple(known.shape)} and {tuple(mask.shape)}")
+        k, u = mask.reshape(-1), ~mask.reshape(-1)
+        m, C, xk = self.mean.reshape(-1), self.cov, known.reshape(-1).to(self.mean)
+        gain = torch.linalg.solve(C[k][:, k], C[k][:, u]).T  # C_uk C_kk^-1, (u, k)
+        return m[u] + gain @ (xk[k] - m[k]), C[u][:, u] - gain @ C[k][:, u]
+
+
+def _correlated_log_prob(data: CorrelatedGaussian, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """log N(x; alpha m, alpha^2 C + sigma^2 I) for x (B, *D), alpha and sigma (B,) or (1,); (B,)."""
+    a, s = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
+    var = a**2 * data.eigvals.to(x) + s**2  # (B, d) eigenvalues of cov_t
+    w = (x.flatten(1) - a * data.mean.to(x).reshape(1, -1)) @ data.eigvecs.to(x)
+    return -0.5 * (w**2 / var + torch.log(2 * math.pi * var)).sum(1)
+
+
+class CorrelatedGaussianModel:
+    """Exact Model for correlated Gaussian data N(m, C) under an affine process `sde`.
+
+    p_t = N(alpha m, cov_t), cov_t = alpha^2 C + sigma^2 I, so in the eigenbasis of C everything is
+    diagonal: score = -cov_t^-1 (x - alpha m), E[x_0 | x_t] = m + alpha C cov_t^-1 (x - alpha m).
+    eps / x0 / score / v (x (B, *D), t (B,)) -> (B, *D); log_prob(x, t) -> (B,) nats;
+    sample(n, t) exact samples of p_t. The yardstick for inpainting, where the exact conditional
+    law of the unknown coordinates is `data.conditional(known, mask)`.
+    """
+
+    def __init__(self, data: CorrelatedGaussian, sde: AffineSDE):
+        if not isinstance(data, CorrelatedGaussian):
+            raise ValueError(f"data must be a CorrelatedGaussian, got {type(data).__name__}")
+        self.data = data
+        self.sde = sde
+
+    def _coefs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        if tuple(x.shape[1:]) != self.data.shape or x.ndim != len(self.data.shape) + 1:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        return self.sde.alpha(t).to(x), self.sde.sigma(t).to(x)
+
+    def _eigen(self, x: Tensor, t: Tensor, gain) -> Tensor:
+        """U diag(gain(alpha, sigma, lam)) U^T (x - alpha m), (B, *D)."""
+        alpha, sigma = self._coefs(x, t)
+        a, s = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
+        U, lam = self.data.eigvecs.to(x), self.data.eigvals.to(x)
+        w = (x.flatten(1) - a * self.data.mean.to(x).reshape(1, -1)) @ U
+        return ((gain(a, s, lam) * w) @ U.T).reshape(x.shape)
+
+    def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
+        """Exact log p_t(x), nats, (B,)."""
+        return _correlated_log_prob(self.data, x, *self._coefs(x, t))
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """grad_x log p_t(x) = -cov_t^-1 (x - alpha m), (B, *D)."""
+        return self._eigen(x, t, lambda a, s, lam: -1.0 / (a**2 * lam + s**2))
+
+    def eps(self, x: Tensor, t: Tensor) -> Tensor:
+        """E[eps | x_t] = sigma cov_t^-1 (x - alpha m), (B, *D)."""
+        return self._eigen(x, t, lambda a, s, lam: s / (a**2 * lam + s**2))
+
+    def x0(self, x: Tensor, t: Tensor) -> Tensor:
+        """E[x_0 | x_t] = m + alpha C cov_t^-1 (x - alpha m), (B, *D)."""
+        shift = self._eigen(x, t, lambda a, s, lam: a * lam / (a**2 * lam + s**2))
+        return self.data.mean.to(x) + shift
+
+    def v(self, x: Tensor, t: Tensor) -> Tensor:
+        """alpha E[eps | x_t] - sigma E[x_0 | x_t], (B, *D)."""
+        alpha, sigma = self._coefs(x, t)
+        return bcast(alpha, x) * self.eps(x, t) - bcast(sigma, x) * self.x0(x, t)
+
+    def sample(self, n: int, t: float, *, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples of p_t, (n, *D); t a float in [0, T]."""
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        return self.data._sample(n, float(self.sde.alpha(tt)), float(self.sde.sigma(tt)), generator)

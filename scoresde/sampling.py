@@ -12,6 +12,7 @@ from torch import Tensor
 import solvers
 from solvers.base import Callback, Step
 
+from .guidance import CFGModel, check_labels
 from .sde import VESDE, VPSDE, AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
 
 __all__ = ["SDES", "Samples", "make_generators", "make_sde", "sample"]
@@ -92,6 +93,9 @@ def sample(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     callback: Callback | None = None,
+    y: int | Tensor | None = None,
+    guidance_scale: float | None = None,
+    null_label: int | None = None,
     **solver_options,
 ) -> Samples:
     """Sample from `model` (the shipped default model for `sde` when None) with a named solver.
@@ -104,6 +108,14 @@ def sample(
     `shape` (D, without the batch). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
     torch.no_grad(). Returns `Samples` (x, nfe, ts, seconds, settings).
+
+    Class-conditional models: y (an int or labels (n,)) samples those classes with classifier-free
+    guidance of scale guidance_scale = w (default 1: plain conditional sampling): guided
+    eps = eps_uncond + w (eps_cond - eps_uncond), through `scoresde.guidance.CFGModel`, with
+    null_label the model's "no class" label (K for the U-Net with K classes) so that both
+    predictions come from one batched call on 2n rows. nfe counts guided evaluations, i.e.
+    batched network calls; settings["guidance"] records the labels, the scale, and the network
+    calls and rows actually used (docs/guidance.md).
     """
     if isinstance(sde, str) and sde not in SDES:
         raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDES)}")
@@ -113,6 +125,10 @@ def sample(
         model = default_model("vp" if sde is None else sde, device=device)
     elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
         raise ValueError(f"sde {sde!r} differs from the model's {model.sde!r}; omit sde when passing a model")
+    if y is not None:
+        model = CFGModel(model, y, 1.0 if guidance_scale is None else guidance_scale, null_label=null_label)
+    elif guidance_scale is not None or null_label is not None:
+        raise ValueError("guidance_scale and null_label need class labels y")
     process = model.sde
 
     if isinstance(solver, str):
@@ -136,6 +152,8 @@ def sample(
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         device = torch.device("cpu") if device is None else torch.device(device)
     gen = make_generators(seed, generator, device)
+    if y is not None:
+        check_labels(model.y, n if x_T is None else x_T.shape[0])
 
     steps = sampler.default_steps if steps is None else steps
     grid_name = sampler.default_grid if grid is None else grid
@@ -179,4 +197,9 @@ def sample(
         "dtype": str(x_T.dtype).removeprefix("torch."),
         "device": str(device),
     }
+    if y is not None:
+        settings["guidance"] = {
+            "y": model.y.tolist(), "scale": model.scale, "null_label": null_label,
+            "net_calls": model.net_calls, "net_rows": model.net_rows,
+        }
     return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)

@@ -6,9 +6,36 @@ import inspect
 from collections.abc import Callable
 
 from .base import Sampler
+from .ddim import DDIM
+from .dpm_solver import DPMSolver, DPMSolverAdaptive
+from .dpm_solver_pp import DPMSolverPP, SDEDPMSolverPP
+from .euler_maruyama import EulerMaruyama
+from .heun import Heun
+from .ode import ProbabilityFlowODE
+from .pc import PC, Langevin
+from .reverse_diffusion import Ancestral, ReverseDiffusion
+from .sde_torchsde import TorchSDE
+from .unipc import UniPC
 
 # name -> factory (a Sampler subclass); keep alphabetical within each family
 _BUILTIN: dict[str, Callable[..., Sampler]] = {
+    # reverse-SDE samplers (Euler–Maruyama, reverse diffusion, ancestral, predictor–corrector, torchsde)
+    "ancestral": Ancestral,
+    "euler_maruyama": EulerMaruyama,
+    "langevin": Langevin,
+    "pc": PC,
+    "reverse_diffusion": ReverseDiffusion,
+    "torchsde": TorchSDE,
+    # probability-flow ODE samplers (DDIM, EDM Heun, torchdiffeq)
+    "ddim": DDIM,
+    "heun": Heun,
+    "ode": ProbabilityFlowODE,
+    # exponential integrators (DPM-Solver family, UniPC)
+    "dpm_solver": DPMSolver,
+    "dpm_solver++": DPMSolverPP,
+    "dpm_solver_adaptive": DPMSolverAdaptive,
+    "sde_dpm_solver++": SDEDPMSolverPP,
+    "unipc": UniPC,
 }
 
 _REGISTERED: dict[str, Callable[..., Sampler]] = {}

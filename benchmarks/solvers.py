@@ -1,0 +1,358 @@
+"""Endpoint error of the deterministic samplers against an exact-model reference (prints tables; not a test).
+
+Problem: the analytic Gaussian mixture in d = 64 (8 components, equal weights, means uniform in
+[-1, 1], isotropic stds spread over [0.05, 0.3]), 256 start states drawn from the prior, integrated
+from t = 1 to t = 1e-3 under
+  vp:   VPSDE linear (beta 0.1..20),
+  ddpm: DiscreteVPSDE, linear betas 1e-4..0.02 over 1000 steps (t_eps = 1/1000).
+Reference endpoint: the probability-flow ODE written as d(x / sigma)/dlambda = e^lambda x0(x, t(lambda))
+(the exact change of variables behind DPM-Solver++; smooth in lambda even for the piecewise discrete
+schedule), integrated by torchdiffeq's dopri8 (Dormand-Prince 8(5,3)) at rtol = atol = 1e-10 in
+float64. `--check-reference` also integrates dx/dt with dopri5 in t and prints the gap.
+
+Errors: per-sample RMS over the 64 coordinates, e_i; the tables show RMS_i e_i (and the median with
+--median) at each NFE budget. A configuration gets the largest grid that fits the budget; when
+lower-order final steps make it cheaper, the NFE actually used is shown in brackets.
+
+    python benchmarks/solvers.py                 # everything (a few minutes on one core)
+    python benchmarks/solvers.py --quick         # NFE 10, 15, 20; 64 states; main configurations
+    python benchmarks/solvers.py --schedules vp --solvers unipc dpm_solver++ --grids uniform_lambda tuned
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+
+# this script shares its name with the package it measures: keep its own folder off the import path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import torch  # noqa: E402
+import torchdiffeq  # noqa: E402
+
+import solvers  # noqa: E402
+from scoresde import AnalyticModel, DiscreteVPSDE, GaussianMixture, VPSDE  # noqa: E402
+from solvers import grids  # noqa: E402
+
+NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50, 100)
+QUICK_NFES = (10, 15, 20)
+T_END = 1e-3
+
+# options to sweep per solver name; deterministic solvers not listed run with their defaults
+PRESETS: dict[str, list[dict]] = {
+    "ddim": [{}],
+    "heun": [{}],
+    "ode": [{"method": "midpoint"}, {"method": "heun3"}, {"method": "rk4"}],
+    "dpm_solver": [{"order": 1}, {"order": 2}, {"order": 3}],
+    "dpm_solver++": [
+        {"solver_type": "singlestep", "order": 2},
+        {"solver_type": "singlestep", "order": 3},
+        {"solver_type": "multistep", "order": 2},
+        {"solver_type": "multistep", "order": 3},
+    ],
+    "unipc": [{"order": p, "variant": v} for p in (1, 2, 3) for v in ("bh1", "bh2")],
+}
+QUICK_PRESETS: dict[str, list[dict]] = {
+    "ddim": [{}],
+    "heun": [{}],
+    "dpm_solver": [{"order": 3}],
+    "dpm_solver++": [{"solver_type": "multistep", "order": 3}],
+    "unipc": [{"order": 3, "variant": "bh1"}, {"order": 3, "variant": "bh2"}],
+}
+BASELINE = ("dpm_solver++", {"solver_type": "multistep", "order": 3}, "uniform_lambda")
+
+
+def tuned_lambda(process, steps: int, *, kappa: float = 1.3, t_start: float | None = None, t_end: float | None = None):
+    """Benchmark-local grid: lambda_i = lambda_T + (lambda_end - lambda_T) (i/N)^(1/kappa).
+
+    kappa = 1 is uniform_lambda; kappa > 1 takes longer log-SNR steps near t_end (where x0
+    varies slowly for this data) and shorter ones at high noise. kappa was picked on a separate
+    set of start states (seed 1, see --tune).
+    """
+    t0 = float(process.T if t_start is None else t_start)
+    t1 = float(process.t_eps if t_end is None else t_end)
+    lam = process.lambda_(torch.tensor([t0, t1], dtype=torch.float64))
+    frac = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) ** (1.0 / kappa)
+    ts = process.t_of_lambda(lam[0] + frac * (lam[1] - lam[0]))
+    ts[0], ts[-1] = t0, t1
+    return ts
+
+
+GRID_BUILDERS = {**grids.GRIDS, "tuned": tuned_lambda}
+OPTIMIZED = ("unipc", {"order": 3, "variant": "bh2"})  # the configuration whose grid --optimize fits
+
+
+def optimized_grid(model, sampler, steps: int, *, n_train: int = 256, iters: int = 100, lr: float = 0.05):
+    """A grid fitted to this data law: log-SNR increments softmax(w) (lambda_end - lambda_T), with w
+    trained by Adam on the RMS endpoint error of `sampler` (differentiated through the solver) for
+    n_train start states of seed 1, against their own reference. The tables evaluate it on the
+    seed-0 start states, so it is fitted to the model and data law, not to the states it is scored on
+    (in the spirit of "Align Your Steps", Sabour et al. 2024). Starts from tuned_lambda (kappa 1.5).
+    """
+    sde = model.sde
+    x_train = sde.prior_sample((n_train, model.data.dim), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref_train = reference(model, x_train)
+    lam = sde.lambda_(torch.tensor([sde.T, T_END], dtype=torch.float64))
+    frac = tuned_lambda(sde, steps, kappa=1.5, t_end=T_END)
+    frac = (sde.lambda_(frac) - lam[0]) / (lam[1] - lam[0])
+    w = torch.log(frac[1:] - frac[:-1]).detach().clone().requires_grad_(True)
+
+    def grid(w):
+        f = torch.cumsum(torch.softmax(w, 0), 0)[:-1]
+        inner = sde.t_of_lambda(lam[0] + f * (lam[1] - lam[0]))
+        return torch.cat([torch.tensor([sde.T], dtype=torch.float64), inner, torch.tensor([T_END], dtype=torch.float64)])
+
+    opt = torch.optim.Adam([w], lr=lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the solver's grid check reads the (grad-tracking) ends
+        for _ in range(iters):
+            opt.zero_grad()
+            loss = (sampler(model, x_train, grid(w)).x - ref_train).pow(2).mean()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return grid(w)
+
+
+def make_problem(schedule: str, n: int, seed: int = 0) -> tuple[AnalyticModel, torch.Tensor]:
+    """The mixture model under `schedule` ("vp" or "ddpm") and n prior draws (float64)."""
+    gen = torch.Generator().manual_seed(1234)  # the data law is the same for every run
+    d, k = 64, 8
+    means = 2 * torch.rand(k, d, generator=gen, dtype=torch.float64) - 1
+    stds = torch.linspace(0.05, 0.3, k, dtype=torch.float64)
+    data = GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), means, stds)
+    sde = VPSDE() if schedule == "vp" else DiscreteVPSDE()
+    x_T = sde.prior_sample((n, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return AnalyticModel(data, sde), x_T
+
+
+def reference(model: AnalyticModel, x_T: torch.Tensor, *, t_end: float = T_END, rtol: float = 1e-10) -> torch.Tensor:
+    """x at t_end from the probability-flow ODE in y = x / sigma against lambda (dopri8, float64)."""
+    sde = model.sde
+    lam = sde.lambda_(torch.tensor([sde.T, t_end], dtype=torch.float64))
+
+    def rhs(lam_now, y):
+        t = sde.t_of_lambda(lam_now.reshape(1))
+        sigma = sde.sigma(t)
+        # d(x / sigma)/dlambda = e^lambda x0 (Lu et al. 2022b, the data-prediction form of the ODE)
+        return torch.exp(lam_now) * model.x0(sigma * y, t.expand(y.shape[0]))
+
+    y_T = x_T / sde.sigma(torch.tensor([sde.T], dtype=torch.float64))
+    y = torchdiffeq.odeint(rhs, y_T, lam, method="dopri8", rtol=rtol, atol=rtol)[-1]
+    return y * sde.sigma(torch.tensor([t_end], dtype=torch.float64))
+
+
+def reference_in_t(model: AnalyticModel, x_T: torch.Tensor, *, t_end: float = T_END) -> torch.Tensor:
+    """The same endpoint from dx/dt = f - g^2 score / 2 in t (dopri5, rtol = atol = 1e-10)."""
+    sde = model.sde
+
+    def rhs(t_now, x):
+        t = t_now.reshape(1).expand(x.shape[0])
+        return sde.pf_drift(x, t, model.score(x, t))
+
+    ts = torch.tensor([sde.T, t_end], dtype=torch.float64)
+    return torchdiffeq.odeint(rhs, x_T, ts, method="dopri5", rtol=1e-10, atol=1e-10)[-1]
+
+
+def label(name: str, options: dict) -> str:
+    if not options:
+        return name
+    return name + "(" + ",".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def configurations(names: list[str] | None, quick: bool) -> list[tuple[str, dict]]:
+    """(name, options) of every deterministic fixed-grid sampler requested."""
+    presets = QUICK_PRESETS if quick else PRESETS
+    chosen = []
+    for name in sorted(solvers.available()):
+        if names is not None and name not in names:
+            continue
+        for options in presets.get(name, [{}] if not quick or names is not None else []):
+            sampler = solvers.get(name, **options)
+            if sampler.stochastic or sampler.nfe_per_step == 0:
+                continue  # stochastic samplers and adaptive steppers have no fixed-grid NFE
+            chosen.append((name, options))
+    return chosen
+
+
+def nfe_of(sampler, model, grid_name: str, steps: int) -> int:
+    """NFE of `sampler` on a grid of `steps` steps, from a one-sample dry run."""
+    x = model.sde.prior_sample((1, model.data.dim), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return sampler(model, x, GRID_BUILDERS[grid_name](model.sde, steps, t_end=T_END)).nfe
+
+
+def steps_for_budget(sampler, model, grid_name: str, budget: int, cache: dict) -> int | None:
+    """The largest step count whose NFE fits the budget (None when even one step does not)."""
+    best = None
+    steps = max(1, budget // max(1, sampler.nfe_per_step))
+    while steps <= budget:
+        key = steps
+        if key not in cache:
+            cache[key] = nfe_of(sampler, model, grid_name, steps)
+        if cache[key] <= budget:
+            best = steps
+            steps += 1
+        else:
+            break
+    return best
+
+
+def per_sample_errors(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (x - ref).pow(2).flatten(1).mean(1).sqrt()
+
+
+def run(schedule: str, configs, grid_names, nfes, n: int, *, optimize: bool = False):
+    """results[(label, grid)][nfe] = (rms, median, nfe_used); with `optimize`, also OPTIMIZED on its fitted grids."""
+    model, x_T = make_problem(schedule, n)
+    t0 = time.time()
+    ref = reference(model, x_T)
+    print(f"# {schedule}: reference (dopri8 in lambda, rtol=atol=1e-10) took {time.time() - t0:.1f} s", flush=True)
+    results = {}
+    for name, options in configs:
+        sampler = solvers.get(name, **options)
+        for grid_name in grid_names:
+            cache: dict = {}
+            row = {}
+            for budget in nfes:
+                steps = steps_for_budget(sampler, model, grid_name, budget, cache)
+                if steps is None:
+                    continue
+                ts = GRID_BUILDERS[grid_name](model.sde, steps, t_end=T_END)
+                sol = sampler(model, x_T, ts)
+                e = per_sample_errors(sol.x, ref)
+                row[budget] = (float(e.pow(2).mean().sqrt()), float(e.median()), sol.nfe)
+            results[(label(name, options), grid_name)] = row
+    if optimize:
+        name, options = OPTIMIZED
+        sampler = solvers.get(name, **options)
+        row = {}
+        for budget in nfes:
+            if budget > 25:
+                continue  # fitting costs grow with the budget, and the grids matter most for few steps
+            t0 = time.time()
+            ts = optimized_grid(model, sampler, budget)
+            sol = sampler(model, x_T, ts)
+            e = per_sample_errors(sol.x, ref)
+            row[budget] = (float(e.pow(2).mean().sqrt()), float(e.median()), sol.nfe)
+            lam = model.sde.lambda_(ts)
+            print(f"# {schedule}: optimized grid for NFE {budget} ({time.time() - t0:.0f} s), lambda = "
+                  + " ".join(f"{v:.2f}" for v in lam.tolist()), flush=True)
+        results[(label(name, options), "optimized")] = row
+    return results
+
+
+def print_table(title: str, results: dict, nfes, column: int) -> None:
+    width = max(len(f"{a} | {b}") for a, b in results) + 2
+    print(f"\n## {title}")
+    print("config | grid".ljust(width) + "".join(f"{'NFE ' + str(k):>16}" for k in nfes))
+    for (lab, grid_name), row in results.items():
+        cells = []
+        for k in nfes:
+            if k not in row:
+                cells.append(f"{'-':>16}")
+                continue
+            v, used = row[k][column], row[k][2]
+            text = f"{v:.2e}" if math.isfinite(v) else "nan"
+            if used != k:
+                text += f"[{used}]"
+            cells.append(f"{text:>16}")
+        print(f"{lab} | {grid_name}".ljust(width) + "".join(cells))
+
+
+def print_target(schedule: str, results: dict, nfes) -> None:
+    """Best configuration per NFE versus DPM-Solver++(3M) on the uniform-lambda grid."""
+    base_key = (label(BASELINE[0], BASELINE[1]), BASELINE[2])
+    if base_key not in results:
+        return
+    print(f"\n## {schedule}: best configuration vs {base_key[0]} | {base_key[1]} (RMS)")
+    for k in nfes:
+        if k not in results[base_key]:
+            continue
+        base = results[base_key][k][0]
+        best_key, best = min(((key, row[k][0]) for key, row in results.items() if k in row), key=lambda kv: kv[1])
+        print(f"NFE {k:>3}: baseline {base:.2e}; best {best:.2e} = {best / base:.2f} x baseline  <- {best_key[0]} | {best_key[1]}")
+
+
+def tune(schedule: str, n: int, nfes, kappas) -> None:
+    """Sweep the tuned grid's kappa for UniPC-3 on held-out start states (seed 1)."""
+    model, x_T = make_problem(schedule, n, seed=1)
+    ref = reference(model, x_T)
+    print(f"\n## {schedule}: kappa sweep for the tuned grid (UniPC-3 bh2 / bh1, seed-1 start states, RMS)")
+    for variant in ("bh2", "bh1"):
+        sampler = solvers.get("unipc", order=3, variant=variant)
+        for kappa in kappas:
+            errs = []
+            for k in nfes:
+                ts = tuned_lambda(model.sde, k, kappa=kappa, t_end=T_END)
+                errs.append(float(per_sample_errors(sampler(model, x_T, ts).x, ref).pow(2).mean().sqrt()))
+            print(f"{variant} kappa={kappa:<5}" + "".join(f"  NFE {k}: {e:.2e}" for k, e in zip(nfes, errs)))
+
+
+def adaptive_sweep(schedule: str, n: int) -> None:
+    model, x_T = make_problem(schedule, n)
+    ref = reference(model, x_T)
+    print(f"\n## {schedule}: adaptive DPM-Solver (rtol = atol = tol)")
+    ts = grids.uniform_lambda(model.sde, 1, t_end=T_END)
+    for order in (2, 3):
+        for tol in (1e-2, 1e-3, 1e-4):
+            sol = solvers.get("dpm_solver_adaptive", order=order, rtol=tol, atol=tol)(model, x_T, ts)
+            e = per_sample_errors(sol.x, ref)
+            print(f"order {order} tol {tol:.0e}: NFE {sol.nfe:4d}  RMS {float(e.pow(2).mean().sqrt()):.2e}  median {float(e.median()):.2e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--schedules", nargs="+", choices=["vp", "ddpm"], default=["vp", "ddpm"])
+    parser.add_argument("--solvers", nargs="+", default=None, help="names from solvers.available() (default: all deterministic)")
+    parser.add_argument("--grids", nargs="+", choices=sorted(GRID_BUILDERS), default=None)
+    parser.add_argument("--nfe", nargs="+", type=int, default=None)
+    parser.add_argument("--n", type=int, default=None, help="start states (default 256; 64 with --quick)")
+    parser.add_argument("--median", action="store_true", help="also print the median per-sample error")
+    parser.add_argument("--quick", action="store_true", help="NFE 10, 15, 20; 64 states; main configurations")
+    parser.add_argument("--adaptive", action="store_true", help="also sweep dpm_solver_adaptive tolerances")
+    parser.add_argument("--tune", action="store_true", help="sweep the tuned grid's kappa on held-out states")
+    parser.add_argument("--optimize", action="store_true",
+                        help=f"also fit a grid per NFE <= 25 for {label(*OPTIMIZED)} on held-out states (about a minute each)")
+    parser.add_argument("--check-reference", action="store_true", help="compare the reference with dopri5 in t")
+    args = parser.parse_args(argv)
+    if args.solvers is not None:
+        unknown = sorted(set(args.solvers) - set(solvers.available()))
+        if unknown:
+            parser.error(f"unknown solver(s) {unknown}; choose from {sorted(solvers.available())}")
+    if args.nfe is not None and any(k < 1 for k in args.nfe):
+        parser.error(f"--nfe values must be >= 1, got {args.nfe}")
+    if args.n is not None and args.n < 1:
+        parser.error(f"--n must be >= 1, got {args.n}")
+    torch.set_num_threads(1)
+    nfes = tuple(args.nfe) if args.nfe else (QUICK_NFES if args.quick else NFES)
+    n = args.n or (64 if args.quick else 256)
+    grid_names = args.grids or (["uniform_lambda", "karras", "tuned"] if args.quick else sorted(GRID_BUILDERS))
+    configs = configurations(args.solvers, args.quick)
+    print(f"# {len(configs)} configurations x {len(grid_names)} grids; NFE {list(nfes)}; {n} start states; d = 64")
+    for schedule in args.schedules:
+        if args.check_reference:
+            model, x_T = make_problem(schedule, n)
+            ref = reference(model, x_T)
+            gap_t = per_sample_errors(ref, reference_in_t(model, x_T)).max()
+            gap_tol = per_sample_errors(ref, reference(model, x_T, rtol=1e-12)).max()
+            print(f"# {schedule}: max per-sample gap of the reference to dopri5 in t: {float(gap_t):.1e}; "
+                  f"to itself at rtol = atol = 1e-12: {float(gap_tol):.1e}")
+        if args.tune:
+            tune(schedule, n, nfes, (1.0, 1.15, 1.3, 1.5, 1.75, 2.0))
+        results = run(schedule, configs, grid_names, nfes, n, optimize=args.optimize)
+        print_table(f"{schedule}: RMS of per-sample endpoint error", results, nfes, 0)
+        if args.median:
+            print_table(f"{schedule}: median per-sample endpoint error", results, nfes, 1)
+        print_target(schedule, results, nfes)
+        if args.adaptive:
+            adaptive_sweep(schedule, n)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Inpainting and colorization by replacement (Song et al. 2021, arXiv:2011.13456, App. I).
+
+Known coordinates are conditioned on by replacing them, at every grid time t_i (the first
+included), with a fresh sample of their forward marginal,
+
+    x_t[known] <- alpha(t) x_known + sigma(t) z,    z ~ N(0, I) drawn anew at every step,
+
+and letting an unchanged base sampler move the whole state one grid interval (a predictor–corrector
+sampler also replaces after its predictor and after each corrector step). The output carries the
+known values exactly. Colorization is the same in the orthonormal colour basis
+z = COLOR_BASIS x (per pixel, over the channel dimension 1), where the gray channel is known:
+the basis is orthogonal, so z_t = alpha z_0 + sigma (COLOR_BASIS eps) has the same Gaussian noise
+law and replacement there is exact bookkeeping.
+
+Replacement approximates the conditional law: the known part at time t is drawn from its forward
+law given the known data alone, independently of the unknown part's trajectory, whereas the exact
+conditional process would carry the two jointly; the unknown part feels the known values only
+through the score of p_t(x). The error is measured on a correlated Gaussian in docs/guidance.md
+(under-conditioned results); corrector (Langevin) steps reduce it.
+
+The base sampler runs one grid interval per call (its `integrate` on ts[i:i+2]), so any sampler
+works, at a price for the ones that carry state between steps: multistep solvers
+(dpm_solver++ multistep, unipc, torchdiffeq's Adams methods) restart on every interval and take
+first-order steps, because their stored predictions were made at states whose known part has since
+been replaced by independent noise (docs/guidance.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+import solvers
+from solvers.base import Callback, Step
+from solvers.pc import PC, Langevin
+from solvers.protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
+
+from .sampling import Samples, _sde_config, make_generators
+
+__all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "replace_known", "replacement_stages", "to_basis"]
+
+# Orthonormal colour basis, rows: gray (R + G + B) / sqrt(3) and two chroma directions.
+COLOR_BASIS = torch.tensor(
+    [
+        [1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3)],
+        [-2 / math.sqrt(6), 1 / math.sqrt(6), 1 / math.sqrt(6)],
+        [0.0, 1 / math.sqrt(2), -1 / math.sqrt(2)],
+    ],
+    dtype=torch.float64,
+)
+
+
+def to_basis(x: Tensor, basis: Tensor) -> Tensor:
+    """z[:, i] = sum_j basis[i, j] x[:, j]: mix the channels (dim 1) of x (B, C, *S); basis (C, C)."""
+    return torch.einsum("ij,bj...->bi...", basis.to(x), x)
+
+
+def from_basis(z: Tensor, basis: Tensor) -> Tensor:
+    """Inverse of `to_basis` for an orthogonal basis: x = basis^T z over dim 1."""
+    return torch.einsum("ji,bj...->bi...", basis.to(z), z)
+
+
+def replace_known(
+    x: Tensor, known: Tensor, mask: Tensor, alpha: Tensor, sigma: Tensor, z: Tensor, basis: Tensor | None = None
+) -> Tensor:
+    """Set the known coordinates of x_t to alpha known + sigma z (Song et al. 2021, App. I).
+
+    x, known, z (B, *D); mask bool, broadcastable to x, True where known; alpha, sigma (B,) or (1,).
+    With `basis` (C, C) orthogonal, known, mask and z live in the coordinates to_basis(x, basis).
+    """
+    if basis is not None:
+        x = to_basis(x, basis)
+    # Song et al. 2021, App. I: x_t(known) ~ p_t(x_t | x_known) = N(alpha x_known, sigma^2 I)
+    x = torch.where(mask, bcast(alpha, x) * known + bcast(sigma, x) * z, x)
+    return x if basis is None else from_basis(x, basis)
+
+
+def _check_problem(known: Tensor, mask: Tensor, basis: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    if not isinstance(known, Tensor) or known.ndim < 2 or not known.is_floating_point():
+        got = f"shape {tuple(known.shape)}, dtype {known.dtype}" if isinstance(known, Tensor) else type(known).__name__
+        raise ValueError(f"known must be a float tensor of shape (B, *D), got {got}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = f"{mask.dtype} tensor" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor (True where known), got {got}")
+    if mask.shape not in (known.shape, known.shape[1:], (1, *known.shape[1:])):
+        raise ValueError(
+            f"mask must have shape {tuple(known.shape)}, {tuple(known.shape[1:])} or (1, "
+            f"{', '.join(map(str, known.shape[1:]))}) to match known, got {tuple(mask.shape)}"
+        )
+    if basis is not None:
+        C = known.shape[1]
+        basis = torch.as_tensor(basis, dtype=torch.float64)
+        if basis.shape != (C, C):
+            raise ValueError(f"basis must be a ({C}, {C}) matrix acting on the {C} channels (dim 1), got {tuple(basis.shape)}")
+        if not torch.allclose(basis @ basis.T, torch.eye(C, dtype=torch.float64), atol=1e-6):
+            raise ValueError("basis must be orthogonal (basis @ basis.T = I): replacement needs the noise to stay N(0, I)")
+    return mask.to(known.device), basis
+
+
+def inpaint(
+    model,
+    known: Tensor,
+    mask: Tensor,
+    *,
+    solver: str | solvers.Sampler = "pc",
+    steps: int | None = None,
+    grid: str | None = None,
+    basis: Tensor | None = None,
+    x_T: Tensor | None = None,
+    seed: int | Sequence[int] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    callback: Callback | None = None,
+    **solver_options,
+) -> Samples:
+    """Sample x given its known coordinates by replacement (Song et al. 2021, App. I).
+
+    known (B, *D): the known values (read where mask is True; B samples are drawn, in known's
+    dtype and on its device); mask: bool of shape (B, *D), (*D) or (1, *D), True where known; basis:
+    optional orthogonal (C, C) matrix, in which case known and mask are in the coordinates
+    to_basis(x, basis) (see `colorize`). solver, steps, grid, seed, generator and solver options as
+    in `scoresde.sample`; the base sampler walks one grid interval per call. Before every interval
+    (the first included) the known part is replaced by alpha(t) known + sigma(t) z with fresh
+    z ~ N(0, I) from the generator; the final state takes the known values exactly (after the
+    sampler's denoising step, if it has one). nfe counts model evaluations as in `sample`. Runs
+    under torch.no_grad(). Returns `Samples`.
+
+    Each call of the base sampler sees a one-interval grid: multistep solvers take first-order
+    steps, and `lower_order_final=True` (the DPM-Solver family's default, for grids under 10 steps)
+    makes a singlestep DPM-Solver first order too; pass lower_order_final=False to keep its order.
+    """
+    mask, basis = _check_problem(known, mask, basis)
+    if isinstance(solver, str):
+        sampler = solvers.get(solver, **solver_options)
+    elif isinstance(solver, solvers.Sampler):
+        if solver_options:
+            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
+        sampler = solver
+    else:
+        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
+    process = model.sde
+    sampler.check_supported(process)
+    device = known.device
+    gen = make_generators(seed, generator, device)
+    steps = sampler.default_steps if steps is None else steps
+    grid_name = sampler.default_grid if grid is None else grid
+    ts = solvers.grids.make(grid_name, process, steps).to(device)
+    if x_T is None:
+        x = process.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
+    elif x_T.shape != known.shape:
+        raise ValueError(f"x_T must have the shape of known {tuple(known.shape)}, got {tuple(x_T.shape)}")
+    else:
+        x = x_T.to(device=device, dtype=known.dtype)
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = _replacement_loop(sampler, CountedModel(model), x, known, mask, ts, basis, gen, callback)
+    seconds = time.perf_counter() - start
+    settings = {
+        "solver": sampler.name,
+        "options": sampler.options(),
+        "steps": steps,
+        "grid": grid_name,
+        "t_start": float(ts[0]),
+        "t_end": float(ts[-1]),
+        "sde": _sde_config(process),
+        "seed": seed if not isinstance(seed, Sequence) else list(seed),
+        "batch": int(known.shape[0]),
+        "dtype": str(known.dtype).removeprefix("torch."),
+        "device": str(device),
+        "conditioning": "replacement" if basis is None else "replacement in a channel basis",
+    }
+    return Samples(x=x[0], nfe=x[1], ts=ts.cpu(), seconds=seconds, settings=settings)
+
+
+def replacement_stages(sampler: solvers.Sampler) -> list[solvers.Sampler]:
+    """The samplers run one after another on each grid interval, with a replacement after each.
+
+    A predictor–corrector sampler splits into its predictor and n_corrector single Langevin steps,
+    so that every corrector step sees the replaced known part (as in Song et al.'s reference code):
+    a Langevin step followed by replacement is a Langevin step on the unknown coordinates with the
+    known ones held at their replaced values, i.e. it samples p_t(x_unknown | x_known,t). Langevin
+    alone splits into single steps; every other sampler is one stage.
+    """
+    if isinstance(sampler, PC) and sampler.corrector == "langevin":
+        pred = [] if sampler.predictor == "none" else [PC(predictor=sampler.predictor, corrector="none")]
+        corr = Langevin(snr=sampler.snr, n_corrector=1, step_size=sampler.step_size)
+        return pred + [corr] * sampler.n_corrector
+    if isinstance(sampler, Langevin):
+        return [Langevin(snr=sampler.snr, n_corrector=1, step_size=sampler.step_size)] * sampler.n_corrector
+    return [sampler]
+
+
+def _replacement_loop(
+    sampler: solvers.Sampler,
+    model: CountedModel,
+    x: Tensor,
+    known: Tensor,
+    mask: Tensor,
+    ts: Tensor,
+    basis: Tensor | None,
+    generator: GeneratorArg,
+    callback: Callback | None,
+) -> tuple[Tensor, int]:
+    """Replace at ts[0]; per interval, each stage then a replacement at ts[i + 1]; returns (x, nfe)."""
+    process = model.sde
+
+    def replace(x: Tensor, t: Tensor) -> Tensor:
+        t = time_like(t, x)
+        return replace_known(x, known, mask, process.alpha(t), process.sigma(t), randn_like(known, generator), basis)
+
+    stages = replacement_stages(sampler)
+    x = replace(x, ts[0])
+    for i in range(len(ts) - 1):
+        for stage in stages:
+            x = stage.integrate(model, x, ts[i : i + 2], generator=generator, callback=None)
+            x = replace(x, ts[i + 1])
+        if callback is not None:
+            callback(Step(i=i, t=ts[i + 1], x=x, x0=None, nfe=model.nfe))
+    if sampler.denoise_final:
+        x = model.x0(x, time_like(ts[-1], x))
+    one = torch.ones(1, dtype=x.dtype, device=x.device)
+    x = replace_known(x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
+    return x, model.nfe
+
+
+def colorize(model, gray: Tensor, **options) -> Samples:
+    """Colour images given their gray levels, by replacement in the orthonormal colour basis.
+
+    gray (B, 1, *S): the channel mean (R + G + B) / 3 in data units; model: data (B, 3, *S). The
+    known coordinate is the gray channel of to_basis(x, COLOR_BASIS), sqrt(3) gray. Options as in
+    `inpaint` (solver, steps, grid, seed, generator, callback, solver options).
+    """
+    if not isinstance(gray, Tensor) or gray.ndim < 2 or gray.shape[1] != 1 or not gray.is_floating_point():
+        got = tuple(gray.shape) if isinstance(gray, Tensor) else type(gray).__name__
+        raise ValueError(f"gray must be a float tensor of shape (B, 1, *S), got {got}")
+    if "basis" in options:
+        raise ValueError("colorize fixes basis=COLOR_BASIS; call inpaint for another basis")
+    known = torch.cat([math.sqrt(3) * gray, torch.zeros_like(gray), torch.zeros_like(gray)], dim=1)
+    mask = torch.zeros(known.shape[1:], dtype=torch.bool, device=gray.device)
+    mask[0] = True
+    return inpaint(model, known, mask, basis=COLOR_BASIS, **options)

@@ -1,0 +1,633 @@
+"""Training by denoising score matching, on one device or many (DDP launched by torchrun).
+
+    from scoresde.train import TrainConfig, train
+    res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
+    res.model.eps(x, t)                                  # ScoreModel over the EMA weights
+
+What a run writes to `out_dir` (rank 0 only):
+
+- `checkpoint.safetensors`, every `ckpt_every` steps and at the end, written to a temporary file
+  and renamed over the previous one (an interrupted write leaves the previous checkpoint intact).
+  It holds the weights ("net.*"), their EMA ("ema.*") and the optimizer state ("opt.<i>.<key>")
+  as tensors, and in its metadata the step and the JSON of the TrainConfig, UNetConfig and SDE.
+  Loading reads tensors and JSON only; nothing is unpickled.
+- `config.json`, a readable copy of that configuration and step (never read back).
+- `metrics.jsonl`, one JSON object per `log_every` steps: step, loss (mean over the interval and
+  over ranks), lr, grad_norm, images_per_s.
+- `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
+
+Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
+step (training times, noise, label dropout, flips, dequantization and dropout) is drawn from
+generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
+function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state: a
+resumed run repeats the uninterrupted run's losses and weights exactly (same device and world
+size). The caller's global RNG state is saved and restored around training.
+
+Optimizer details: Adam or AdamW, learning rate warmed up linearly over `warmup_steps`, gradients
+clipped to global norm `grad_clip`, EMA with decay min(ema_decay, (1 + n) / (10 + n)) after n
+updates (the warm-up of Song et al.'s `ExponentialMovingAverage`). On CUDA: TF32 matmuls and
+convolutions (`tf32`), bf16 autocast (`precision="bf16"`), channels_last (`channels_last`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+import solvers
+
+from . import data as datasets
+from .losses import TIME_SAMPLING, dsm_loss
+from .nn import PRESETS, UNet, UNetConfig, preset
+from .param import C_NOISE, ScoreModel
+from .sde import AffineSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
+
+__all__ = [
+    "CHECKPOINT", "Checkpoint", "SDES", "TrainConfig", "TrainResult", "build_sde", "load_checkpoint",
+    "load_model", "sample_images", "save_image_grid", "setup_distributed", "train",
+]
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "scoresde.train/1"
+SDES = ("vp", "vp_cosine", "subvp", "ve", "ddpm")
+OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("fp32", "bf16")
+# fields that may change between a run and its resumption
+RESUMABLE_CHANGES = frozenset({
+    "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
+    "sample_steps", "progress",
+})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; stored in every checkpoint.
+
+    Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
+    in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
+    scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`).
+    Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
+    overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", or "ddpm"
+    for a 1000-step linear DiscreteVPSDE) with beta_min, beta_max (vp, subvp) and sigma_min,
+    sigma_max (ve); `prediction` and `c_noise` as in ScoreModel.
+    Loss: `time_sampling` ("uniform", "likelihood", "discrete") and `t_eps` (scoresde.losses).
+    Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
+    grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
+    `seed`.
+    Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
+    only), `channels_last`, `tf32` (CUDA), `out_dir`, `ckpt_every`, `log_every`, `sample_every`
+    (0: never), `sample_n`, `sample_steps` (Euler-Maruyama steps for the grids), `progress`.
+    """
+
+    data: Literal["digits", "cifar10", "folder"] = "digits"
+    data_root: str | None = None
+    image_size: int | None = None
+    channels: int = 3
+    flip: bool = False
+    dequantize: bool = False
+    conditional: bool = False
+    p_uncond: float = 0.1
+
+    net: str = "digits"
+    net_options: dict = field(default_factory=dict)
+    sde: Literal["vp", "vp_cosine", "subvp", "ve", "ddpm"] = "vp"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    prediction: Literal["eps", "x0", "score", "v"] = "eps"
+    c_noise: str = "log_noise"
+    time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
+    t_eps: float = 1e-5
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    batch_size: int = 128
+    steps: int = 100_000
+    seed: int = 0
+
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    tf32: bool = True
+    out_dir: str = "runs/train"
+    ckpt_every: int = 5000
+    log_every: int = 100
+    sample_every: int = 0
+    sample_n: int = 64
+    sample_steps: int = 250
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(self.betas))
+        # JSON round trips give lists; keep tuples so that configs compare equal
+        object.__setattr__(self, "net_options",
+                           {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})
+
+        def choice(name, valid):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {list(valid)}")
+
+        def integer(name, lo):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+        def number(name, lo, hi, *, lo_open=False, hi_open=False):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {v!r}")
+
+        choice("data", datasets.DATASETS)
+        choice("net", sorted(PRESETS))
+        choice("sde", SDES)
+        choice("prediction", ("eps", "x0", "score", "v"))
+        choice("c_noise", sorted(C_NOISE))
+        choice("time_sampling", TIME_SAMPLING)
+        choice("optimizer", OPTIMIZERS)
+        choice("precision", PRECISIONS)
+        if self.data != "digits" and self.data_root is None:
+            raise ValueError(f"data {self.data!r} needs data_root")
+        if self.data == "folder" and self.image_size is None:
+            raise ValueError("data 'folder' needs image_size")
+        if self.image_size is not None:
+            integer("image_size", 1)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        for name in ("flip", "dequantize", "conditional", "channels_last", "tf32", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        number("p_uncond", 0.0, 1.0)
+        bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
+        if bad or {"image_size", "in_channels", "num_classes"} & set(self.net_options):
+            raise ValueError(
+                f"net_options {sorted(self.net_options)}: may set UNetConfig fields except image_size, in_channels "
+                f"and num_classes (taken from the data); unknown {bad}"
+            )
+        for name in ("beta_min", "beta_max", "sigma_min", "sigma_max"):
+            number(name, 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.beta_max <= self.beta_min or self.sigma_max <= self.sigma_min:
+            raise ValueError("need beta_min < beta_max and sigma_min < sigma_max")
+        if self.c_noise == "timestep" and self.sde != "ddpm":
+            raise ValueError("c_noise 'timestep' needs sde 'ddpm'")
+        if self.time_sampling == "discrete" and self.sde != "ddpm":
+            raise ValueError("time_sampling 'discrete' (DDPM's L_simple) needs sde 'ddpm'")
+        number("t_eps", 0.0, 0.5, lo_open=True, hi_open=True)
+        number("lr", 0.0, math.inf, lo_open=True, hi_open=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for b in self.betas:
+            if not (isinstance(b, (int, float)) and 0.0 <= b < 1.0):
+                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        number("adam_eps", 0.0, math.inf, lo_open=True, hi_open=True)
+        number("weight_decay", 0.0, math.inf, hi_open=True)
+        integer("warmup_steps", 0)
+        number("grad_clip", 0.0, math.inf, hi_open=True)
+        number("ema_decay", 0.0, 1.0, hi_open=True)
+        integer("batch_size", 1)
+        integer("steps", 0)
+        integer("seed", 0)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device must be 'auto' or a torch device string, got {self.device!r}") from e
+            if self.precision == "bf16" and torch.device(self.device).type != "cuda":
+                raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
+        for name in ("ckpt_every", "log_every"):
+            integer(name, 1)
+        integer("sample_every", 0)
+        integer("sample_n", 1)
+        integer("sample_steps", 1)
+
+    def to_dict(self) -> dict:
+        """JSON-serializable fields."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d["net_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.net_options.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+def build_sde(config: TrainConfig) -> AffineSDE:
+    """The forward process named by config.sde."""
+    if config.sde == "vp":
+        return VPSDE(config.beta_min, config.beta_max)
+    if config.sde == "vp_cosine":
+        return VPSDE(schedule="cosine")
+    if config.sde == "subvp":
+        return SubVPSDE(config.beta_min, config.beta_max)
+    if config.sde == "ve":
+        return VESDE(config.sigma_min, config.sigma_max)
+    return DiscreteVPSDE()
+
+
+def _unet_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig:
+    C, H, W = shape
+    if H != W:
+        raise ValueError(f"the UNet needs square images, got {H}x{W}")
+    if config.conditional and num_classes is None:
+        raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
+    return preset(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
+                                 "num_classes": num_classes if config.conditional else None})
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param index)."""
+
+    step: int
+    config: TrainConfig
+    unet_config: UNetConfig
+    sde_config: dict
+    net: dict[str, Tensor]
+    ema: dict[str, Tensor]
+    opt: dict[int, dict[str, Tensor]]
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), fsync, then rename over `path`; on failure `path` is untouched."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
+                    sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> None:
+    """Write a checkpoint atomically (module docstring)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for prefix, module in (("net", net), ("ema", ema)):
+        for k, v in module.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().to("cpu").contiguous()
+    meta = {
+        "format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict()),
+        "unet_config": json.dumps(unet_config.to_dict()), "sde": json.dumps(sde.config()),
+    }
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    opt: dict[int, dict[str, Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            opt.setdefault(int(i), {})[name] = v
+    return Checkpoint(
+        step=int(meta["step"]), config=TrainConfig.from_dict(json.loads(meta["config"])),
+        unet_config=UNetConfig.from_dict(json.loads(meta["unet_config"])), sde_config=json.loads(meta["sde"]),
+        net=net, ema=ema, opt=opt,
+    )
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> ScoreModel:
+    """A ScoreModel (in eval mode) over the EMA (or raw) weights of a checkpoint.
+
+    The model also carries `image_shape` (C, H, W), the shape of one image it was trained on.
+    """
+    ckpt = load_checkpoint(path)
+    net = UNet(ckpt.unet_config)
+    net.load_state_dict(ckpt.ema if ema else ckpt.net)
+    net = net.to(device).eval().requires_grad_(False)
+    model = ScoreModel(net, build_sde(ckpt.config), ckpt.config.prediction, c_noise=ckpt.config.c_noise)
+    cfg = ckpt.unet_config
+    model.image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return model
+
+
+# --- sampling for the progress grids -------------------------------------------------------------
+
+class _Labelled:
+    """A Model with fixed labels y (B,) bound, so that samplers see the plain protocol."""
+
+    def __init__(self, model: ScoreModel, y: Tensor):
+        self.model, self.y, self.sde = model, y, model.sde
+
+    def eps(self, x, t):
+        return self.model.eps(x, t, self.y)
+
+    def x0(self, x, t):
+        return self.model.x0(x, t, self.y)
+
+    def score(self, x, t):
+        return self.model.score(x, t, self.y)
+
+    def v(self, x, t):
+        return self.model.v(x, t, self.y)
+
+
+@torch.no_grad()
+def sample_images(model: ScoreModel, shape, *, steps: int = 250, y: Tensor | None = None,
+                  generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Samples (B, *D) in [-1, 1]: Euler-Maruyama on a uniform t grid, then Tweedie's denoising.
+
+    `steps` evaluations plus one; y (B,) labels for a conditional model (None: unconditional).
+    """
+    m = model if y is None else _Labelled(model, y)
+    x_T = model.sde.prior_sample(shape, generator=generator, device=device, dtype=torch.float32)
+    ts = solvers.grids.uniform_t(model.sde, steps)
+    x = solvers.get("euler_maruyama", denoise_final=True)(m, x_T, ts, generator=generator).x
+    return x.clamp(-1.0, 1.0)
+
+
+def save_image_grid(x: Tensor, path: str | os.PathLike, *, nrow: int | None = None, scale: int = 1) -> None:
+    """Save images x (B, C, H, W) in [-1, 1] as one PNG grid (1 pixel border), each upscaled `scale` times."""
+    from PIL import Image
+
+    B, C, H, W = x.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(B)))
+    ncol = math.ceil(B / nrow)
+    img = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    grid = torch.zeros(C, ncol * (H + 1) + 1, nrow * (W + 1) + 1, dtype=torch.uint8)
+    for k in range(B):
+        r, c = divmod(k, nrow)
+        grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = img[k]
+    arr = grid.permute(1, 2, 0).numpy()
+    im = Image.fromarray(arr[..., 0] if C == 1 else arr, mode="L" if C == 1 else "RGB")
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+    path = Path(path)
+    _atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+def setup_distributed() -> tuple[int, int]:
+    """Join the process group described by torchrun's environment; returns (rank, world_size).
+
+    Without torchrun (no WORLD_SIZE, or 1) nothing happens and (0, 1) comes back. Backend: NCCL
+    with one device per process (LOCAL_RANK) when CUDA is available, else gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or (dist.is_available() and dist.is_initialized()):
+        return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _step_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """Seed of random stream `stream` (0: loss and augmentation, 1: dropout) of one step on one rank.
+
+    Distinct for every (seed < 2^11, rank < 2^10, stream < 4, step < 2^40).
+    """
+    return ((((seed * 1024 + rank) * 4 + stream) << 40) + step) & ((1 << 63) - 1)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: the step reached, the last logged loss (None if none), the raw and EMA
+    networks (unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling."""
+
+    step: int
+    loss: float | None
+    net: UNet
+    ema: UNet
+    model: ScoreModel
+
+
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _make_optimizer(config: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(net.parameters(), lr=config.lr, betas=config.betas, eps=config.adam_eps,
+               weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net for parameters; buffers are copied."""
+    e_params = [p for p in ema.parameters()]
+    n_params = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(e_params, n_params, 1.0 - decay)
+    for be, bn in zip(ema.buffers(), net.buffers()):
+        be.copy_(bn)
+
+
+def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
+    a, b = saved.to_dict(), config.to_dict()
+    diff = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    if diff:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: configuration differs in {detail}; "
+                         f"only {sorted(RESUMABLE_CHANGES)} may change (or use a new out_dir)")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after `step` (by a run killed after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or resume) as configured; see the module docstring. Call `setup_distributed` first under torchrun."""
+    rank, world = _rank_world()
+    device = _resolve_device(config)
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError(f"precision 'bf16' is for CUDA only; running on {device} (use precision 'fp32')")
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the world size {world}")
+    per_rank = config.batch_size // world
+    out = Path(config.out_dir)
+    ckpt_path = out / CHECKPOINT
+    metrics_path = out / "metrics.jsonl"
+
+    data = datasets.load(config.data, root=config.data_root, image_size=config.image_size,
+                         channels=config.channels, class_subfolders=config.conditional and config.data == "folder")
+    sde = build_sde(config)
+    unet_config = _unet_config(config, data.shape, data.num_classes)
+    sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=config.seed, drop_last=True)
+    batches_per_epoch = len(sampler) // per_rank
+    if batches_per_epoch == 0:
+        raise ValueError(f"{data.source}: {len(data)} images give no full batch of {per_rank} per rank")
+
+    cuda = device.type == "cuda"
+    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    rng_devices = [device] if cuda else []
+    with torch.random.fork_rng(devices=rng_devices), contextlib.ExitStack() as stack:
+        if cuda and config.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            stack.callback(lambda: (setattr(torch.backends.cuda.matmul, "allow_tf32", tf32_before[0]),
+                                    setattr(torch.backends.cudnn, "allow_tf32", tf32_before[1])))
+        torch.manual_seed(config.seed)  # the initial weights (same on every rank)
+        net = UNet(unet_config)
+        ema = copy.deepcopy(net).requires_grad_(False)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        net.to(device, memory_format=memory_format)
+        ema.to(device, memory_format=memory_format).eval()
+        opt = _make_optimizer(config, net)
+        step = 0
+        if ckpt_path.is_file():
+            ckpt = load_checkpoint(ckpt_path)
+            _check_resume(ckpt.config, config, ckpt_path)
+            net.load_state_dict(ckpt.net)
+            ema.load_state_dict(ckpt.ema)
+            state = opt.state_dict()
+            state["state"] = ckpt.opt
+            opt.load_state_dict(state)
+            step = ckpt.step
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _truncate_metrics(metrics_path, step)
+        ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if world > 1 else net
+        model = ScoreModel(ddp, sde, config.prediction, c_noise=config.c_noise)
+        ema_model = ScoreModel(ema, sde, config.prediction, c_noise=config.c_noise)
+        images = data.images.to(device)
+        labels = data.labels.to(device) if config.conditional else None
+        gen = torch.Generator(device)
+
+        bar = None
+        if rank == 0 and config.progress and step < config.steps:
+            from tqdm.auto import tqdm
+            bar = stack.enter_context(tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True))
+        epoch, order = -1, None
+        loss_sum = torch.zeros((), device=device)
+        n_logged, t_log, last_loss = 0, time.perf_counter(), None
+        net.train()
+        while step < config.steps:
+            if step // batches_per_epoch != epoch:
+                epoch = step // batches_per_epoch
+                sampler.set_epoch(epoch)
+                order = torch.tensor(list(sampler), dtype=torch.long, device=device)
+            i = step % batches_per_epoch
+            idx = order[i * per_rank:(i + 1) * per_rank]
+            gen.manual_seed(_step_seed(config.seed, rank, step, 0))
+            torch.manual_seed(_step_seed(config.seed, rank, step, 1))  # dropout
+            x0 = datasets.to_model_input(images[idx], data.levels, flip=config.flip, dequantize=config.dequantize,
+                                         generator=gen)
+            if config.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                loss = dsm_loss(model, x0, y=None if labels is None else labels[idx], null_label=unet_config.num_classes,
+                                p_uncond=config.p_uncond, time_sampling=config.time_sampling, t_eps=config.t_eps,
+                                generator=gen).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+            opt.step()
+            ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            loss_sum += loss.detach()
+            n_logged += 1
+
+            if step % config.log_every == 0 or step == config.steps:
+                if world > 1:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= world
+                last_loss = float(loss_sum) / n_logged  # host sync, once per log interval
+                now = time.perf_counter()
+                record = {"step": step, "loss": last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                          "images_per_s": n_logged * config.batch_size / max(now - t_log, 1e-9)}
+                if rank == 0:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                loss_sum.zero_()
+                n_logged, t_log = 0, now
+            if bar is not None:
+                bar.update(1)
+            if rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
+                save_checkpoint(ckpt_path, step=step, config=config, unet_config=unet_config, sde=sde,
+                                net=net, ema=ema, opt=opt)
+                meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(),
+                        "sde": sde.config()}
+                _atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+            if rank == 0 and config.sample_every and step % config.sample_every == 0:
+                _write_samples(ema_model, unet_config, config, step, out, device)
+                t_log = time.perf_counter()  # keep images/s about training
+    net.eval()
+    return TrainResult(step=step, loss=last_loss, net=net, ema=ema, model=ema_model)
+
+
+def _write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfig, step: int, out: Path,
+                   device: torch.device) -> None:
+    gen = torch.Generator(device).manual_seed(config.seed)  # the same noise at every step
+    n = config.sample_n
+    y = None
+    if unet_config.num_classes is not None:
+        y = torch.arange(n, device=device) % unet_config.num_classes
+    shape = (n, unet_config.in_channels, unet_config.image_size, unet_config.image_size)
+    with torch.no_grad():
+        x = sample_images(model, shape, steps=config.sample_steps, y=y, generator=gen, device=device)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    save_image_grid(x, out / "samples" / f"step_{step:07d}.png", scale=max(1, 32 // unet_config.image_size))
