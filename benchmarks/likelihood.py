@@ -1,7 +1,7 @@
 """Likelihood benchmark: scoresde.log_likelihood against the scheme of the original Score SDE code.
 
-    python benchmarks/likelihood.py --quick            # a few minutes on a CPU
-    python benchmarks/likelihood.py                    # full sizes (DDPM++ CIFAR-10 U-Net)
+    python benchmarks/likelihood.py --quick --threads 1   # under a minute on a CPU
+    python benchmarks/likelihood.py --threads 1        # full sizes (DDPM++ CIFAR-10 U-Net): ~15 min
     python benchmarks/likelihood.py --device cuda --batch 128 --unet-batch 128
 
 Cases: the analytic d = 3072 (3x32x32) ten-component Gaussian mixture under the VP SDE (float64,
@@ -12,7 +12,8 @@ the original code does), this library's adaptive mode (dopri5) at the same toler
 fixed-budget mode at several budgets. Every row uses the same Rademacher probe. Columns: NFE
 (right-hand-side evaluations), model forward passes, wall seconds per batch, mean bits/dim, mean
 |bpd error| against the exact log p_{t_eps}(x) (analytic case), mean |bpd - adaptive bpd|, and the
-speed-up over the baseline (baseline seconds / seconds).
+speed-up over the baseline (baseline seconds / seconds). On a CPU shared with other jobs pass
+--threads 1: oversubscribed intra-op threads made every row 10-30x slower in our runs.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from .nn import UNet, UNetConfig
 from .analytic import AnalyticModel, ConditionalAnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel, Gaussian, GaussianMixture
 from .controllable import colorize, inpaint
 from .guidance import CFGModel, ClassifierGuidedModel
+from .likelihood import Likelihood, bits_per_dim, log_likelihood
 from .param import ScoreModel
+from .pretrained import default_model, load_pretrained
 from .sampling import Samples, sample
 from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
 from .train import TrainConfig, load_model
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AffineSDE", "AnalyticModel", "DiscreteVPSDE", "FlowSDE", "Gaussian", "GaussianMixture", "ScoreModel",
     "Samples", "SubVPSDE", "VESDE", "VLB", "VPSDE", "param", "sample", "vlb_bits_per_dim",
+    "Likelihood", "bits_per_dim", "log_likelihood", "default_model", "load_pretrained",
     # networks and training (docs/training.md)
     "TrainConfig", "UNet", "UNetConfig", "data", "load_model", "losses", "metrics",
     # conditional generation (docs/guidance.md)

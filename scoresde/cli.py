@@ -64,12 +64,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .train import save_image_grid
 
     model = _load_model(args.model, args.sde, args.device)
-    if args.shape is not None:
-        shape = tuple(args.shape)
-    elif hasattr(model, "image_shape"):
-        shape = model.image_shape
-    else:
-        raise UsageError("this model does not record its image shape; pass --shape C H W")
+    shape = None if args.shape is None else tuple(args.shape)  # None: the model's image_shape
     options = dict(args.option or [])
     res = sample(
         model, solver=args.solver, steps=args.steps, grid=args.grid, n=args.n, shape=shape, seed=args.seed,

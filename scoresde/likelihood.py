@@ -44,7 +44,9 @@ from .sde import DiscreteVPSDE
 
 __all__ = [
     "ADAPTIVE_METHODS", "DIVERGENCES", "FIXED_METHODS", "METHODS", "PROBES", "VARIABLES", "Likelihood",
-    "bits_per_dim", "bpd_from_logp", "dequantize", "dequantization_offset", "log_likelihood",
+    "bits_per_dim", "bpd_from_logp", "dequantization_offset", "dequantize", "draw_probes", "exact_divergence",
+    "exponential_step", "hutchinson_divergence", "lambda_derivatives", "log_likelihood", "phi_coefficients",
+    "score_and_divergence", "simpson_weights",
 ]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -70,8 +72,9 @@ class Likelihood:
     logp_se, bpd_se: (B,) Monte-Carlo standard error of logp and bpd over the random probes and
       dequantization draws (0 when nothing is random, NaN when a single draw cannot estimate it);
       ODE discretization error is not included;
-    settings: everything that determined the result (method, tolerances, steps, grid, t_eps,
-      divergence, probe, n_probes, levels, repeats, dequantization).
+    settings: read-only mapping of everything that determined the result: method, rtol, atol,
+      steps, grid, variable, t_eps, T, divergence, probe, n_probes, levels, repeats,
+      dequantization (None where an option does not apply).
     """
 
     logp: Tensor
@@ -194,6 +197,12 @@ def score_and_divergence(
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         score = _score(model, x_in, t, y)
+        if not score.requires_grad:
+            raise ValueError(
+                f"divergence={divergence!r} differentiates model.score in x, but it returned a tensor without "
+                "grad (called under torch.inference_mode, or detached inside the model); use "
+                "torch.no_grad instead of inference_mode, or divergence='analytic'"
+            )
         if divergence == "exact":
             div_score = exact_divergence(score, x_in)[:, None]
         else:
@@ -222,9 +231,12 @@ def draw_probes(x: Tensor, n_probes: int, probe: Probe, generator: GeneratorArg 
 class _AugmentedODE(torch.nn.Module):
     """Right-hand side of the augmented probability-flow ODE; counts its calls (the NFE).
 
-    variable "t": d[x, delta]/dt = [F, div F]. variable "lambda" (log-SNR, decreasing from
-    lambda(t_eps) to lambda(T)): the same ODE times dt/dlambda = -2 sigma^2 / g^2, i.e.
-    dx/dlambda = (d log alpha / dlambda) x + sigma^2 score, smooth in lambda for every schedule.
+    The state is [x, delta / d] with d = prod(D): the log-determinant per dimension, so that
+    rtol and atol bound its error in nats per dimension, as they bound x's per component (the
+    solver's norm takes the largest of the two root-mean-square errors). variable "t":
+    d[x, delta/d]/dt = [F, div F / d]. variable "lambda" (log-SNR, decreasing from lambda(t_eps)
+    to lambda(T)): the same ODE times dt/dlambda = -2 sigma^2 / g^2, i.e. dx/dlambda =
+    (d log alpha / dlambda) x + sigma^2 score, smooth in lambda for every schedule.
     """
 
     def __init__(self, model: Model, y, divergence: Divergence, probes: Tensor | None, variable: str):
@@ -241,7 +253,7 @@ class _AugmentedODE(torch.nn.Module):
         # size (steps themselves stop there through step_t); clamping keeps every time in [0, T]
         tt = time_like(torch.clamp(t, min=0.0, max=sde.T), x)
         score, div = score_and_divergence(self.model, x, tt, y=self.y, divergence=self.divergence, probes=self.probes)
-        drift = sde.pf_drift(x, tt, score)
+        drift, div = sde.pf_drift(x, tt, score), div / x[0].numel()
         if self.variable == "t":
             return drift, div
         dt_dlam = -2.0 * sde.sigma(tt) ** 2 / sde.g2(tt)
@@ -258,6 +270,7 @@ def _integrate_torchdiffeq(
 ) -> tuple[Tensor, Tensor, int]:
     """Returns z (B, *D), delta = int div F dt (B, K) and the NFE."""
     sde = model.sde
+    d = x[0].numel()
     func = _AugmentedODE(model, y, divergence, probes, variable)
     delta0 = torch.zeros(x.shape[0], n_div, dtype=x.dtype, device=x.device)
     if method in ADAPTIVE_METHODS:
@@ -273,7 +286,7 @@ def _integrate_torchdiffeq(
         xs, deltas = odeint(
             func, (x, delta0), ss[[0, -1]], method=method, options={"grid_constructor": lambda f, y0, t: ss}
         )
-    return xs[-1], deltas[-1], func.nfe
+    return xs[-1], d * deltas[-1], func.nfe
 
 
 def phi_coefficients(h: float) -> tuple[float, float, float]:
@@ -289,7 +302,8 @@ def phi_coefficients(h: float) -> tuple[float, float, float]:
 
 
 def exponential_step(
-    x_s: Tensor, D0: Tensor, D1: Tensor | None, D2: Tensor | None, sigma_s: Tensor, sigma_t: Tensor, alpha_t: Tensor, h: float
+    x_s: Tensor, D0: Tensor, D1: Tensor | None, D2: Tensor | None,
+    sigma_s: Tensor, sigma_t: Tensor, alpha_t: Tensor, h: float,
 ) -> Tensor:
     """One step of the probability-flow ODE from s to t in data-prediction form.
 
@@ -352,14 +366,14 @@ def _lagrange_integrals(abc: Sequence[float], p: float, q: float) -> list[float]
     """int_p^q of the three Lagrange basis polynomials on the nodes abc."""
     out = []
     for j in range(3):
-        a = abc[j]
         b, c = (abc[k] for k in range(3) if k != j)
-
-        def prim(u: float) -> float:  # antiderivative of (u - b)(u - c)
-            return u**3 / 3 - (b + c) * u**2 / 2 + b * c * u
-
-        out.append((prim(q) - prim(p)) / ((a - b) * (a - c)))
+        out.append((_prim(q, b, c) - _prim(p, b, c)) / ((abc[j] - b) * (abc[j] - c)))
     return out
+
+
+def _prim(u: float, b: float, c: float) -> float:
+    """An antiderivative of (u - b)(u - c)."""
+    return u**3 / 3 - (b + c) * u**2 / 2 + b * c * u
 
 
 def _integrate_exponential(
@@ -374,8 +388,7 @@ def _integrate_exponential(
     sde = model.sde
     d = x[0].numel()
     ts = _increasing_grid(model, grid, steps, t_eps).to(x.device)
-    lam64 = sde.lambda_(ts)
-    lams = lam64.tolist()  # host floats for the step coefficients, once per call
+    lams = sde.lambda_(ts).tolist()  # host floats for the step coefficients, once per call
     alphas, sigmas = sde.alpha(ts).to(x.dtype), sde.sigma(ts).to(x.dtype)
     a_s, g2s = sde.dlog_alpha_dt(ts).to(x.dtype), sde.g2(ts).to(x.dtype)
     x0s: list[Tensor] = []
@@ -390,7 +403,10 @@ def _integrate_exponential(
             break
         x0s = x0s[-3:]
         D1, D2 = lambda_derivatives(lams[max(0, i - 2) : i + 1], x0s)
-        x = exponential_step(x, x0s[-1], D1, D2, sigmas[i : i + 1], sigmas[i + 1 : i + 2], alphas[i + 1 : i + 2], lams[i + 1] - lams[i])
+        # DPM-Solver++(3M)-style step from lambda_i to lambda_{i+1} < lambda_i
+        x = exponential_step(
+            x, x0s[-1], D1, D2, sigmas[i : i + 1], sigmas[i + 1 : i + 2], alphas[i + 1 : i + 2], lams[i + 1] - lams[i]
+        )
     weights = simpson_weights(lams)
     quad = sum(w * q for w, q in zip(weights, qs))
     linear = d * (sde.log_alpha(ts[-1:]) - sde.log_alpha(ts[:1])).to(x.dtype)
@@ -427,6 +443,8 @@ def _check_settings(
             f"{type(model).__name__} has none: use 'exact' or 'hutchinson'"
         )
     if y is not None:
+        if isinstance(y, Tensor) and (y.ndim == 0 or y.shape[0] != x.shape[0]):
+            raise ValueError(f"y must have one label per sample, shape ({x.shape[0]}, ...), got {tuple(y.shape)}")
         methods = ["score"] + (["pf_divergence"] if divergence == "analytic" else [])
         for name in methods:
             if "y" not in inspect.signature(getattr(model, name)).parameters:
@@ -449,7 +467,9 @@ def _check_settings(
     sde = model.sde
     if method == EXPONENTIAL_METHOD:
         if variable is not None:
-            raise ValueError(f"variable applies to the torchdiffeq methods; {EXPONENTIAL_METHOD!r} always steps in lambda")
+            raise ValueError(
+                f"variable applies to the torchdiffeq methods; {EXPONENTIAL_METHOD!r} always steps in lambda"
+            )
         variable = "lambda"
     elif variable is None:
         # the discrete schedule's drift jumps at each of its N knots in t, but not in lambda

@@ -168,11 +168,26 @@ class ScoreModel:
     for a network trained on a DiscreteVPSDE's integer steps); "log_noise" (log(sigma/alpha) =
     -lambda, a smooth low-frequency input); "sigma" (VE models); or a callable t -> (B,).
 
+    learned_variance=True: the network returns twice x's channels (dim 1), the prediction first
+    and then the raw variance output v_raw of Improved DDPM (Nichol & Dhariwal 2021,
+    arXiv:2102.09672, Eq. 15; e.g. a UNet with learn_variance=True). The predictions use the first
+    half; `eps_and_variance` returns eps and the interpolation weight v = (v_raw + 1) / 2 from the
+    same evaluation, the reverse variance between grid times being exp(v log beta + (1 - v) log
+    beta_tilde). (This v is the variance weight, not the velocity of `v()`.)
+
     Inputs are cast to the network's parameter dtype and outputs back to x's dtype. Every call of
-    eps / x0 / score / v is one network evaluation.
+    eps / x0 / score / v / flow / eps_and_variance is one network evaluation.
     """
 
-    def __init__(self, net: Callable[..., Tensor], sde: AffineSDE, prediction: str = "eps", *, c_noise: str | Callable = "t"):
+    def __init__(
+        self,
+        net: Callable[..., Tensor],
+        sde: AffineSDE,
+        prediction: str = "eps",
+        *,
+        c_noise: str | Callable = "t",
+        learned_variance: bool = False,
+    ):
         if prediction not in NATIVE_PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(NATIVE_PREDICTIONS)}")
         if not callable(net):
@@ -184,10 +199,13 @@ class ScoreModel:
                 raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
         elif not callable(c_noise):
             raise ValueError(f"c_noise must be one of {sorted(C_NOISE)} or a callable, got {c_noise!r}")
+        if not isinstance(learned_variance, bool):
+            raise ValueError(f"learned_variance must be True or False, got {learned_variance!r}")
         self.net = net
         self.sde = sde
         self.prediction = prediction
         self.c_noise = c_noise
+        self.learned_variance = learned_variance
 
     def noise_input(self, t: Tensor) -> Tensor:
         """The network's time input for continuous times t (B,)."""
@@ -201,28 +219,42 @@ class ScoreModel:
                 return p.dtype
         return x.dtype
 
-    def predict(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The network's native prediction at x (B, *D), t (B,), in x's dtype."""
+    def _forward(self, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        """The network's whole output at x (B, *D), t (B,), in x's dtype, shape-checked."""
         if x.ndim < 1 or t.shape != (x.shape[0],):
             raise ValueError(f"expected t of shape ({x.shape[0] if x.ndim else '?'},), got {tuple(t.shape)}")
+        if self.learned_variance and x.ndim < 2:
+            raise ValueError(f"learned_variance needs data of shape (B, C, ...), got {tuple(x.shape)}")
         dtype = self._net_dtype(x)
         c = self.noise_input(t).to(dtype)
         out = self.net(x.to(dtype), c) if y is None else self.net(x.to(dtype), c, y)
-        if out.shape != x.shape:
-            raise ValueError(f"net returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        expected = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learned_variance else tuple(x.shape)
+        if out.shape != expected:
+            raise ValueError(f"net returned shape {tuple(out.shape)}, expected {tuple(expected)}")
         return out.to(x.dtype)
 
-    def _as(self, dst: str, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        out = self.predict(x, t, y)
+    def predict(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The network's native prediction at x (B, *D), t (B,), in x's dtype."""
+        out = self._forward(x, t, y)
+        return out[:, : x.shape[1]] if self.learned_variance else out
+
+    def _convert(self, out: Tensor, dst: str, x: Tensor, t: Tensor) -> Tensor:
+        """The native prediction `out` at (x, t) as kind `dst` (eps, x0, score, v or flow)."""
         if dst == self.prediction:
             return out
         alpha, sigma = self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype)
-        if self.prediction == "flow":
+        if self.prediction == "flow" or dst == "flow":
             d_alpha, d_sigma = self.sde.dalpha_dt(t).to(x.dtype), self.sde.dsigma_dt(t).to(x.dtype)
+            if dst == "flow":
+                eps = convert(out, self.prediction, "eps", x, alpha, sigma)
+                return flow_from(x0_from_eps(x, eps, alpha, sigma), eps, d_alpha, d_sigma)
             if dst == "x0":
                 return x0_from_flow(x, out, alpha, sigma, d_alpha, d_sigma)
             return convert(eps_from_flow(x, out, alpha, sigma, d_alpha, d_sigma), "eps", dst, x, alpha, sigma)
         return convert(out, self.prediction, dst, x, alpha, sigma)
+
+    def _as(self, dst: str, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+        return self._convert(self.predict(x, t, y), dst, x, t)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Noise prediction, (B, *D)."""
@@ -239,3 +271,20 @@ class ScoreModel:
     def v(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Velocity alpha eps - sigma x0, (B, *D)."""
         return self._as("v", x, t, y)
+
+    def flow(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Flow velocity dx_t/dt = alpha' x0 + sigma' eps (eps - x0 on FlowSDE), (B, *D)."""
+        return self._as("flow", x, t, y)
+
+    def eps_and_variance(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """eps (B, *D) and the variance weight v = (v_raw + 1) / 2 (B, *D) from one evaluation.
+
+        The reverse variance from t to an earlier grid time s is exp(v log beta + (1 - v) log
+        beta_tilde) (Nichol & Dhariwal 2021, Eq. 15). Needs learned_variance=True.
+        """
+        if not self.learned_variance:
+            raise ValueError("eps_and_variance needs a ScoreModel built with learned_variance=True")
+        out = self._forward(x, t, y)
+        C = x.shape[1]
+        # Nichol & Dhariwal 2021, Sec. 3.1: the network's output in [-1, 1] maps to the weight (v + 1) / 2
+        return self._convert(out[:, :C], "eps", x, t), (out[:, C:] + 1.0) / 2.0

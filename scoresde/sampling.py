@@ -104,8 +104,9 @@ def sample(
     must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
     ``snr=0.16``) or a built sampler. steps: grid steps (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
-    from t_start (T) to t_end (the SDE's t_eps). Give the batch as `x_T` (B, *D) or as `n` and
-    `shape` (D, without the batch). seed: an int, or a list of n ints for one generator per sample
+    from t_start (T) to t_end (the SDE's t_eps). Give the batch as `x_T` (B, *D) or as `n`
+    (default 64) and `shape` (D, without the batch; default: the model's `image_shape`, which
+    shipped and trained models record). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
     torch.no_grad(). Returns `Samples` (x, nfe, ts, seconds, settings).
 
@@ -146,8 +147,10 @@ def sample(
             raise ValueError("give x_T or (n, shape), not both")
         device = x_T.device if device is None else torch.device(device)
     else:
-        if n is None or shape is None:
-            raise ValueError("give x_T, or both n and shape (shape excludes the batch dimension)")
+        n = 64 if n is None else n
+        shape = getattr(model, "image_shape", None) if shape is None else shape
+        if shape is None:
+            raise ValueError("give x_T, or shape (excluding the batch dimension): this model records no image_shape")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         device = torch.device("cpu") if device is None else torch.device(device)

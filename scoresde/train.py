@@ -1,4 +1,5 @@
-"""Training by denoising score matching, on one device or many (DDP launched by torchrun).
+"""Training by denoising score matching, Improved DDPM's hybrid loss or flow matching, on one device
+or many (DDP launched by torchrun).
 
     from scoresde.train import TrainConfig, train
     res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
@@ -8,8 +9,9 @@ What a run writes to `out_dir` (rank 0 only):
 
 - `checkpoint.safetensors`, every `ckpt_every` steps and at the end, written to a temporary file
   and renamed over the previous one (an interrupted write leaves the previous checkpoint intact).
-  It holds the weights ("net.*"), their EMA ("ema.*") and the optimizer state ("opt.<i>.<key>")
-  as tensors, and in its metadata the step and the JSON of the TrainConfig, UNetConfig and SDE.
+  It holds the weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and,
+  for the hybrid loss, its timestep history ("loss_history.values", "loss_history.count") as
+  tensors, and in its metadata the step and the JSON of the TrainConfig, UNetConfig and SDE.
   Loading reads tensors and JSON only; nothing is unpickled.
 - `config.json`, a readable copy of that configuration and step (never read back).
 - `metrics.jsonl`, one JSON object per `log_every` steps: step, loss (mean over the interval and
@@ -19,9 +21,10 @@ What a run writes to `out_dir` (rank 0 only):
 Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
 step (training times, noise, label dropout, flips, dequantization and dropout) is drawn from
 generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
-function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state: a
-resumed run repeats the uninterrupted run's losses and weights exactly (same device and world
-size). The caller's global RNG state is saved and restored around training.
+function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state
+(the hybrid loss's timestep history, the only other state a step depends on, is checkpointed
+too): a resumed run repeats the uninterrupted run's losses and weights exactly (same device and
+world size). The caller's global RNG state is saved and restored around training.
 
 Optimizer details: Adam or AdamW, learning rate warmed up linearly over `warmup_steps`, gradients
 clipped to global norm `grad_clip`, EMA with decay min(ema_decay, (1 + n) / (10 + n)) after n
@@ -49,10 +52,10 @@ from torch import Tensor, nn
 import solvers
 
 from . import data as datasets
-from .losses import TIME_SAMPLING, dsm_loss
+from .losses import TIME_SAMPLING, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
-from .sde import AffineSDE, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE
+from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = [
     "CHECKPOINT", "Checkpoint", "SDES", "TrainConfig", "TrainResult", "build_sde", "load_checkpoint",
@@ -61,7 +64,9 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "scoresde.train/1"
-SDES = ("vp", "vp_cosine", "subvp", "ve", "ddpm")
+SDES = ("vp", "vp_cosine", "subvp", "ve", "ddpm", "flow")
+LOSSES = ("dsm", "hybrid", "flow_matching")
+TRAIN_PREDICTIONS = ("eps", "x0", "score", "v", "flow")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
 # fields that may change between a run and its resumption
@@ -79,10 +84,16 @@ class TrainConfig:
     in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
     scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`).
     Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
-    overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", or "ddpm"
-    for a 1000-step linear DiscreteVPSDE) with beta_min, beta_max (vp, subvp) and sigma_min,
-    sigma_max (ve); `prediction` and `c_noise` as in ScoreModel.
-    Loss: `time_sampling` ("uniform", "likelihood", "discrete") and `t_eps` (scoresde.losses).
+    overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
+    for a 1000-step linear DiscreteVPSDE, or "flow" for FlowSDE) with beta_min, beta_max (vp, subvp)
+    and sigma_min, sigma_max (ve); `prediction` and `c_noise` as in ScoreModel; `learn_variance`:
+    the network also outputs Improved DDPM's variance channels (UNetConfig.learn_variance,
+    ScoreModel(learned_variance=True)).
+    Loss (scoresde.losses): `loss` "dsm" (denoising score matching with `time_sampling` "uniform",
+    "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
+    L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
+    learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
+    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform").
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`.
@@ -102,15 +113,18 @@ class TrainConfig:
 
     net: str = "digits"
     net_options: dict = field(default_factory=dict)
-    sde: Literal["vp", "vp_cosine", "subvp", "ve", "ddpm"] = "vp"
+    sde: Literal["vp", "vp_cosine", "subvp", "ve", "ddpm", "flow"] = "vp"
     beta_min: float = 0.1
     beta_max: float = 20.0
     sigma_min: float = 0.01
     sigma_max: float = 50.0
-    prediction: Literal["eps", "x0", "score", "v"] = "eps"
+    prediction: Literal["eps", "x0", "score", "v", "flow"] = "eps"
     c_noise: str = "log_noise"
+    learn_variance: bool = False
+    loss: Literal["dsm", "hybrid", "flow_matching"] = "dsm"
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
+    hybrid_lambda: float = 0.001
 
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 2e-4
@@ -161,7 +175,8 @@ class TrainConfig:
         choice("data", datasets.DATASETS)
         choice("net", sorted(PRESETS))
         choice("sde", SDES)
-        choice("prediction", ("eps", "x0", "score", "v"))
+        choice("prediction", TRAIN_PREDICTIONS)
+        choice("loss", LOSSES)
         choice("c_noise", sorted(C_NOISE))
         choice("time_sampling", TIME_SAMPLING)
         choice("optimizer", OPTIMIZERS)
@@ -174,10 +189,12 @@ class TrainConfig:
             integer("image_size", 1)
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
-        for name in ("flip", "dequantize", "conditional", "channels_last", "tf32", "progress"):
+        for name in ("flip", "dequantize", "conditional", "learn_variance", "channels_last", "tf32", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("p_uncond", 0.0, 1.0)
+        if "learn_variance" in self.net_options:
+            raise ValueError("net_options may not set learn_variance; use TrainConfig.learn_variance (the model needs it too)")
         bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
         if bad or {"image_size", "in_channels", "num_classes"} & set(self.net_options):
             raise ValueError(
@@ -193,6 +210,23 @@ class TrainConfig:
         if self.time_sampling == "discrete" and self.sde != "ddpm":
             raise ValueError("time_sampling 'discrete' (DDPM's L_simple) needs sde 'ddpm'")
         number("t_eps", 0.0, 0.5, lo_open=True, hi_open=True)
+        number("hybrid_lambda", 0.0, math.inf, hi_open=True)
+        if self.loss == "hybrid":
+            if self.sde != "ddpm":
+                raise ValueError(f"loss 'hybrid' needs sde 'ddpm' (L_vlb on the discrete schedule's timesteps), got {self.sde!r}")
+            if self.time_sampling != "discrete":
+                raise ValueError(f"loss 'hybrid' needs time_sampling 'discrete' (integer timesteps), got {self.time_sampling!r}")
+            if not self.learn_variance:
+                raise ValueError("loss 'hybrid' needs learn_variance=True (L_vlb trains the variance channels)")
+            if self.dequantize:
+                raise ValueError("loss 'hybrid' needs dequantize=False (its decoder term scores the integer levels)")
+        if self.loss == "flow_matching":
+            if self.sde != "flow":
+                raise ValueError(f"loss 'flow_matching' needs sde 'flow', got {self.sde!r}")
+            if self.time_sampling != "uniform":
+                raise ValueError(
+                    f"loss 'flow_matching' needs time_sampling 'uniform' (t ~ U(t_eps, T)), got {self.time_sampling!r}"
+                )
         number("lr", 0.0, math.inf, lo_open=True, hi_open=True)
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -246,6 +280,8 @@ def build_sde(config: TrainConfig) -> AffineSDE:
         return SubVPSDE(config.beta_min, config.beta_max)
     if config.sde == "ve":
         return VESDE(config.sigma_min, config.sigma_max)
+    if config.sde == "flow":
+        return FlowSDE()
     return DiscreteVPSDE()
 
 
@@ -256,14 +292,16 @@ def _unet_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: 
     if config.conditional and num_classes is None:
         raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
     return preset(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
-                                 "num_classes": num_classes if config.conditional else None})
+                                 "num_classes": num_classes if config.conditional else None,
+                                 "learn_variance": config.learn_variance})
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param index)."""
+    """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param
+    index; loss_history: the hybrid loss's `LossHistory.state_dict()`, empty for other losses)."""
 
     step: int
     config: TrainConfig
@@ -272,6 +310,7 @@ class Checkpoint:
     net: dict[str, Tensor]
     ema: dict[str, Tensor]
     opt: dict[int, dict[str, Tensor]]
+    loss_history: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -288,7 +327,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
-                    sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> None:
+                    sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                    loss_history: LossHistory | None = None) -> None:
     """Write a checkpoint atomically (module docstring)."""
     from safetensors.torch import save_file
 
@@ -299,6 +339,9 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
     for i, state in opt.state_dict()["state"].items():
         for k, v in state.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().to("cpu").contiguous()
+    if loss_history is not None:
+        for k, v in loss_history.state_dict().items():
+            tensors[f"loss_history.{k}"] = v.contiguous()
     meta = {
         "format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict()),
         "unet_config": json.dumps(unet_config.to_dict()), "sde": json.dumps(sde.config()),
@@ -328,10 +371,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if k.startswith("opt."):
             _, i, name = k.split(".", 2)
             opt.setdefault(int(i), {})[name] = v
+    history = {k[len("loss_history."):]: v for k, v in tensors.items() if k.startswith("loss_history.")}
     return Checkpoint(
         step=int(meta["step"]), config=TrainConfig.from_dict(json.loads(meta["config"])),
         unet_config=UNetConfig.from_dict(json.loads(meta["unet_config"])), sde_config=json.loads(meta["sde"]),
-        net=net, ema=ema, opt=opt,
+        net=net, ema=ema, opt=opt, loss_history=history,
     )
 
 
@@ -344,7 +388,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
     net = UNet(ckpt.unet_config)
     net.load_state_dict(ckpt.ema if ema else ckpt.net)
     net = net.to(device).eval().requires_grad_(False)
-    model = ScoreModel(net, build_sde(ckpt.config), ckpt.config.prediction, c_noise=ckpt.config.c_noise)
+    model = ScoreModel(net, build_sde(ckpt.config), ckpt.config.prediction, c_noise=ckpt.config.c_noise,
+                       learned_variance=ckpt.unet_config.learn_variance)
     cfg = ckpt.unet_config
     model.image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     return model
@@ -532,6 +577,7 @@ def train(config: TrainConfig) -> TrainResult:
         net.to(device, memory_format=memory_format)
         ema.to(device, memory_format=memory_format).eval()
         opt = _make_optimizer(config, net)
+        history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
         step = 0
         if ckpt_path.is_file():
             ckpt = load_checkpoint(ckpt_path)
@@ -541,13 +587,15 @@ def train(config: TrainConfig) -> TrainResult:
             state = opt.state_dict()
             state["state"] = ckpt.opt
             opt.load_state_dict(state)
+            if history is not None:
+                history.load_state_dict(ckpt.loss_history)
             step = ckpt.step
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _truncate_metrics(metrics_path, step)
         ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if world > 1 else net
-        model = ScoreModel(ddp, sde, config.prediction, c_noise=config.c_noise)
-        ema_model = ScoreModel(ema, sde, config.prediction, c_noise=config.c_noise)
+        model = ScoreModel(ddp, sde, config.prediction, c_noise=config.c_noise, learned_variance=config.learn_variance)
+        ema_model = ScoreModel(ema, sde, config.prediction, c_noise=config.c_noise, learned_variance=config.learn_variance)
         images = data.images.to(device)
         labels = data.labels.to(device) if config.conditional else None
         gen = torch.Generator(device)
@@ -576,14 +624,25 @@ def train(config: TrainConfig) -> TrainResult:
             lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
             for group in opt.param_groups:
                 group["lr"] = lr
+            y = None if labels is None else labels[idx]
+            hybrid = None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                loss = dsm_loss(model, x0, y=None if labels is None else labels[idx], null_label=unet_config.num_classes,
-                                p_uncond=config.p_uncond, time_sampling=config.time_sampling, t_eps=config.t_eps,
-                                generator=gen).mean()
+                if config.loss == "hybrid":
+                    hybrid = hybrid_loss(model, x0, history, levels=data.levels, lam=config.hybrid_lambda, y=y,
+                                         null_label=unet_config.num_classes, p_uncond=config.p_uncond, generator=gen)
+                    loss = hybrid.loss.mean()
+                elif config.loss == "flow_matching":
+                    loss = flow_matching_loss(model, x0, y=y, null_label=unet_config.num_classes, p_uncond=config.p_uncond,
+                                              t_eps=config.t_eps, generator=gen).mean()
+                else:
+                    loss = dsm_loss(model, x0, y=y, null_label=unet_config.num_classes, p_uncond=config.p_uncond,
+                                    time_sampling=config.time_sampling, t_eps=config.t_eps, generator=gen).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
             opt.step()
+            if hybrid is not None:
+                _record_losses(history, hybrid.step, hybrid.vlb, world)
             ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             loss_sum += loss.detach()
@@ -608,7 +667,7 @@ def train(config: TrainConfig) -> TrainResult:
                 bar.update(1)
             if rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
                 save_checkpoint(ckpt_path, step=step, config=config, unet_config=unet_config, sde=sde,
-                                net=net, ema=ema, opt=opt)
+                                net=net, ema=ema, opt=opt, loss_history=history)
                 meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(),
                         "sde": sde.config()}
                 _atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
@@ -617,6 +676,16 @@ def train(config: TrainConfig) -> TrainResult:
                 t_log = time.perf_counter()  # keep images/s about training
     net.eval()
     return TrainResult(step=step, loss=last_loss, net=net, ema=ema, model=ema_model)
+
+
+def _record_losses(history: LossHistory, steps: Tensor, vlb: Tensor, world: int) -> None:
+    """Record every rank's (timestep, L_vlb) pairs in rank order, so that all ranks keep the same history."""
+    if world > 1:
+        all_steps, all_vlb = [torch.empty_like(steps) for _ in range(world)], [torch.empty_like(vlb) for _ in range(world)]
+        dist.all_gather(all_steps, steps.contiguous())
+        dist.all_gather(all_vlb, vlb.contiguous())
+        steps, vlb = torch.cat(all_steps), torch.cat(all_vlb)
+    history.record(steps, vlb)
 
 
 def _write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfig, step: int, out: Path,

@@ -31,7 +31,10 @@ from solvers.protocol import GeneratorArg, bcast, randn_like
 
 from .sde import AffineSDE, DiscreteVPSDE
 
-__all__ = ["VLB", "discretized_gaussian_log_prob", "vlb_bits_per_dim"]
+__all__ = [
+    "VLB", "discretized_gaussian_log_prob", "gaussian_kl", "has_learned_variance", "learned_variance",
+    "posterior_coefficients", "vlb_bits_per_dim",
+]
 
 VARIANCES = ("small", "large", "learned")
 
@@ -78,9 +81,35 @@ def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, levels: 
     return torch.where(x > 1 - half, right_edge, out)
 
 
-def _gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
+def gaussian_kl(mean_q: Tensor, var_q: Tensor, mean_p: Tensor, var_p: Tensor) -> Tensor:
     """KL(N(mean_q, var_q) || N(mean_p, var_p)) per element, nats."""
     return 0.5 * (torch.log(var_p / var_q) + (var_q + (mean_q - mean_p) ** 2) / var_p - 1.0)
+
+
+def posterior_coefficients(
+    alpha_s: Tensor, sigma_s: Tensor, alpha_t: Tensor, sigma_t: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For s < t: (c_xt, c_x0, beta, beta_tilde), all of the inputs' (broadcast) shape.
+
+    q(x_s | x_t, x_0) = N(c_xt x_t + c_x0 x_0, beta_tilde) with alpha_ts = alpha_t / alpha_s,
+    beta = sigma_t^2 - alpha_ts^2 sigma_s^2 (the forward step's variance), beta_tilde =
+    beta sigma_s^2 / sigma_t^2, c_xt = alpha_ts sigma_s^2 / sigma_t^2, c_x0 = alpha_s beta / sigma_t^2
+    (Ho et al. 2020, Eqs. 6-7, in alpha/sigma form).
+    """
+    a_ts = alpha_t / alpha_s
+    beta = sigma_t**2 - a_ts**2 * sigma_s**2
+    beta_tilde = beta * sigma_s**2 / sigma_t**2
+    return a_ts * sigma_s**2 / sigma_t**2, alpha_s * beta / sigma_t**2, beta, beta_tilde
+
+
+def learned_variance(v: Tensor, beta: Tensor, beta_tilde: Tensor) -> Tensor:
+    """exp(v log beta + (1 - v) log beta_tilde) (Nichol & Dhariwal 2021, Eq. 15); v (B, *D)."""
+    return torch.exp(v * torch.log(beta) + (1 - v) * torch.log(beta_tilde))
+
+
+def has_learned_variance(model) -> bool:
+    """Whether `model` offers eps_and_variance(x, t) -> (eps, v) (and is not a ScoreModel built without it)."""
+    return callable(getattr(model, "eps_and_variance", None)) and getattr(model, "learned_variance", True) is not False
 
 
 def check_levels(x: Tensor, levels: int) -> None:
@@ -123,13 +152,21 @@ def vlb_bits_per_dim(
 
     model: a Model (x0 predictions are used); x: data on the `levels`-point grid of [-1, 1];
     steps: see `vlb_grid`; variance: "small" (beta_tilde), "large" (beta) or "learned", the last
-    with `variance_head(x_t, t) -> v` (B, *D) in [0, 1]-ish interpolating log beta and log beta_tilde;
-    the decoder uses std sigma(t_0)/alpha(t_0). Noise comes from `generator`. Returns `VLB`.
+    with `variance_head(x_t, t) -> v` (B, *D) in [0, 1]-ish interpolating log beta and log beta_tilde,
+    or, with variance_head=None, a model with `eps_and_variance(x_t, t) -> (eps, v)` (e.g.
+    `ScoreModel(..., learned_variance=True)`), whose mean and variance then come from one evaluation
+    per KL term. The decoder uses std sigma(t_0)/alpha(t_0). Noise comes from `generator`. Returns `VLB`.
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
-    if (variance == "learned") != (variance_head is not None):
-        raise ValueError("variance='learned' needs variance_head, and variance_head needs variance='learned'")
+    if variance != "learned" and variance_head is not None:
+        raise ValueError(f"variance_head needs variance='learned', got variance={variance!r}")
+    from_model = variance == "learned" and variance_head is None
+    if from_model and not has_learned_variance(model):
+        raise ValueError(
+            "variance='learned' needs variance_head, or a model with eps_and_variance(x, t) -> (eps, v) "
+            f"such as ScoreModel(..., learned_variance=True); got {type(model).__name__} without one"
+        )
     check_levels(x, levels)
     sde = model.sde
     ts = vlb_grid(sde, steps).to(x.device)
@@ -149,28 +186,28 @@ def vlb_bits_per_dim(
     kl_terms = []
     for i in range(1, len(ts)):
         a_s, s_s, a_t, s_t = alpha[i - 1], sigma[i - 1], alpha[i], sigma[i]
-        a_ts = a_t / a_s
-        var_ts = s_t**2 - a_ts**2 * s_s**2  # beta ("large")
-        var_post = var_ts * s_s**2 / s_t**2  # beta_tilde ("small")
+        # posterior q(x_s | x_t, x_0) (Ho et al. 2020, Eqs. 6-7): beta = "large", beta_tilde = "small"
+        c_xt, c_x0, beta, beta_tilde = posterior_coefficients(a_s, s_s, a_t, s_t)
         x_t = a_t * x + s_t * randn_like(x, generator)
-        x0_hat = model.x0(x_t, at(i))
-        # posterior mean (Ho et al. 2020, Eq. 7, in alpha/sigma form)
-        c_xt, c_x0 = a_ts * s_s**2 / s_t**2, a_s * var_ts / s_t**2
+        if from_model:
+            eps_hat, v = model.eps_and_variance(x_t, at(i))
+            x0_hat = (x_t - s_t * eps_hat) / a_t
+        else:
+            x0_hat = model.x0(x_t, at(i))
+            v = variance_head(x_t, at(i)) if variance == "learned" else None
         mean_q, mean_p = c_xt * x_t + c_x0 * x, c_xt * x_t + c_x0 * x0_hat
         if variance == "small":
-            var_p = var_post.expand_as(x)
+            var_p = beta_tilde.expand_as(x)
         elif variance == "large":
-            var_p = var_ts.expand_as(x)
+            var_p = beta.expand_as(x)
         else:
-            # Nichol & Dhariwal 2021, Eq. 15
-            v = variance_head(x_t, at(i))
-            var_p = torch.exp(v * torch.log(var_ts) + (1 - v) * torch.log(var_post))
-        kl_terms.append(_gaussian_kl(mean_q, var_post.expand_as(x), mean_p, var_p).flatten(1).sum(1))
+            var_p = learned_variance(v, beta, beta_tilde)
+        kl_terms.append(gaussian_kl(mean_q, beta_tilde.expand_as(x), mean_p, var_p).flatten(1).sum(1))
     kl = torch.stack(kl_terms, 1) if kl_terms else x.new_zeros(B, 0)
 
     # L_prior: KL(N(alpha_T x, sigma_T^2) || N(0, prior_std^2)), closed form
     prior_var = torch.as_tensor(sde.prior_std**2, dtype=x.dtype, device=x.device)
-    prior = _gaussian_kl(alpha[-1] * x, (sigma[-1] ** 2).expand_as(x), torch.zeros_like(x), prior_var).flatten(1).sum(1)
+    prior = gaussian_kl(alpha[-1] * x, (sigma[-1] ** 2).expand_as(x), torch.zeros_like(x), prior_var).flatten(1).sum(1)
 
     bpd = (decoder + kl.sum(1) + prior) * nats_to_bpd
     return VLB(

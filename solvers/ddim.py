@@ -65,6 +65,8 @@ class DDIM(Sampler):
     order = 1
     stochastic = False
     nfe_per_step = 1
+    default_steps = 50
+    default_grid = "uniform_t"
 
     def __init__(self, *, eta: float = 0.0, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)

@@ -42,6 +42,8 @@ class EulerMaruyama(Sampler):
     order = 1
     stochastic = True
     nfe_per_step = 1
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)

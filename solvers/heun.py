@@ -52,6 +52,8 @@ class Heun(Sampler):
     order = 2
     stochastic = False
     nfe_per_step = 2
+    default_steps = 18
+    default_grid = "karras"
 
     def __init__(
         self,

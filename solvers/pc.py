@@ -132,6 +132,8 @@ class PC(Sampler):
     order = 1
     stochastic = True
     nfe_per_step = 2
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(
         self,
@@ -187,6 +189,8 @@ class Langevin(Sampler):
     order = 0
     stochastic = True
     nfe_per_step = 1
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(
         self, *, snr: float = 0.16, n_corrector: int = 1, step_size: str = "per_sample", denoise_final: bool = False

@@ -11,6 +11,7 @@ from .dpm_solver import DPMSolver, DPMSolverAdaptive
 from .dpm_solver_pp import DPMSolverPP, SDEDPMSolverPP
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
+from .learned_variance import LearnedVarianceAncestral
 from .ode import ProbabilityFlowODE
 from .pc import PC, Langevin
 from .reverse_diffusion import Ancestral, ReverseDiffusion
@@ -21,6 +22,7 @@ from .unipc import UniPC
 _BUILTIN: dict[str, Callable[..., Sampler]] = {
     # reverse-SDE samplers (Euler–Maruyama, reverse diffusion, ancestral, predictor–corrector, torchsde)
     "ancestral": Ancestral,
+    "ddpm_learned": LearnedVarianceAncestral,
     "euler_maruyama": EulerMaruyama,
     "langevin": Langevin,
     "pc": PC,

@@ -15,7 +15,11 @@ transition variance, where the reference code falls back to an Euler discretizat
   sigma_t^2 (sigma_s^2 - sigma_t^2) / sigma_s^2. It equals DDIM with eta = 1 (`solvers.ddim`).
 
 Noise is added on every step (ts[-1] > 0, so the posterior variance is positive; it vanishes by
-itself when ts[-1] = 0 for VP).
+itself when ts[-1] = 0 for VP). The reference code's VP step uses beta_i = beta(t_i) / N; the exact
+a^2 = (alpha_s / alpha_t)^2 used here agrees with it to first order in the step. The posterior
+variance ignores the uncertainty of x_0, so ancestral samples are slightly under-dispersed at few
+steps (first order: per-mode variance 0.83 of the truth at 100 uniform steps, 0.99 at 1600, on a
+Gaussian with std 0.3 under VP).
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ class ReverseDiffusion(Sampler):
     order = 1
     stochastic = True
     nfe_per_step = 1
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)
@@ -103,6 +109,8 @@ class Ancestral(Sampler):
     order = 1
     stochastic = True
     nfe_per_step = 1
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)

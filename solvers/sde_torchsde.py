@@ -7,7 +7,8 @@ torchsde integrates forward in time, so the reverse SDE dx = [f - g^2 score] dt 
 
 an Itô SDE with diagonal noise (g is the same on every coordinate). The data (B, *D) is flattened to
 (B, prod D) for torchsde. `srk` (Rößler's strong order 1.5 scheme, Itô, diagonal noise) needs the
-space-time Lévy area, which the Brownian interval then provides.
+space-time Lévy area, which the Brownian interval then provides. g does not depend on x, so
+Milstein's correction vanishes and `milstein` gives the same samples as `euler` (tested).
 
 Grid: each interval of ts is exactly one solver step (one `sdeint` call per interval, all sharing one
 Brownian path), so non-uniform grids are walked as given. Randomness: a torchsde BrownianInterval
@@ -16,8 +17,8 @@ interval per sample, each seeded from its own generator, so that a sample does n
 batch. With generator=None the path is seeded from fresh entropy.
 
 NFE: torchsde evaluates the drift again at points it has just evaluated (its input check, and
-SRK's stage loop); the drift wrapper reuses the value for the same state tensor within one step, so
-the NFE counts distinct evaluations: 1 per step for euler and milstein, 4 for srk.
+SRK's stage loop); the drift wrapper reuses the value for the same state tensor object within one
+step, so the NFE counts distinct evaluations: 1 per step for euler and milstein, 4 for srk.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ class TorchSDE(Sampler):
     order = 1
     stochastic = True
     nfe_per_step = 1
+    default_steps = 1000
+    default_grid = "uniform_t"
 
     def __init__(self, *, method: str = "euler", denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis.strategies import floats
 from scipy import integrate, stats
 
 from scoresde.analytic import AnalyticModel, Gaussian, GaussianMixture
@@ -208,13 +210,18 @@ def test_simpson_weights_exact_for_quadratics():
             assert abs(sum(wi * f(xi) for wi, xi in zip(w, nodes)) - exact) <= 1e-12
 
 
-def test_phi_coefficients_and_exponential_step():
-    """phi_k match numerical quadrature for both signs of h; a step with a quadratic x0(lambda) is exact."""
-    for h in (-0.7, -0.01, 0.4):
-        phis = phi_coefficients(h)
-        for k, phi in enumerate(phis):
-            num = integrate.quad(lambda u: math.exp(u - h) * u**k / math.factorial(k), 0.0, h)[0]
-            assert abs(phi - num) <= 1e-12 * max(1.0, abs(num))
+@given(h=floats(-3.0, 3.0).filter(lambda h: abs(h) > 1e-6))
+@settings(max_examples=50, deadline=None)
+def test_phi_coefficients_match_quadrature(h):
+    """phi_{k+1} = int_0^h e^{u - h} u^k / k! du, for both signs of h (h < 0 when noising), to round-off
+    (phi_2 = h - phi_1 and phi_3 = h^2/2 - phi_2 cancel to an absolute error of order eps |h|)."""
+    for k, phi in enumerate(phi_coefficients(h)):
+        num = integrate.quad(lambda u: math.exp(u - h) * u**k / math.factorial(k), 0.0, h, epsabs=0, epsrel=1e-13)[0]
+        assert abs(phi - num) <= 1e-13 * max(abs(num), abs(h))
+
+
+def test_exponential_step_exact_for_quadratic_x0():
+    """A step with a quadratic x0(lambda) and its exact derivatives reproduces the ODE solution."""
     # VE (alpha = 1, sigma = e^-lam): dx/dlam = sigma^2 score = x0(lam) - x; exact solution for
     # x0(lam) = c0 + c1 lam + c2 lam^2 by variation of constants, compared with one step
     c = [0.3, -0.2, 0.1]
@@ -436,6 +443,10 @@ def test_bad_inputs_raise(small):
         log_likelihood(model, x * float("nan"))
     with pytest.raises(ValueError, match=r"a label y was given but AnalyticModel.score takes no y"):
         log_likelihood(model, x, y=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"y must have one label per sample, shape \(2, ...\), got \(3,\)"):
+        log_likelihood(model, x, y=torch.tensor([0, 1, 2]))
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"returned a tensor without grad .*inference_mode"):
+        log_likelihood(model, x)
     net_model = ScoreModel(lambda x, c: x, VPSDE())
     with pytest.raises(ValueError, match=r"divergence='analytic' needs a model with pf_divergence.*use 'exact' or 'hutchinson'"):
         log_likelihood(net_model, x.float(), divergence="analytic")
@@ -454,10 +465,6 @@ def test_bad_bits_per_dim_inputs_raise(small):
         bits_per_dim(model, x, levels=None, repeats=0)
 
 
-# ------------------------------------------------------------------ slow
-
-
-@pytest.mark.slow
 def test_mixture_3072_hutchinson_default_tolerances():
     """d = 3072 ten-component mixture, Rademacher Hutchinson, defaults, 16 points: mean |error| <= 0.01 bpd."""
     gen = torch.Generator().manual_seed(20)

@@ -140,7 +140,7 @@ def test_flow_velocity_round_trip(u):
     torch.testing.assert_close(param.x0_from_flow(x, flow, a, s, da, ds), x0)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "flow"])
 def test_dsigma_dt_matches_finite_differences(name):
     from .conftest import all_sdes
 

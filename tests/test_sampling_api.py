@@ -70,7 +70,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_shape_arguments_required():
-    with pytest.raises(ValueError, match="give x_T, or both n and shape"):
+    with pytest.raises(ValueError, match="give x_T, or shape"):
         scoresde.sample(model(), solver="dpm_solver++", n=2)
     with pytest.raises(ValueError, match="give x_T or"):
         scoresde.sample(model(), solver="dpm_solver++", n=2, shape=(3,), x_T=torch.zeros(2, 3))

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoresde import VESDE, VPSDE, DiscreteVPSDE, SubVPSDE
+from scoresde import VESDE, VPSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
 from scoresde.sde import ddpm_betas
 
 from .conftest import all_sdes
@@ -65,7 +65,7 @@ def test_moment_equations(name, u):
     torch.testing.assert_close(sde.g(t) ** 2, g2)
 
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "vp_cosine"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "vp_cosine", "flow"])
 def test_forward_euler_maruyama_matches_marginal(name):
     """4,000 paths of dx = f dt + g dw with 1,000 Euler steps from x0 = 1.5 to t = 0.5.
 
@@ -100,7 +100,7 @@ def test_lambda_round_trip_over_whole_range(name):
 
 @given(lam=st.floats(-12.0, 12.0))
 def test_lambda_inverse_property(lam):
-    for sde in (VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE(), DiscreteVPSDE()):
+    for sde in (VPSDE(), VPSDE(schedule="cosine"), SubVPSDE(), VESDE(), DiscreteVPSDE(), FlowSDE()):
         lo, hi = (float(v) for v in sde.lambda_(torch.tensor([sde.T, 0.0 if sde.kind != "ve" else 0.0], dtype=F64)))
         if not lo < lam < hi:
             continue

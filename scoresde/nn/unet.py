@@ -48,7 +48,9 @@ class UNetConfig:
     c_noise, scaled by embedding_scale (positional: c_noise is multiplied by it; fourier: the
     standard deviation of the frequencies); film: scale-shift conditioning (False: additive bias,
     as in the original DDPM++); num_classes: None for an unconditional net, else the number of
-    classes K (labels 0..K-1; label K is the learned null class).
+    classes K (labels 0..K-1; label K is the learned null class); learn_variance: output twice
+    the channels, the second half being the raw reverse-variance interpolation of Improved DDPM
+    (Nichol & Dhariwal 2021; read by `ScoreModel(learned_variance=True)`).
     """
 
     image_size: int = 32
@@ -63,6 +65,7 @@ class UNetConfig:
     embedding_scale: float = 1.0
     film: bool = True
     num_classes: int | None = None
+    learn_variance: bool = False
 
     def __post_init__(self):
         # JSON round trips give lists; store tuples so that configs compare and hash
@@ -92,6 +95,13 @@ class UNetConfig:
             raise ValueError(f"embedding_scale must be > 0, got {self.embedding_scale!r}")
         if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise ValueError(f"num_classes must be None or a positive integer, got {self.num_classes!r}")
+        if not isinstance(self.learn_variance, bool):
+            raise ValueError(f"learn_variance must be True or False, got {self.learn_variance!r}")
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the output: out_channels (or in_channels), doubled when learn_variance."""
+        return (self.out_channels or self.in_channels) * (2 if self.learn_variance else 1)
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -156,7 +166,7 @@ class UNet(nn.Module):
             if i != 0:
                 self.up.append(block(c, c, "up"))
         self.norm_out = group_norm(c)
-        self.conv_out = zero_(nn.Conv2d(c, cfg.out_channels or cfg.in_channels, 3, padding=1))
+        self.conv_out = zero_(nn.Conv2d(c, cfg.output_channels, 3, padding=1))
 
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         cfg = self.config
