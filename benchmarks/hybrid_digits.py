@@ -14,8 +14,17 @@ bound over the schedule's knots (0: every one of the 999 KL terms, Ho et al.'s e
 Each line gives the mean bound with its standard error over test images and the decoder, KL-sum
 and prior parts.
 
-    python benchmarks/hybrid_digits.py                      # 2000 steps each (a GPU, or ~1 h on 1 CPU core)
-    python benchmarks/hybrid_digits.py --steps 200 --ch 16  # a few minutes on one CPU core
+    python benchmarks/hybrid_digits.py                      # 2000 steps each, digits preset (GPU, or tens of minutes on a CPU)
+    python benchmarks/hybrid_digits.py --steps 1000 --ch 16 --res-blocks 1   # a few minutes on one CPU core
+
+Measured with the second line (1 CPU thread, about 100-250 s of training per model, bits/dim on the
+test split, +- one standard error over images):
+
+    bound over        L_simple, beta_tilde   L_simple, beta   hybrid, learned
+    100 strided KL     10.668 +- 0.115       3.901 +- 0.012    3.392 +- 0.014
+    all 999 KL (0)      3.648 +- 0.019       3.323 +- 0.015    3.239 +- 0.015
+
+(the decoder term is below 1e-4 bits/dim for 17-level data, and the prior term 2e-5).
 """
 
 from __future__ import annotations

@@ -101,6 +101,87 @@ def cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of the frozen dataclass `cls` (typed, with choices for Literal fields)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kwargs: dict = {"dest": f.name, "default": default}
+        if typing.get_origin(hint) is typing.Literal:
+            kwargs.update(choices=list(typing.get_args(hint)))
+        elif hint is bool:
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        elif hint in (int, float, str):
+            kwargs.update(type=hint)
+        elif hint in (int | None, float | None, str | None):
+            kwargs.update(type=typing.get_args(hint)[0])
+        else:  # dicts and tuples as Python literals, e.g. --net-options "{'ch': 16}"
+            kwargs.update(type=_literal)
+        kwargs["help"] = f"(default: {default!r})"
+        p.add_argument(flag, **kwargs)
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"expected a Python literal, got {text!r}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .train import TrainConfig, setup_distributed, train
+
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**fields)  # checks every value and names the valid choices
+    ckpt = Path(config.out_dir) / "checkpoint.safetensors"
+    if ckpt.exists() and not args.resume:
+        raise UsageError(f"{ckpt} exists; pass --resume to continue it or choose another --out-dir")
+    if args.resume and not ckpt.exists():
+        raise UsageError(f"--resume: no checkpoint at {ckpt}")
+    setup_distributed()
+    res = train(config)
+    print(f"step {res.step}: loss {res.loss:.4f}; checkpoint {ckpt}")
+    return 0
+
+
+def cmd_bpd(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    from . import data as data_mod
+    from .likelihood import bits_per_dim
+
+    model = _load_model(args.model, args.sde, args.device)
+    images = data_mod.load(args.data, root=args.data_root, split=args.split)
+    n = len(images) if args.n is None else min(args.n, len(images))
+    x_int = images.images[:n]
+    x = data_mod.to_model_input(x_int, images.levels, dtype=torch.float32).to(args.device)
+    gen = torch.Generator(args.device).manual_seed(args.seed)
+    values, nfes = [], []
+    start = time.perf_counter()
+    for i in range(0, n, args.batch_size):
+        res = bits_per_dim(
+            model, x[i:i + args.batch_size], levels=images.levels, repeats=args.repeats, n_probes=args.probes,
+            rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, generator=gen,
+        )
+        values.append(res.bpd.cpu())
+        nfes.append(res.nfe)
+    bpd = torch.cat(values).double()
+    se = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
+    settings = dict(res.settings)
+    print(f"bits/dim {float(bpd.mean()):.4f} ± {se:.4f} (standard error over {n} images); "
+          f"mean NFE {sum(nfes) / len(nfes):.1f}; {time.perf_counter() - start:.1f} s")
+    print("settings: " + json.dumps({**settings, "data": args.data, "split": args.split, "n": n}, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import SDES
 
@@ -123,6 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", help="also save the raw samples to a .npz or .pt file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a score network (multi-GPU: torchrun --nproc_per_node N -m scoresde train ...)")
+    _add_config_flags(p, TrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bpd", help="bits/dim of a data split through the probability-flow ODE")
+    p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
+    p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
+    p.add_argument("--data", default="digits", choices=["digits", "cifar10", "folder"], help="data set (default: digits)")
+    p.add_argument("--data-root", help="folder of the data (cifar10, folder)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="split (default: test)")
+    p.add_argument("--n", type=_positive_int, help="first n images only (default: all)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="images per ODE solve (default: 128)")
+    p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes (default: 1)")
+    p.add_argument("--repeats", type=_positive_int, default=1, help="dequantization repeats (default: 1)")
+    p.add_argument("--method", default="dopri5", help="torchdiffeq method, or dpm_solver for the fixed budget (default: dopri5)")
+    p.add_argument("--steps", type=_positive_int, help="steps of a fixed-grid or fixed-budget method")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: 1e-5)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default: 1e-5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of probes and dequantization (default: 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(func=cmd_bpd)
 
     p = sub.add_parser("solvers", help="list every solver with its order, kind, SDEs and options")
     p.set_defaults(func=cmd_solvers)

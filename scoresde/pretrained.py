@@ -43,6 +43,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
     }
     out = Path(out)
     _atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    out.chmod(0o644)  # a package file: readable by everyone
     return out
 
 

@@ -37,10 +37,15 @@ METHODS: tuple[str, ...] = tuple(m for m in _TORCHDIFFEQ_SOLVERS if m != "scipy_
 class ProbabilityFlowDrift:
     """dx/dt of the probability-flow ODE as torchdiffeq's func(t, x); t a 0-d tensor, x (B, *D)."""
 
-    def __init__(self, model: CountedModel):
+    def __init__(self, model: CountedModel, t_lo: Tensor | None = None, t_hi: Tensor | None = None):
         self.model = model
+        self.t_lo, self.t_hi = t_lo, t_hi
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        if self.t_lo is not None:
+            # torchdiffeq's initial-step heuristic probes f at t0 + h0, which can fall outside the
+            # interval (and outside [0, T]); steps themselves never do (step_t). Clamp the probe only.
+            t = t.clamp(self.t_lo, self.t_hi)
         t_b = time_like(t, x)
         # Song et al. 2021, Eq. (13): dx = [f(x, t) - g(t)^2 score / 2] dt
         return pf_drift(self.model.sde, x, t_b, self.model.score(x, t_b))
@@ -87,7 +92,7 @@ class ProbabilityFlowODE(Sampler):
     def integrate(
         self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
     ) -> Tensor:
-        drift = ProbabilityFlowDrift(model)
+        drift = ProbabilityFlowDrift(model, ts.min(), ts.max())
         tol = {"rtol": 1e-5 if self.rtol is None else self.rtol, "atol": 1e-5 if self.atol is None else self.atol}
         ts = ts.to(torch.float64)
         if self.method in FIXED_STAGES:

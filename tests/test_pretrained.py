@@ -1,0 +1,45 @@
+"""Shipped default models: the files load without unpickling, sample, and export round-trips."""
+
+import pytest
+import torch
+
+import scoresde
+from scoresde.pretrained import ASSETS, DEFAULT_MODELS, default_model, export_model, load_pretrained
+from scoresde.train import TrainConfig, load_checkpoint, train
+
+TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
+            batch_size=16, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("sde", sorted(DEFAULT_MODELS))
+def test_shipped_model_is_small_loads_and_samples(sde):
+    path = ASSETS / DEFAULT_MODELS[sde]
+    assert path.is_file(), f"missing shipped model {path}"
+    assert path.stat().st_size <= 4 * 2**20
+    model = default_model(sde)
+    assert model.image_shape == (1, 8, 8) and model.sde.kind == sde and model.step >= 1000
+    res = scoresde.sample(sde=sde, solver="dpm_solver++", steps=10, n=4, seed=0, shape=model.image_shape)
+    assert res.x.shape == (4, 1, 8, 8) and bool(torch.isfinite(res.x).all()) and res.nfe == 10
+
+
+def test_sample_without_model_uses_the_shipped_one():
+    a = scoresde.sample(solver="ddim", steps=5, n=2, shape=(1, 8, 8), seed=3)
+    b = scoresde.sample(default_model("vp"), solver="ddim", steps=5, n=2, shape=(1, 8, 8), seed=3)
+    assert torch.equal(a.x, b.x)
+
+
+def test_export_round_trip(tmp_path):
+    train(TrainConfig(**TINY, steps=2, out_dir=str(tmp_path / "run")))
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    out = export_model(tmp_path / "run" / "checkpoint.safetensors", tmp_path / "m.safetensors")
+    model = load_pretrained(out)
+    for k, v in model.net.state_dict().items():
+        torch.testing.assert_close(v, ckpt.ema[k].to(torch.float16).to(torch.float32), rtol=0, atol=0)
+    assert model.step == 2 and model.sde.kind == "vp"
+
+
+def test_missing_model_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"no shipped default model for sde 'ddpm'; shipped: \["):
+        default_model("ddpm")
+    with pytest.raises(FileNotFoundError, match="no pretrained model at"):
+        load_pretrained(tmp_path / "nope.safetensors")
