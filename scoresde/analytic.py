@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from solvers.protocol import GeneratorArg, bcast, randn
+from solvers.protocol import bcast, randn
 
 from .sde import AffineSDE
 

@@ -39,7 +39,7 @@ from solvers.base import Callback, Step
 from solvers.pc import PC, Langevin
 from solvers.protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 
-from .sampling import Samples, _sde_config, make_generators
+from .sampling import Samples, build_sampler, make_generators, run_settings
 
 __all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "replace_known", "replacement_stages", "to_basis"]
 
@@ -133,16 +133,8 @@ def inpaint(
     makes a singlestep DPM-Solver first order too; pass lower_order_final=False to keep its order.
     """
     mask, basis = _check_problem(known, mask, basis)
-    if isinstance(solver, str):
-        sampler = solvers.get(solver, **solver_options)
-    elif isinstance(solver, solvers.Sampler):
-        if solver_options:
-            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
-        sampler = solver
-    else:
-        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
     process = model.sde
-    sampler.check_supported(process)
+    sampler = build_sampler(solver, solver_options, process)
     device = known.device
     gen = make_generators(seed, generator, device)
     steps = sampler.default_steps if steps is None else steps
@@ -159,20 +151,8 @@ def inpaint(
     with torch.no_grad():
         x = _replacement_loop(sampler, CountedModel(model), x, known, mask, ts, basis, gen, callback)
     seconds = time.perf_counter() - start
-    settings = {
-        "solver": sampler.name,
-        "options": sampler.options(),
-        "steps": steps,
-        "grid": grid_name,
-        "t_start": float(ts[0]),
-        "t_end": float(ts[-1]),
-        "sde": _sde_config(process),
-        "seed": seed if not isinstance(seed, Sequence) else list(seed),
-        "batch": int(known.shape[0]),
-        "dtype": str(known.dtype).removeprefix("torch."),
-        "device": str(device),
-        "conditioning": "replacement" if basis is None else "replacement in a channel basis",
-    }
+    settings = run_settings(sampler, steps, grid_name, ts, process, seed, known, device)
+    settings["conditioning"] = "replacement" if basis is None else "replacement in a channel basis"
     return Samples(x=x[0], nfe=x[1], ts=ts.cpu(), seconds=seconds, settings=settings)
 
 

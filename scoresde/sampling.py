@@ -57,6 +57,37 @@ def _sde_config(process) -> dict | str:
     return process.config() if hasattr(process, "config") else repr(process)
 
 
+def build_sampler(solver: str | solvers.Sampler, solver_options: dict, process) -> solvers.Sampler:
+    """The sampler named `solver` built with `solver_options` (or a built one), checked against process."""
+    if isinstance(solver, str):
+        sampler = solvers.get(solver, **solver_options)
+    elif isinstance(solver, solvers.Sampler):
+        if solver_options:
+            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
+        sampler = solver
+    else:
+        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
+    sampler.check_supported(process)
+    return sampler
+
+
+def run_settings(sampler, steps: int, grid_name: str, ts: Tensor, process, seed, x: Tensor, device) -> dict:
+    """What reproduces a sampling run: solver and options, grid, SDE, seed, batch, dtype, device."""
+    return {
+        "solver": sampler.name,
+        "options": sampler.options(),
+        "steps": steps,
+        "grid": grid_name,
+        "t_start": float(ts[0]),
+        "t_end": float(ts[-1]),
+        "sde": _sde_config(process),
+        "seed": seed if not isinstance(seed, Sequence) else list(seed),
+        "batch": int(x.shape[0]),
+        "dtype": str(x.dtype).removeprefix("torch."),
+        "device": str(device),
+    }
+
+
 def make_generators(
     seed: int | Sequence[int] | None, generator, device: torch.device
 ) -> torch.Generator | list[torch.Generator] | None:
@@ -132,15 +163,7 @@ def sample(
         raise ValueError("guidance_scale and null_label need class labels y")
     process = model.sde
 
-    if isinstance(solver, str):
-        sampler = solvers.get(solver, **solver_options)
-    elif isinstance(solver, solvers.Sampler):
-        if solver_options:
-            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
-        sampler = solver
-    else:
-        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
-    sampler.check_supported(process)
+    sampler = build_sampler(solver, solver_options, process)
 
     if x_T is not None:
         if n is not None or shape is not None:
@@ -187,19 +210,7 @@ def sample(
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    settings = {
-        "solver": sampler.name,
-        "options": sampler.options(),
-        "steps": steps,
-        "grid": grid_name,
-        "t_start": float(ts[0]),
-        "t_end": float(ts[-1]),
-        "sde": _sde_config(process),
-        "seed": seed if not isinstance(seed, Sequence) else list(seed),
-        "batch": int(x_T.shape[0]),
-        "dtype": str(x_T.dtype).removeprefix("torch."),
-        "device": str(device),
-    }
+    settings = run_settings(sampler, steps, grid_name, ts, process, seed, x_T, device)
     if y is not None:
         settings["guidance"] = {
             "y": model.y.tolist(), "scale": model.scale, "null_label": null_label,

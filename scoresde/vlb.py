@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from solvers.protocol import GeneratorArg, bcast, randn_like
+from solvers.protocol import GeneratorArg, randn_like
 
 from .sde import AffineSDE, DiscreteVPSDE
 

@@ -136,3 +136,30 @@ def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, x0: Tensor |
     """Call `callback` with a Step record when one is given."""
     if callback is not None:
         callback(Step(i=i, t=t, x=x, x0=x0, nfe=model.nfe))
+
+
+class OneStepSampler(Sampler):
+    """A sampler that walks the grid with one `step` per interval, reporting after each.
+
+    Subclasses implement `step(model, x, t_cur, t_next, *, generator) -> (x_next, x0 or None)`
+    with t_cur, t_next 0-d float64 grid entries; `integrate` is the loop.
+    """
+
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def integrate(
+        self,
+        model: CountedModel,
+        x: Tensor,
+        ts: Tensor,
+        *,
+        generator: GeneratorArg,
+        callback: Callback | None,
+    ) -> Tensor:
+        for i in range(len(ts) - 1):
+            x, x0 = self.step(model, x, ts[i], ts[i + 1], generator=generator)
+            report(callback, i, ts[i + 1], x, x0, model)
+        return x

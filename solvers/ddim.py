@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._coeffs import step_coefficients
-from .base import Callback, Sampler, report
+from .base import OneStepSampler
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 
 
@@ -54,7 +54,7 @@ def ddim_step(
     return ddim_update(x, eps, *(time_like(v, x) for v in c), eta, z)
 
 
-class DDIM(Sampler):
+class DDIM(OneStepSampler):
     """DDIM with eta in [0, 1]; first order, one evaluation per step.
 
     `stochastic` is True on instances built with eta > 0 (the class attribute describes eta = 0).
@@ -79,10 +79,7 @@ class DDIM(Sampler):
     def options(self) -> dict:
         return {k: v for k, v in super().options().items() if k != "stochastic"}
 
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = ddim_step(model, x, ts[i], ts[i + 1], eta=self.eta, generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        return ddim_step(model, x, t_cur, t_next, eta=self.eta, generator=generator)

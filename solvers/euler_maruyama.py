@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Callback, Sampler, report
+from .base import OneStepSampler
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, reverse_drift, time_like
 
 
@@ -34,7 +34,7 @@ def euler_maruyama_step(
     return euler_maruyama_update(x, drift, model.sde.g(t), time_like(t_next - t_cur, x), z), None
 
 
-class EulerMaruyama(Sampler):
+class EulerMaruyama(OneStepSampler):
     """Euler–Maruyama on the reverse-time SDE; weak order 1, one evaluation per step."""
 
     name = "euler_maruyama"
@@ -48,10 +48,7 @@ class EulerMaruyama(Sampler):
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)
 
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = euler_maruyama_step(model, x, ts[i], ts[i + 1], generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        return euler_maruyama_step(model, x, t_cur, t_next, generator=generator)

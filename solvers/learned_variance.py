@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._coeffs import step_coefficients
-from .base import Callback, Sampler, Solution, report
+from .base import Callback, OneStepSampler, Solution
 from .protocol import CountedModel, GeneratorArg, Model, bcast, randn_like, time_like
 
 
@@ -83,7 +83,7 @@ def learned_variance_step(
     return learned_variance_update(x, eps, v, *coeffs, z)
 
 
-class LearnedVarianceAncestral(Sampler):
+class LearnedVarianceAncestral(OneStepSampler):
     """Ancestral sampling with the model's learned variance (Improved DDPM); one evaluation per step."""
 
     name = "ddpm_learned"
@@ -108,10 +108,7 @@ class LearnedVarianceAncestral(Sampler):
         check_learned_variance(model)
         return super().__call__(model, x_T, ts, generator=generator, callback=callback)
 
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = learned_variance_step(model, x, ts[i], ts[i + 1], generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        return learned_variance_step(model, x, t_cur, t_next, generator=generator)

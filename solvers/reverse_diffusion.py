@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ._coeffs import step_coefficients
-from .base import Callback, Sampler, report
+from .base import OneStepSampler
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 
 
@@ -78,7 +78,7 @@ def ancestral_step(
     return x, x0
 
 
-class ReverseDiffusion(Sampler):
+class ReverseDiffusion(OneStepSampler):
     """Reverse-diffusion predictor of Song et al. 2021 (App. E); weak order 1, one evaluation per step."""
 
     name = "reverse_diffusion"
@@ -92,16 +92,13 @@ class ReverseDiffusion(Sampler):
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)
 
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = reverse_diffusion_step(model, x, ts[i], ts[i + 1], generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        return reverse_diffusion_step(model, x, t_cur, t_next, generator=generator)
 
 
-class Ancestral(Sampler):
+class Ancestral(OneStepSampler):
     """Ancestral sampling with the posterior variance (DDPM for VP, SMLD for VE); one evaluation per step."""
 
     name = "ancestral"
@@ -115,10 +112,7 @@ class Ancestral(Sampler):
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)
 
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = ancestral_step(model, x, ts[i], ts[i + 1], generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(
+        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
+    ) -> tuple[Tensor, Tensor | None]:
+        return ancestral_step(model, x, t_cur, t_next, generator=generator)
