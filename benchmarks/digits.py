@@ -43,17 +43,22 @@ import time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.mixture import GaussianMixture  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
-import scoresde  # noqa: E402
-from scoresde import data as datasets  # noqa: E402
-from scoresde.likelihood import dequantization_offset, dequantize  # noqa: E402
-from scoresde.metrics import class_entropy, class_histogram, classifier_features, frechet_distance_features  # noqa: E402
-from scoresde.pretrained import ASSETS, DEFAULT_MODELS  # noqa: E402
-from scoresde.train import save_image_grid  # noqa: E402
+import scoresde
+from scoresde import data as datasets
+from scoresde.likelihood import dequantization_offset, dequantize
+from scoresde.metrics import (
+    class_entropy,
+    class_histogram,
+    classifier_features,
+    frechet_distance_features,
+)
+from scoresde.pretrained import ASSETS, DEFAULT_MODELS
+from scoresde.train import save_image_grid
 
 LEVELS = 17
 SDES = ("vp", "subvp", "ve")
@@ -65,8 +70,9 @@ FULL_CONFIGS = [
     ("euler_maruyama", 1000), ("pc", 1000),
 ]
 QUICK_CONFIGS = [("dpm_solver++", 10), ("unipc", 10), ("dpm_solver++", 20), ("unipc", 20), ("euler_maruyama", 1000)]
-GMM_COMPONENTS = (1, 2, 5, 10, 20, 40)
-GMM_COVARIANCES = ("full", "tied", "diag")
+# covariance type -> component counts (full covariances overfit beyond ~10 components on 1,150 images)
+GMM_SWEEP = {"full": (1, 2, 5, 10, 20), "tied": (5, 10, 20, 40), "diag": (10, 20, 40, 80, 160)}
+GMM_REG_COVAR = (1e-6, 1e-3)  # scikit-learn's default, and a ridge near the dequantization noise variance (1.2e-3)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=None, help="samples per row (default 2000; 500 with --quick)")
     p.add_argument("--long-sdes", default=None,
                    help="models that get the 1000-NFE rows (default: all of --sdes); 'none' for none")
+    p.add_argument("--long-solvers", default=None,
+                   help="comma-separated samplers of the 1000-NFE rows (default: euler_maruyama,pc; euler_maruyama with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="dequantization draws for bits/dim (default 3; 1 with --quick)")
     p.add_argument("--skip-bpd", action="store_true", help="skip the score models' bits/dim (the slow ODE part)")
     p.add_argument("--grid-dir", default="docs", help="folder of the samples_{sde}.png grids ('' to write none)")
@@ -93,7 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.long_sdes = [] if args.long_sdes == "none" else [s for s in args.long_sdes.split(",") if s]
     args.n = args.n or (500 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
+    configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
+    if args.long_solvers is not None:
+        long = [s for s in args.long_solvers.split(",") if s]
+        configs = [c for c in configs if c[1] < 1000] + [(s, 1000) for s in long]
+    args.configs = configs
     return args
 
 
@@ -104,6 +116,10 @@ def to_levels_from_bins(x: np.ndarray) -> np.ndarray:
     """Continuous values on the dequantized scale -> the 17-level grid {-1 + 2k/16}, k = floor((x + 1) K / 2)."""
     k = np.clip(np.floor((x + 1.0) * LEVELS / 2.0), 0, LEVELS - 1)
     return 2.0 * k / (LEVELS - 1) - 1.0
+
+
+def mixture_name(r: dict) -> str:
+    return f"{r['k']} x {r['cov']}, reg_covar {r['reg']:g}"
 
 
 def flat(x: torch.Tensor) -> np.ndarray:
@@ -153,18 +169,19 @@ def gmm_sweep(train: torch.Tensor, test: torch.Tensor, test_feats: torch.Tensor,
     n_val = len(xd) // 5
     fit_x, val_x = xd[perm[n_val:]], xd[perm[:n_val]]
     sweep = []
-    for cov in GMM_COVARIANCES:
-        for k in GMM_COMPONENTS:
+    for cov, ks in GMM_SWEEP.items():
+        for k, reg in ((k, reg) for k in ks for reg in GMM_REG_COVAR):
             t0 = time.perf_counter()
-            gm = GaussianMixture(k, covariance_type=cov, random_state=args.seed, max_iter=500).fit(fit_x)
+            gm = GaussianMixture(k, covariance_type=cov, reg_covar=reg, random_state=args.seed, max_iter=500).fit(fit_x)
             val_bpd = float(bpd_of_density(gm.score_samples(val_x)).mean())
             xs, _ = gm.sample(args.n)
             fd, ent = quality(torch.from_numpy(to_levels_from_bins(xs)).float().reshape(-1, 1, 8, 8), test_feats)
-            sweep.append({"k": k, "cov": cov, "val_bpd": val_bpd, "fd": fd, "entropy": ent,
+            sweep.append({"k": k, "cov": cov, "reg": reg, "val_bpd": val_bpd, "fd": fd, "entropy": ent,
                           "seconds": time.perf_counter() - t0})
     best = min(sweep, key=lambda r: r["val_bpd"])
     # refit the chosen one on the whole dequantized train split; the full-covariance Gaussian likewise
-    chosen = GaussianMixture(best["k"], covariance_type=best["cov"], random_state=args.seed, max_iter=500).fit(xd)
+    chosen = GaussianMixture(best["k"], covariance_type=best["cov"], reg_covar=best["reg"], random_state=args.seed,
+                             max_iter=500).fit(xd)
     gauss = GaussianMixture(1, covariance_type="full", random_state=args.seed).fit(xd)
     gt = torch.Generator().manual_seed(args.seed + 1)
     draws = [flat(dequantize(test, LEVELS, generator=gt)) for _ in range(args.repeats)]
@@ -252,39 +269,39 @@ def main(argv=None) -> None:
 
     P(f"### Test bits/dim (360 test images, 17 levels, uniform dequantization, {args.repeats} draw(s); "
       "mean over images +- standard error)\n")
-    P("| model | bits/dim | +- SE | NFE per pass | seconds |")
+    P("| model | bits/dim | +- SE | NFE per pass (batch of 360) | seconds |")
     P("|---|---|---|---|---|")
     for sde, r in bpd_rows.items():
         P(f"| {sde} (PF ODE, dopri5 1e-5) | {r['bpd']:.3f} | {r['se']:.3f} | {r['nfe']:.0f} | {r['seconds']:.0f} |")
-    for name, label in (("gauss", "Gaussian, full covariance"),
-                        ("gmm", f"Gaussian mixture, {gmm['best']['k']} x {gmm['best']['cov']}")):
+    for name, label in (("gauss", "Gaussian, full covariance"), ("gmm", f"Gaussian mixture, {mixture_name(gmm['best'])}")):
         m, se = gmm["bpd"][name]
         P(f"| {label} (scikit-learn) | {m:.3f} | {se:.3f} | - | - |")
     P()
 
     P(f"### Gaussian mixtures (fit: 80 % of the dequantized train split; bits/dim: the other 20 %; "
-      f"FD: {args.n} samples against the test split)\n")
-    P("| components | covariance | held-out bits/dim | FD | class entropy |")
-    P("|---|---|---|---|---|")
+      f"FD: {args.n} samples of that fit against the test split; the chosen one is then refitted to the whole "
+      "train split)\n")
+    P("| components | covariance | reg_covar | held-out bits/dim | FD | class entropy | seconds |")
+    P("|---|---|---|---|---|---|---|")
     for r in gmm["sweep"]:
         mark = " (chosen)" if r is gmm["best"] else ""
-        P(f"| {r['k']} | {r['cov']}{mark} | {r['val_bpd']:.3f} | {r['fd']:.1f} | {r['entropy']:.3f} |")
+        P(f"| {r['k']} | {r['cov']}{mark} | {r['reg']:g} | {r['val_bpd']:.3f} | {r['fd']:.1f} | {r['entropy']:.3f} | "
+          f"{r['seconds']:.1f} |")
     P()
 
     P(f"### Sample quality ({args.n} samples per row, seed {args.seed}; squared Fréchet distance (FD) to the 360 "
       "test images in the digits classifier's penultimate features)\n")
-    if floor["m"] == train.shape[0]:
-        how = f"all {floor['m']} train images"
+    P("FD estimated from N images is biased upwards by about tr(C)/N, so the floor uses as many real images as "
+      "the rows use samples, up to the 1,437 train images (all the real images outside the test split): ", end="")
+    if floor["m"] == args.n:
+        P(f"here {floor['m']} train images (mean over {floor['subsets']} random subsets) against the test images.\n")
     else:
-        how = f"{floor['m']} train images (mean over {floor['subsets']} random subsets)"
-    P(f"Floor: {how} against the test images. FD is biased upwards by about tr(C)/N in the sample size N; "
-      f"{floor['m']} is the most real images outside the test split, and the floor's bias exceeds that of {args.n} "
-      f"samples by tr(C) (1/{floor['m']} - 1/{args.n}) = {floor['bias_gap']:.2f}, so the floor is "
-      f"{'slightly generous' if floor['bias_gap'] > 0 else 'exact in sample size'}.\n")
+        P(f"here all {floor['m']} train images against the test images; their bias exceeds that of {args.n} samples "
+          f"by tr(C) (1/{floor['m']} - 1/{args.n}) = {floor['bias_gap']:.2f}, so the floor is that much generous.\n")
     P("| model | sampler | steps | NFE | FD | FD / floor | class entropy | seconds |")
     P("|---|---|---|---|---|---|---|---|")
     P(f"| train split (floor) | - | - | - | {floor['fd']:.2f} | 1.00 | {floor['entropy']:.3f} | - |")
-    P(f"| Gaussian mixture {gmm['best']['k']} x {gmm['best']['cov']} | - | - | - | {gmm['fd']:.2f} | "
+    P(f"| Gaussian mixture {mixture_name(gmm['best'])} | - | - | - | {gmm['fd']:.2f} | "
       f"{gmm['fd'] / floor['fd']:.2f} | {gmm['entropy']:.3f} | - |")
     for r in sample_rows:
         P(f"| {r['sde']} | {r['solver']} | {r['steps']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / floor['fd']:.2f} | "
@@ -294,7 +311,7 @@ def main(argv=None) -> None:
     for sde, (path, r) in grids.items():
         P(f"- `{path}`: the first 64 samples of {sde} with {r['solver']}, {r['steps']} steps ({r['nfe']} NFE)")
     bf = gmm["best_fd_row"]
-    P(f"- lowest FD of any mixture in the sweep: {bf['fd']:.2f} ({bf['k']} x {bf['cov']})")
+    P(f"- lowest FD of any mixture in the sweep (fitted to 80 % of the train split): {bf['fd']:.2f} ({mixture_name(bf)})")
     if "vp" in bpd_rows:
         P(f"- target, VP bits/dim <= 1.70: {bpd_rows['vp']['bpd']:.3f} -> {'met' if bpd_rows['vp']['bpd'] <= 1.70 else 'NOT met'}")
     vp20 = [r for r in sample_rows if r["sde"] == "vp" and r["nfe"] <= 20 and r["nfe"] > 10]
