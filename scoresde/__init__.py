@@ -2,9 +2,11 @@
 
 Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `DiscreteVPSDE`, `FlowSDE`), the parameterization layer
 (`ScoreModel`, conversions in `scoresde.param`), exact Gaussian and Gaussian-mixture ground truth
-(`Gaussian`, `GaussianMixture`, `AnalyticModel`), and `sample` (any solver by name). Conditional
-generation: `CFGModel`, `ClassifierGuidedModel`, `inpaint`, `colorize` (docs/guidance.md). Samplers live
-in the top-level `solvers` package.
+(`Gaussian`, `GaussianMixture`, `AnalyticModel`), `sample` (any solver by name), likelihoods
+(`log_likelihood`, `bits_per_dim` through the probability-flow ODE; `vlb_bits_per_dim`), the U-Net
+and trainer (`UNet`, `TrainConfig`, `load_model`), shipped digits models (`default_model`), and
+conditional generation: `CFGModel`, `ClassifierGuidedModel`, `inpaint`, `colorize` (docs/guidance.md).
+Samplers live in the top-level `solvers` package.
 """
 
 from . import data, losses, metrics, param
