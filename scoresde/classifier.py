@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .files import atomic_write, read_safetensors
+
 __all__ = [
     "ASSET", "FORMAT", "DigitsClassifier", "DigitsClassifierConfig", "DigitsTrainConfig", "accuracy",
     "load_digits_classifier", "save_digits_classifier", "shift_images", "train_digits_classifier",
@@ -207,14 +209,7 @@ def save_digits_classifier(
         "train": json.dumps(None if train is None else asdict(train)),
         "extra": json.dumps(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)  # a package asset, readable by all
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)  # a package asset
 
 
 def read_metadata(path: str | os.PathLike = ASSET) -> dict:
@@ -228,19 +223,9 @@ def read_metadata(path: str | os.PathLike = ASSET) -> dict:
 
 def load_digits_classifier(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> DigitsClassifier:
     """The shipped digits classifier (or the one at `path`), in eval mode; reads tensors and JSON only."""
-    from safetensors import safe_open
-
     path = ASSET if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no digits classifier at {str(path)!r} (examples/train_digits_classifier.py writes it)")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    # examples/train_digits_classifier.py writes the shipped file
+    tensors, meta = read_safetensors(path, fmt=FORMAT, what="digits classifier")
     model = DigitsClassifier(DigitsClassifierConfig.from_dict(json.loads(meta["config"])))
     model.load_state_dict(tensors)
     return model.to(device).eval()

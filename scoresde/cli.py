@@ -32,7 +32,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _option(text: str) -> tuple[str, object]:
+def parse_option(text: str) -> tuple[str, object]:
     """KEY=VALUE, VALUE parsed as a Python literal (number, bool, string, tuple) when it is one."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="pc", help="a name from `scoresde solvers` (default: pc)")
-    p.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE", help="solver option, repeatable")
+    p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=_positive_int, help="grid steps (default: the solver's)")
     p.add_argument("--grid", choices=sorted(solvers.grids.GRIDS), help="time grid (default: the solver's)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")

@@ -46,6 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .cli import parse_option
+from .files import atomic_write
+
 __all__ = ["Generated", "generate_shard", "load_shards", "sample_seeds", "shard_indices", "shard_path"]
 
 SEED_MULTIPLIER = 2654435761  # Knuth's multiplicative hash, odd: about 2**32 / golden ratio
@@ -174,18 +177,16 @@ def generate_shard(
             bar.close()
     settings = {**request, "resolved": json.loads(json.dumps(resolved, default=str))}
     x = torch.cat(xs) if xs else torch.empty((0, *shape), dtype=dtype)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    try:
-        np.savez(
-            tmp, x=x.numpy(), index=np.asarray(indices, dtype=np.int64), seed=np.asarray(seeds, dtype=np.uint64),
-            settings=np.asarray(json.dumps(settings)),
-        )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    arrays = dict(
+        x=x.numpy(), index=np.asarray(indices, dtype=np.int64), seed=np.asarray(seeds, dtype=np.uint64),
+        settings=np.asarray(json.dumps(settings)),
+    )
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to the temporary name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
     return path
 
 
@@ -238,19 +239,6 @@ def load_shards(out_dir: str | os.PathLike) -> Generated:
 
 # --- torchrun entry point ------------------------------------------------------------------------
 
-def _option(text: str) -> tuple[str, object]:
-    import ast
-
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import SDES
 
@@ -261,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="dpm_solver++", help="a name from `scoresde solvers` (default: dpm_solver++)")
-    p.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE", help="solver option, repeatable")
+    p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=int, help="grid steps (default: the solver's)")
     p.add_argument("--grid", help="time grid (default: the solver's)")
     p.add_argument("--total", type=int, required=True, help="number of samples over all ranks")

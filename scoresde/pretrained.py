@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write, read_safetensors
 from .nn import UNet, UNetConfig
 from .param import ScoreModel
 
@@ -30,7 +31,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
     """Write the EMA weights of a training checkpoint, cast to `dtype`, with its configuration (atomic)."""
     from safetensors.torch import save_file
 
-    from .train import _atomic_write, load_checkpoint
+    from .train import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.to(dtype).contiguous() for k, v in ckpt.ema.items()}
@@ -42,8 +43,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
         "sde": json.dumps(ckpt.sde_config),
     }
     out = Path(out)
-    _atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-    out.chmod(0o644)  # a package file: readable by everyone
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)  # a package file
     return out
 
 
@@ -52,18 +52,10 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
 
     The model carries `image_shape` (C, H, W), `config` (the TrainConfig as a dict) and `step`.
     """
-    from safetensors import safe_open
-
     from .train import TrainConfig, build_sde
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no pretrained model at {str(path)!r}")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    tensors, meta = read_safetensors(path, fmt=FORMAT, what="pretrained model")
+    tensors = {k: v.to(torch.float32) for k, v in tensors.items()}
     config = TrainConfig.from_dict(json.loads(meta["config"]))
     unet_config = UNetConfig.from_dict(json.loads(meta["unet_config"]))
     net = UNet(unet_config)

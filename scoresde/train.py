@@ -52,6 +52,7 @@ from torch import Tensor, nn
 import solvers
 
 from . import data as datasets
+from .files import atomic_write, read_safetensors
 from .losses import TIME_SAMPLING, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
@@ -313,19 +314,6 @@ class Checkpoint:
     loss_history: dict[str, Tensor] = field(default_factory=dict)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`; on failure `path` is untouched."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
                     sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                     loss_history: LossHistory | None = None) -> None:
@@ -346,24 +334,12 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
         "format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict()),
         "unet_config": json.dumps(unet_config.to_dict()), "sde": json.dumps(sde.config()),
     }
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
     net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     opt: dict[int, dict[str, Tensor]] = {}
@@ -447,7 +423,7 @@ def save_image_grid(x: Tensor, path: str | os.PathLike, *, nrow: int | None = No
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
-    _atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 # --- distributed ---------------------------------------------------------------------------------
@@ -536,7 +512,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    _atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -670,7 +646,7 @@ def train(config: TrainConfig) -> TrainResult:
                                 net=net, ema=ema, opt=opt, loss_history=history)
                 meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(),
                         "sde": sde.config()}
-                _atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+                atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
             if rank == 0 and config.sample_every and step % config.sample_every == 0:
                 _write_samples(ema_model, unet_config, config, step, out, device)
                 t_log = time.perf_counter()  # keep images/s about training
