@@ -140,9 +140,10 @@ def mean_se(v: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def quality(x: torch.Tensor, ref_feats: torch.Tensor) -> tuple[float, float]:
-    """(squared Fréchet distance to the reference features, class-histogram entropy) of images in [-1, 1]."""
-    k = torch.round((x.clamp(-1.0, 1.0) + 1.0) * (LEVELS - 1) / 2)  # as scoresde.metrics.digits_quality
+def quality(x: torch.Tensor, ref_feats: torch.Tensor, *, dequantized: bool = False) -> tuple[float, float]:
+    """(squared Fréchet distance to the reference features, class-histogram entropy) of images in [-1, 1],
+    mapped to levels as scoresde.metrics.digits_quality does (by bin when the model learned dequantized data)."""
+    k = datasets.to_levels(x, LEVELS, dequantized=dequantized).float()
     feats, logits = classifier_features(2.0 * k / (LEVELS - 1) - 1.0)
     return frechet_distance_features(feats, ref_feats), class_entropy(class_histogram(logits))
 
@@ -218,7 +219,7 @@ def model_samples(model, sde: str, test_feats: torch.Tensor, args) -> list[dict]
         n = args.long_n if nfe >= 1000 else args.n
         t0 = time.perf_counter()
         s = scoresde.sample(model, solver=solver, steps=steps, n=n, seed=args.seed)
-        fd, ent = quality(s.x, test_feats)
+        fd, ent = quality(s.x, test_feats, dequantized=bool(getattr(model, "config", {}).get("dequantize", False)))
         rows.append({"sde": sde, "solver": solver, "steps": steps, "nfe": s.nfe, "n": n, "fd": fd, "entropy": ent,
                      "seconds": time.perf_counter() - t0, "x": s.x[:64]})
         print(f"  [{sde}] {solver} {steps} steps: NFE {s.nfe}, FD {fd:.2f} ({rows[-1]['seconds']:.0f} s)", file=sys.stderr)

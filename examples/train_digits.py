@@ -31,13 +31,23 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="global batch (default 128)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data order and noise (default 0)")
+    p.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=False,
+                   help="train on uniformly dequantized digits (default off)")
+    p.add_argument("--time-sampling", default="uniform", choices=["uniform", "likelihood"],
+                   help="t ~ U(t_eps, 1) or likelihood weighting by importance sampling (default uniform)")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional with a learned null class, labels dropped with probability 0.1")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay (default 0.999)")
+    p.add_argument("--warmup", type=int, default=200, help="warmup steps (default 200)")
     p.add_argument("--out", default=None, help="output folder (default runs/digits_SDE)")
     p.add_argument("--device", default="auto", help="'auto', 'cpu' or 'cuda'")
     args = p.parse_args(argv)
     args.out = args.out or f"runs/digits_{args.sde}"
     config = TrainConfig(
-        data="digits", net="digits", sde=args.sde, prediction="eps", c_noise="log_noise", time_sampling="uniform",
-        lr=args.lr, warmup_steps=200, grad_clip=1.0, ema_decay=0.999, batch_size=args.batch_size,
+        data="digits", net="digits", sde=args.sde, prediction="eps", c_noise="log_noise",
+        time_sampling=args.time_sampling, dequantize=args.dequantize,
+        conditional=args.conditional, p_uncond=0.1,
+        lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0, ema_decay=args.ema, batch_size=args.batch_size,
         steps=args.steps, seed=args.seed, device=args.device, out_dir=args.out, ckpt_every=500, log_every=50,
         sample_every=1000, sample_n=64, sample_steps=250,
     )  # TrainConfig checks every value and names the valid choices

@@ -94,6 +94,21 @@ def to_model_input(
     return 2.0 * x / (levels - 1) - 1.0
 
 
+def to_levels(x: Tensor, levels: int, *, dequantized: bool = False) -> Tensor:
+    """Floats in [-1, 1] (B, C, H, W) -> integer levels 0..levels-1 (int64): the inverse of `to_model_input`.
+
+    Values are clipped to [-1, 1] first (samples may overshoot). dequantized=False: the nearest
+    level, k = round((x + 1)(levels - 1) / 2); dequantized=True: the dequantization bin that
+    contains x, k = floor((x + 1) levels / 2) (the top edge 1.0 belongs to the last level). A model
+    trained on dequantized data produces values on the second scale, so its samples need it.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    x = x.clamp(-1.0, 1.0)
+    k = torch.floor((x + 1.0) * levels / 2.0) if dequantized else torch.round((x + 1.0) * (levels - 1) / 2.0)
+    return k.clamp(0, levels - 1).to(torch.int64)
+
+
 # --- scikit-learn digits ---------------------------------------------------------------------------
 
 def digits(split: str = "train") -> ImageData:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .classifier import NUM_CLASSES
+from .data import to_levels
 
 __all__ = [
     "DigitsQuality", "INCEPTION_URL", "class_entropy", "class_histogram", "classifier_features",
@@ -131,9 +132,10 @@ def _check_digits_images(images: Tensor) -> None:
         raise ValueError("images hold non-finite values")
 
 
-def _quantize_digits(images: Tensor, levels: int = 17) -> Tensor:
-    """Clip to [-1, 1] and round to the data's 17 levels, as a generated image would be stored."""
-    k = torch.round((images.clamp(-1.0, 1.0) + 1.0) * (levels - 1) / 2)
+def _quantize_digits(images: Tensor, levels: int = 17, *, dequantized: bool = False) -> Tensor:
+    """Clip to [-1, 1] and map to the data's 17 levels (scoresde.data.to_levels), as a generated image
+    would be stored, then back to the real images' scaling 2k/16 - 1."""
+    k = to_levels(images, levels, dequantized=dequantized).to(images.dtype)
     return 2.0 * k / (levels - 1) - 1.0
 
 
@@ -202,18 +204,23 @@ class DigitsQuality:
     reference: str
 
 
-def digits_quality(images: Tensor, reference: str = "test", *, classifier=None, quantize: bool = True) -> DigitsQuality:
+def digits_quality(images: Tensor, reference: str = "test", *, classifier=None, quantize: bool = True,
+                   dequantized: bool = False) -> DigitsQuality:
     """Classifier-based quality of generated digits (N, 1, 8, 8) in [-1, 1], N >= 2, against a real split.
 
-    reference: "test" (360 images) or "train" (1,437). quantize: clip the images to [-1, 1] and round
+    reference: "test" (360 images) or "train" (1,437). quantize: clip the images to [-1, 1] and map
     them to the data's 17 levels first, as the real images are stored (as FID pipelines save 8-bit
-    images); False feeds them as given. classifier: a `DigitsClassifier` (the shipped one when None).
+    images); False feeds them as given. dequantized: the model was trained on dequantized data
+    (its TrainConfig `dequantize`), so samples map to levels by dequantization bin rather than by
+    rounding (`scoresde.data.to_levels`). classifier: a `DigitsClassifier` (the shipped one when None).
     """
     _check_digits_images(images)
+    if dequantized and not quantize:
+        raise ValueError("dequantized=True describes how to quantize; it needs quantize=True")
     if reference not in DIGITS_SPLITS:
         raise ValueError(f"unknown reference split {reference!r}; choose one of {list(DIGITS_SPLITS)}")
     classifier = _classifier(classifier)
-    x = _quantize_digits(images) if quantize else images
+    x = _quantize_digits(images, dequantized=dequantized) if quantize else images
     feats, logits = classifier_features(x, classifier)
     ref_feats, _ = classifier_features(_real_digits(reference), classifier)
     hist = class_histogram(logits)

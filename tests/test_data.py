@@ -160,3 +160,32 @@ def test_load_by_name(tmp_path):
         data.load("mnist")
     with pytest.raises(ValueError, match="needs root"):
         data.load("cifar10")
+
+
+# --- to_levels: the inverse of to_model_input ------------------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(levels=st.integers(2, 256), seed=st.integers(0, 2**31 - 1), dequantize=st.booleans())
+def test_to_levels_inverts_to_model_input(levels, seed, dequantize):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, levels, (4, 1, 3, 3), generator=g)
+    x = data.to_model_input(k, levels, dequantize=dequantize, generator=g, dtype=torch.float64)
+    assert torch.equal(data.to_levels(x, levels, dequantized=dequantize), k)
+
+
+def test_to_levels_clips_overshoot_and_picks_the_scale():
+    x = torch.tensor([-1.3, -1.0, 0.0, 0.99, 1.0, 1.7])
+    assert data.to_levels(x, 17).tolist() == [0, 0, 8, 16, 16, 16]
+    # bins of width 2/17: 0.0 lies in bin 8 ([-1/17, 1/17)), 0.99 in bin 16 ([15/17, 1])
+    assert data.to_levels(x, 17, dequantized=True).tolist() == [0, 0, 8, 16, 16, 16]
+    x = torch.tensor([-0.95, 0.9])  # (x + 1) 16 / 2 = 0.4, 15.2 -> round 0, 15; (x + 1) 17 / 2 = 0.425, 16.15 -> floor 0, 16
+    assert data.to_levels(x, 17).tolist() == [0, 15]
+    assert data.to_levels(x, 17, dequantized=True).tolist() == [0, 16]
+
+
+@pytest.mark.parametrize("levels", [1, 0, 2.0, True])
+def test_to_levels_rejects_bad_levels(levels):
+    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
+        data.to_levels(torch.zeros(1), levels)

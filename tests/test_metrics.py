@@ -154,6 +154,12 @@ def test_digits_quality_of_real_images(classifier, test_split):
     noisy = x + 0.4 * (2 / 16) * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) - 1)
     assert metrics.digits_quality(noisy, classifier=classifier).fd <= 1e-8
     assert metrics.digits_quality(noisy, classifier=classifier, quantize=False).fd > 1e-6
+    # a model trained on dequantized data samples on the bin scale: its bins map back exactly
+    deq = to_model_input(digits("test").images, 17, dequantize=True, generator=torch.Generator().manual_seed(1))
+    assert metrics.digits_quality(deq, classifier=classifier, dequantized=True).fd <= 1e-8
+    assert metrics.digits_quality(deq, classifier=classifier).fd > 1e-6  # rounding puts some in the wrong level
+    with pytest.raises(ValueError, match="needs quantize=True"):
+        metrics.digits_quality(deq, classifier=classifier, quantize=False, dequantized=True)
 
 
 def test_digits_quality_sees_mode_collapse_and_noise(classifier, test_split):
