@@ -6,10 +6,11 @@ Forward SDEs (`VPSDE`, `SubVPSDE`, `VESDE`, `DiscreteVPSDE`, `FlowSDE`), the par
 (`log_likelihood`, `bits_per_dim` through the probability-flow ODE; `vlb_bits_per_dim`), the U-Net
 and trainer (`UNet`, `TrainConfig`, `load_model`), shipped digits models (`default_model`), and
 conditional generation: `CFGModel`, `ClassifierGuidedModel`, `inpaint`, `colorize` (docs/guidance.md).
+`speed.optimize` runs a ScoreModel's network compiled, in bf16 or channels_last (docs/gpu.md).
 Samplers live in the top-level `solvers` package.
 """
 
-from . import data, losses, metrics, param
+from . import data, losses, metrics, param, speed
 from .nn import UNet, UNetConfig
 from .analytic import AnalyticModel, ConditionalAnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel, Gaussian, GaussianMixture
 from .controllable import colorize, inpaint
@@ -30,6 +31,8 @@ __all__ = [
     "Likelihood", "bits_per_dim", "log_likelihood", "default_model", "load_pretrained",
     # networks and training (docs/training.md)
     "TrainConfig", "UNet", "UNetConfig", "data", "load_model", "losses", "metrics",
+    # speed: compiled / bf16 / channels_last networks for sampling and likelihoods (docs/gpu.md)
+    "speed",
     # conditional generation (docs/guidance.md)
     "CFGModel", "ClassifierGuidedModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel",
     "colorize", "inpaint",

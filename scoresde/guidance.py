@@ -24,6 +24,12 @@ with the gradient of a noise-conditional classifier's log-softmax taken by autog
 enabled locally, so it works under the API's torch.no_grad()). Scale s = 1 with the exact noisy
 classifier gives the exact conditional score.
 
+Learned variances (Improved DDPM, solver "ddpm_learned"): when the wrapped model offers
+eps_and_variance(x, t[, y]) -> (eps, v), so does the wrapper, from the same evaluation. CFG guides
+eps as above and takes the variance weight v from the conditional branch (the unconditional one
+at w = 0, which is unconditional sampling); classifier guidance returns eps - s sigma g, i.e. it
+shifts the reverse mean, and keeps the model's v (see `eps_and_variance` of each wrapper).
+
 NFE: one call of eps / x0 / score / v on a wrapper is one model evaluation in the solver's NFE.
 For CFG it costs one batched network call on 2B inputs (conditional and unconditional rows
 concatenated), or one call on B inputs when w is 1 or 0; for classifier guidance, one model call
@@ -75,6 +81,16 @@ def _labels_for(y: Tensor, x: Tensor) -> Tensor:
     return y.to(x.device).expand(x.shape[0])
 
 
+def _has_learned_variance(model) -> bool:
+    """Whether `model` offers eps_and_variance (and is not a ScoreModel built without a variance head)."""
+    return callable(getattr(model, "eps_and_variance", None)) and getattr(model, "learned_variance", True) is not False
+
+
+def _no_learned_variance(model) -> ValueError:
+    return ValueError(f"eps_and_variance needs a wrapped model with a learned variance, e.g. ScoreModel(..., "
+                      f"learned_variance=True); {type(model).__name__} has none")
+
+
 def _takes_labels(method) -> bool:
     """Whether a prediction method accepts the keyword y (or any keyword)."""
     try:
@@ -119,27 +135,58 @@ class CFGModel:
         self.net_calls = 0
         self.net_rows = 0
 
-    def _call(self, kind: str, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the wrapped model (hence this wrapper) offers eps_and_variance."""
+        return _has_learned_variance(self.model)
+
+    def _call(self, kind: str, x: Tensor, t: Tensor, y: Tensor | None):
         self.net_calls += 1
         self.net_rows += x.shape[0]
         return getattr(self.model, kind)(x, t, y=y)
 
-    def _guided(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+    def _branches(self, kind: str, x: Tensor, t: Tensor):
+        """(cond, uncond) predictions of `kind`; one of them None when w is 1 or 0 (not computed)."""
         y = _labels_for(self.y, x)
         w = self.scale
         if w == 1.0:  # conditional only: no unconditional row needed
-            return self._call(kind, x, t, y)
+            return self._call(kind, x, t, y), None
         null = None if self.null_label is None else torch.full_like(y, self.null_label)
         if w == 0.0:  # unconditional only
-            return self._call(kind, x, t, null)
+            return None, self._call(kind, x, t, null)
         if null is None:
-            cond, uncond = self._call(kind, x, t, y), self._call(kind, x, t, None)
-        else:
-            # one batched forward on 2B rows: [x; x] with labels [y; null]
-            both = self._call(kind, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-            cond, uncond = both.chunk(2)
+            return self._call(kind, x, t, y), self._call(kind, x, t, None)
+        # one batched forward on 2B rows: [x; x] with labels [y; null]
+        both = self._call(kind, torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        if isinstance(both, tuple):  # eps_and_variance: (eps, v) of 2B rows each
+            return tuple(a.chunk(2)[0] for a in both), tuple(a.chunk(2)[1] for a in both)
+        return both.chunk(2)
+
+    def _combine(self, cond: Tensor | None, uncond: Tensor | None) -> Tensor:
+        if cond is None:
+            return uncond
+        if uncond is None:
+            return cond
         # Ho & Salimans 2022, Eq. (6): (1 + w') eps_c - w' eps_u with their w' = our w - 1
-        return uncond + w * (cond - uncond)
+        return uncond + self.scale * (cond - uncond)
+
+    def _guided(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+        return self._combine(*self._branches(kind, x, t))
+
+    def eps_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Guided eps (B, *D) and the variance weight v (B, *D) of a learned-variance model, one evaluation.
+
+        eps is guided as in `eps`; v is the conditional branch's (the unconditional one's at w = 0).
+        Choice: the learned variance estimates the spread of the reverse step of the law being
+        sampled; CFG has no variance of its own, the conditional one is that of the class asked for.
+        GLIDE's guided sampling (Nichol et al. 2022, the glide-text2im notebooks) does the same: it
+        guides eps only, and the conditional rows it keeps carry the conditional variance output.
+        """
+        if not self.learned_variance:
+            raise _no_learned_variance(self.model)
+        cond, uncond = self._branches("eps_and_variance", x, t)
+        eps = self._combine(None if cond is None else cond[0], None if uncond is None else uncond[0])
+        return eps, (uncond if cond is None else cond)[1]
 
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
         """Guided noise prediction eps_u + w (eps_c - eps_u), (B, *D)."""
@@ -193,6 +240,11 @@ class ClassifierGuidedModel:
         self.net_calls = 0
         self.classifier_calls = 0
 
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the wrapped model (hence this wrapper) offers eps_and_variance."""
+        return _has_learned_variance(self.model)
+
     def noise_input(self, t: Tensor) -> Tensor:
         """The classifier's noise input for continuous times t (B,)."""
         if isinstance(self.c_noise, str):
@@ -233,6 +285,25 @@ class ClassifierGuidedModel:
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
         """Guided noise prediction eps - s sigma grad log p(y | x_t), (B, *D)."""
         return self._guided("eps", x, t)
+
+    def eps_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Guided eps - s sigma g (B, *D) and the model's variance weight v (B, *D), one evaluation.
+
+        The guided eps shifts the mean of a reverse step from s to t by (alpha_t / alpha_s) beta s g
+        (beta = sigma_s^2 (1 - e^{-2h}), solvers.learned_variance), where Dhariwal & Nichol's
+        Algorithm 1 shifts it by Sigma s g with the step's learned variance Sigma in
+        [beta_tilde, beta] = [(sigma_t / sigma_s)^2 beta, beta]; the two agree up to a factor
+        1 + O(h). A wrapper does not know the next grid time t, so the score form is used.
+        """
+        if not self.learned_variance:
+            raise _no_learned_variance(self.model)
+        self.net_calls += 1
+        eps, v = self.model.eps_and_variance(x, t)
+        if self.scale == 0.0:
+            return eps, v
+        g = self.scale * self.log_prob_grad(x, t)
+        # Dhariwal & Nichol 2021, Algorithm 2 / Eq. (14): eps - sigma s grad log p(y | x_t)
+        return eps - bcast(self.sde.sigma(t).to(x), x) * g, v
 
     def x0(self, x: Tensor, t: Tensor) -> Tensor:
         """Guided data prediction x0 + s sigma^2 / alpha grad log p(y | x_t), (B, *D)."""

@@ -19,11 +19,13 @@ from .files import atomic_write, read_safetensors
 from .nn import UNet, UNetConfig
 from .param import ScoreModel
 
-__all__ = ["ASSETS", "DEFAULT_MODELS", "default_model", "export_model", "load_pretrained"]
+__all__ = ["ASSETS", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "default_model", "export_model", "load_pretrained"]
 
 ASSETS = Path(__file__).parent / "assets"
 # sde name (as in scoresde.sample) -> file in ASSETS
 DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetensors", "ve": "digits_ve.safetensors"}
+# class-conditional models (a learned null class; used when scoresde.sample gets labels y and no model)
+CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 FORMAT = "scoresde-pretrained-1"
 
 
@@ -50,7 +52,9 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
 def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     """A ScoreModel (eval mode, float32) over a file written by `export_model`.
 
-    The model carries `image_shape` (C, H, W), `config` (the TrainConfig as a dict) and `step`.
+    The model carries `image_shape` (C, H, W), `config` (the TrainConfig as a dict), `step`, and
+    `null_label`: the label the network reads as "no class" (its class count K) for a
+    class-conditional model, None otherwise.
     """
     from .train import TrainConfig, build_sde
 
@@ -61,19 +65,24 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     net = UNet(unet_config)
     net.load_state_dict(tensors)
     net = net.to(device).eval().requires_grad_(False)
-    model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise)
+    model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise,
+                       learned_variance=unet_config.learn_variance)
     model.image_shape = (unet_config.in_channels, unet_config.image_size, unet_config.image_size)
     model.config = config.to_dict()
     model.step = int(meta["step"])
+    model.null_label = unet_config.num_classes
     return model
 
 
-def default_model(sde: str, *, device=None) -> ScoreModel:
-    """The shipped digits model trained with `sde` ("vp", "subvp" or "ve")."""
-    available = {name: file for name, file in DEFAULT_MODELS.items() if (ASSETS / file).is_file()}
+def default_model(sde: str, *, conditional: bool = False, device=None) -> ScoreModel:
+    """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
+    class-conditional one (labels 0..9, null label 10; shipped for "vp")."""
+    table = CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
+    available = {name: file for name, file in table.items() if (ASSETS / file).is_file()}
     if sde not in available:
+        kind = "class-conditional " if conditional else ""
         raise ValueError(
-            f"no shipped default model for sde {sde!r}; shipped: {sorted(available)}; "
+            f"no shipped {kind}default model for sde {sde!r}; shipped: {sorted(available)}; "
             "or pass model=... (e.g. scoresde.load_model('checkpoint.safetensors'))"
         )
     return load_pretrained(ASSETS / available[sde], device=device)

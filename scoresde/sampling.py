@@ -112,7 +112,7 @@ def sample(
     sde: str | AffineSDE | None = None,
     solver: str | solvers.Sampler = "pc",
     steps: int | None = None,
-    grid: str | None = None,
+    grid: str | Tensor | None = None,
     n: int | None = None,
     shape: Sequence[int] | None = None,
     x_T: Tensor | None = None,
@@ -135,7 +135,9 @@ def sample(
     must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
     ``snr=0.16``) or a built sampler. steps: grid steps (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
-    from t_start (T) to t_end (the SDE's t_eps). Give the batch as `x_T` (B, *D) or as `n`
+    from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
+    times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
+    settings["ts"] the times). Give the batch as `x_T` (B, *D) or as `n`
     (default 64) and `shape` (D, without the batch; default: the model's `image_shape`, which
     shipped and trained models record). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
@@ -144,8 +146,10 @@ def sample(
     Class-conditional models: y (an int or labels (n,)) samples those classes with classifier-free
     guidance of scale guidance_scale = w (default 1: plain conditional sampling): guided
     eps = eps_uncond + w (eps_cond - eps_uncond), through `scoresde.guidance.CFGModel`, with
-    null_label the model's "no class" label (K for the U-Net with K classes) so that both
-    predictions come from one batched call on 2n rows. nfe counts guided evaluations, i.e.
+    null_label the model's "no class" label (K for the U-Net with K classes; default: the model's
+    `null_label` attribute, which shipped and pretrained models set) so that both
+    predictions come from one batched call on 2n rows. With y and no model, the shipped
+    class-conditional model for `sde` is used (`default_model(sde, conditional=True)`). nfe counts guided evaluations, i.e.
     batched network calls; settings["guidance"] records the labels, the scale, and the network
     calls and rows actually used (docs/guidance.md).
     """
@@ -154,10 +158,12 @@ def sample(
     if model is None:
         from .pretrained import default_model  # loaded lazily: it reads package files
 
-        model = default_model("vp" if sde is None else sde, device=device)
+        model = default_model("vp" if sde is None else sde, conditional=y is not None, device=device)
     elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
         raise ValueError(f"sde {sde!r} differs from the model's {model.sde!r}; omit sde when passing a model")
     if y is not None:
+        if null_label is None:  # shipped and loaded class-conditional models record theirs
+            null_label = getattr(model, "null_label", None)
         model = CFGModel(model, y, 1.0 if guidance_scale is None else guidance_scale, null_label=null_label)
     elif guidance_scale is not None or null_label is not None:
         raise ValueError("guidance_scale and null_label need class labels y")
@@ -181,9 +187,16 @@ def sample(
     if y is not None:
         check_labels(model.y, n if x_T is None else x_T.shape[0])
 
-    steps = sampler.default_steps if steps is None else steps
-    grid_name = sampler.default_grid if grid is None else grid
-    ts = solvers.grids.make(grid_name, process, steps, t_start=t_start, t_end=t_end)
+    if isinstance(grid, Tensor):
+        # a grid of times (e.g. from solvers.fit_grid) brings its own steps and ends
+        if steps is not None or t_start is not None or t_end is not None:
+            raise ValueError("a grid tensor fixes steps, t_start and t_end itself; omit them")
+        ts, grid_name = grid.detach().to(device="cpu", dtype=torch.float64), "custom"
+        steps = ts.numel() - 1
+    else:
+        steps = sampler.default_steps if steps is None else steps
+        grid_name = sampler.default_grid if grid is None else grid
+        ts = solvers.grids.make(grid_name, process, steps, t_start=t_start, t_end=t_end)
     if x_T is None:
         x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
     else:
@@ -211,6 +224,8 @@ def sample(
             bar.close()
     seconds = time.perf_counter() - start
     settings = run_settings(sampler, steps, grid_name, ts, process, seed, x_T, device)
+    if grid_name == "custom":
+        settings["ts"] = ts.tolist()
     if y is not None:
         settings["guidance"] = {
             "y": model.y.tolist(), "scale": model.scale, "null_label": null_label,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, reverse_drift
 
-__all__ = ["AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time"]
+__all__ = ["AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time", "sde_from_config"]
 
 
 def check_time(t: Tensor, T: float) -> None:
@@ -36,7 +36,7 @@ def check_time(t: Tensor, T: float) -> None:
     if t.device.type == "cpu" and t.numel() > 0:
         if bool(torch.isnan(t).any()):
             raise ValueError("t contains NaN; valid times are in [0, T]")
-        lo, hi = float(t.min()), float(t.max())
+        lo, hi = float(t.detach().min()), float(t.detach().max())  # t may carry grad (solvers.fit_grid)
         if lo < 0.0 or hi > T * (1 + 2 * torch.finfo(t.dtype).eps):  # T itself after rounding to t's dtype
             raise ValueError(f"t must lie in [0, T={T}], got values in [{lo}, {hi}]")
 
@@ -496,3 +496,22 @@ class DiscreteVPSDE(AffineSDE):
         """Inverse of `timestep`: t = (n + 1) / N, (B,) float."""
         n = torch.as_tensor(n)
         return (n.to(torch.float64 if not n.is_floating_point() else n.dtype) + 1.0) / self.N
+
+
+def sde_from_config(config: dict) -> AffineSDE:
+    """The process that `AffineSDE.config()` describes: {"type": class name, **constructor arguments}.
+
+    Only the classes of this module are built, from JSON values (DiscreteVPSDE's alphas_cumprod list
+    becomes a float64 tensor): reading a file's recorded SDE runs no code.
+    """
+    classes = {cls.__name__: cls for cls in (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE, FlowSDE)}
+    if not isinstance(config, dict) or config.get("type") not in classes:
+        got = config.get("type") if isinstance(config, dict) else config
+        raise ValueError(f"unknown SDE type {got!r}; choose one of {sorted(classes)}")
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    if "alphas_cumprod" in kwargs:
+        kwargs["alphas_cumprod"] = torch.tensor(kwargs["alphas_cumprod"], dtype=torch.float64)
+    try:
+        return classes[config["type"]](**kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad arguments {sorted(kwargs)} for {config['type']}: {e}") from e

@@ -23,13 +23,24 @@ step (training times, noise, label dropout, flips, dequantization and dropout) i
 generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
 function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state
 (the hybrid loss's timestep history, the only other state a step depends on, is checkpointed
-too): a resumed run repeats the uninterrupted run's losses and weights exactly (same device and
-world size). The caller's global RNG state is saved and restored around training.
+too): a resumed run repeats the uninterrupted run's losses and weights exactly (same device,
+world size, `compile` and `optimizer_impl`: compiled and fused kernels may round differently, and
+inductor may draw dropout masks with its own random kernels). The caller's global RNG state is
+saved and restored around training.
 
 Optimizer details: Adam or AdamW, learning rate warmed up linearly over `warmup_steps`, gradients
 clipped to global norm `grad_clip`, EMA with decay min(ema_decay, (1 + n) / (10 + n)) after n
 updates (the warm-up of Song et al.'s `ExponentialMovingAverage`). On CUDA: TF32 matmuls and
 convolutions (`tf32`), bf16 autocast (`precision="bf16"`), channels_last (`channels_last`).
+
+Speed (docs/gpu.md): `optimizer_impl` "auto" takes PyTorch's fused Adam on CUDA and the foreach
+(multi-tensor) implementation elsewhere or when the update is compiled. `compile` "net" runs the network's forward and backward
+through torch.compile; "step" also compiles what follows the backward pass (gradient clipping, the
+optimizer step and the EMA update) into one function, with the learning rate and the EMA decay
+held in device tensors so that warm-up does not recompile. The loss's random draws stay eager
+(dynamo does not trace torch.Generator arguments). A step makes no host synchronization: the loss
+and gradient norm are read once per log interval. Checkpoints hold the uncompiled modules' state
+(no `_orig_mod.` prefixes), so a run may resume with a different `compile` or `optimizer_impl`.
 """
 
 from __future__ import annotations
@@ -53,14 +64,16 @@ import solvers
 
 from . import data as datasets
 from .files import atomic_write, read_safetensors
-from .losses import TIME_SAMPLING, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
+from .losses import TIME_SAMPLING, HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
 from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
+from .speed import COMPILE_BACKENDS
 
 __all__ = [
-    "CHECKPOINT", "Checkpoint", "SDES", "TrainConfig", "TrainResult", "build_sde", "load_checkpoint",
-    "load_model", "sample_images", "save_image_grid", "setup_distributed", "train",
+    "CHECKPOINT", "COMPILE", "OPTIMIZER_IMPLS", "SDES", "Checkpoint", "ParameterUpdate", "TrainConfig",
+    "TrainResult", "build_sde", "compute_loss", "ema_update", "load_checkpoint", "load_model", "make_optimizer",
+    "optimizer_impl", "sample_images", "save_image_grid", "setup_distributed", "train",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -70,10 +83,12 @@ LOSSES = ("dsm", "hybrid", "flow_matching")
 TRAIN_PREDICTIONS = ("eps", "x0", "score", "v", "flow")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
+COMPILE = ("none", "net", "step")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 # fields that may change between a run and its resumption
 RESUMABLE_CHANGES = frozenset({
     "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
-    "sample_steps", "progress",
+    "sample_steps", "progress", "compile", "compile_backend", "optimizer_impl",
 })
 
 
@@ -97,10 +112,14 @@ class TrainConfig:
     flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform").
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
-    `seed`.
+    `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
+    "fused", "foreach", "for_loop": PyTorch's implementations, the same update up to rounding).
     Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
-    only), `channels_last`, `tf32` (CUDA), `out_dir`, `ckpt_every`, `log_every`, `sample_every`
-    (0: never), `sample_n`, `sample_steps` (Euler-Maruyama steps for the grids), `progress`.
+    only), `channels_last`, `tf32` (CUDA), `compile` ("none"; "net": torch.compile the network;
+    "step": also compile clipping, optimizer step and EMA as one function) with `compile_backend`
+    ("inductor"; "aot_eager", "eager": tracing only, for debugging and tests), `out_dir`,
+    `ckpt_every`, `log_every`, `sample_every` (0: never), `sample_n`, `sample_steps`
+    (Euler-Maruyama steps for the grids), `progress`.
     """
 
     data: Literal["digits", "cifar10", "folder"] = "digits"
@@ -128,6 +147,7 @@ class TrainConfig:
     hybrid_lambda: float = 0.001
 
     optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -143,6 +163,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     tf32: bool = True
+    compile: Literal["none", "net", "step"] = "none"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     out_dir: str = "runs/train"
     ckpt_every: int = 5000
     log_every: int = 100
@@ -182,6 +204,12 @@ class TrainConfig:
         choice("time_sampling", TIME_SAMPLING)
         choice("optimizer", OPTIMIZERS)
         choice("precision", PRECISIONS)
+        choice("optimizer_impl", OPTIMIZER_IMPLS)
+        choice("compile", COMPILE)
+        choice("compile_backend", COMPILE_BACKENDS)
+        if self.compile == "none" and self.compile_backend != "inductor":
+            raise ValueError(f"compile_backend {self.compile_backend!r} applies when compiling; compile is 'none' "
+                             "(choose compile 'net' or 'step', or leave compile_backend 'inductor')")
         if self.data != "digits" and self.data_root is None:
             raise ValueError(f"data {self.data!r} needs data_root")
         if self.data == "folder" and self.image_size is None:
@@ -358,7 +386,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> ScoreModel:
     """A ScoreModel (in eval mode) over the EMA (or raw) weights of a checkpoint.
 
-    The model also carries `image_shape` (C, H, W), the shape of one image it was trained on.
+    The model also carries `image_shape` (C, H, W), the shape of one image it was trained on,
+    `config` (the TrainConfig as a dict) and `null_label` (the class count K of a
+    class-conditional net, which reads label K as "no class"; None otherwise).
     """
     ckpt = load_checkpoint(path)
     net = UNet(ckpt.unet_config)
@@ -368,6 +398,8 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
                        learned_variance=ckpt.unet_config.learn_variance)
     cfg = ckpt.unet_config
     model.image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    model.config = ckpt.config.to_dict()
+    model.null_label = cfg.num_classes
     return model
 
 
@@ -482,20 +514,115 @@ def _resolve_device(config: TrainConfig) -> torch.device:
     return device
 
 
-def _make_optimizer(config: TrainConfig, net: nn.Module) -> torch.optim.Optimizer:
+def optimizer_impl(config: TrainConfig, device: torch.device) -> str:
+    """The optimizer implementation a run on `device` uses: "fused", "foreach" or "for_loop".
+
+    config.optimizer_impl, with "auto" meaning fused Adam on CUDA (one kernel for all parameters)
+    and foreach (multi-tensor kernels) elsewhere and under compile="step" (PyTorch's compiled
+    optimizer path: inductor fuses the foreach update itself).
+    """
+    if config.optimizer_impl != "auto":
+        return config.optimizer_impl
+    return "fused" if torch.device(device).type == "cuda" and config.compile != "step" else "foreach"
+
+
+def make_optimizer(config: TrainConfig, net: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW over net's parameters (on `device`) in the implementation `optimizer_impl` picks.
+
+    With compile="step" the learning rate is a 0-d tensor on `device` (`ParameterUpdate` fills it
+    each step; a Python float would be a constant of the compiled graph and recompile it at every
+    warm-up step), and the non-fused implementations keep their state on the device (capturable).
+    """
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-    return cls(net.parameters(), lr=config.lr, betas=config.betas, eps=config.adam_eps,
-               weight_decay=config.weight_decay)
+    impl = optimizer_impl(config, device)
+    options = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    lr: float | Tensor = config.lr
+    if config.compile == "step":
+        lr = torch.tensor(config.lr, device=device)
+        if impl != "fused":
+            options["capturable"] = True
+    return cls(net.parameters(), lr=lr, betas=config.betas, eps=config.adam_eps, weight_decay=config.weight_decay,
+               **options)
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net for parameters; buffers are copied."""
+def ema_update(ema: nn.Module, net: nn.Module, decay: float | Tensor) -> None:
+    """ema <- decay * ema + (1 - decay) * net for parameters; buffers are copied.
+
+    decay: a float, or a 0-d tensor on the parameters' device (inside a compiled update).
+    """
     e_params = [p for p in ema.parameters()]
     n_params = [p.detach() for p in net.parameters()]
+    # Polyak averaging as in Song et al.'s ExponentialMovingAverage: lerp towards the weights by 1 - decay
     torch._foreach_lerp_(e_params, n_params, 1.0 - decay)
     for be, bn in zip(ema.buffers(), net.buffers()):
         be.copy_(bn)
+
+
+class ParameterUpdate:
+    """What follows loss.backward(): clip the gradients' global norm, step the optimizer, update the EMA.
+
+    Called as update(lr, decay) -> grad_norm, the 0-d tensor of the global gradient norm before
+    clipping, with this step's learning rate and EMA decay (floats). grad_clip 0 disables
+    clipping. compiled=False runs eagerly, the learning rate written into the param groups.
+    compiled=True runs the three as one torch.compile'd function (`backend`); lr and decay then
+    reach it through 0-d device tensors filled each step, so the optimizer must hold a tensor
+    learning rate (`make_optimizer` with compile="step"). No host synchronization either way.
+    """
+
+    def __init__(self, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, *, grad_clip: float,
+                 compiled: bool = False, backend: str = "inductor"):
+        self.net, self.ema, self.opt = net, ema, opt
+        self.params = list(net.parameters())
+        self.max_norm = grad_clip if grad_clip > 0 else math.inf
+        self.compiled = compiled
+        if compiled:
+            if not all(isinstance(g["lr"], Tensor) for g in opt.param_groups):
+                raise ValueError("a compiled update needs an optimizer with a tensor lr "
+                                 "(make_optimizer with compile='step')")
+            self.decay = torch.zeros((), device=self.params[0].device)
+            self._update = torch.compile(self._step, backend=backend)
+
+    def _step(self, decay: float | Tensor) -> Tensor:
+        grad_norm = nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.opt.step()
+        ema_update(self.ema, self.net, decay)
+        return grad_norm
+
+    def __call__(self, lr: float, decay: float) -> Tensor:
+        if not self.compiled:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            return self._step(decay)
+        for group in self.opt.param_groups:
+            group["lr"].fill_(lr)
+        self.decay.fill_(decay)
+        return self._update(self.decay)
+
+
+def compute_loss(
+    config: TrainConfig, model: ScoreModel, x0: Tensor, *, y: Tensor | None, null_label: int | None, levels: int,
+    history: LossHistory | None, generator: torch.Generator,
+) -> tuple[Tensor, HybridLoss | None]:
+    """The batch's mean loss (0-d) under config.loss and config.precision, and for the hybrid loss its parts.
+
+    x0: (B, *D) model inputs; y: (B,) labels of a conditional model (None: unconditional);
+    null_label: the network's num_classes; levels: the data's quantization levels (hybrid loss);
+    history: the hybrid loss's LossHistory (None for the other losses). Draws from `generator`.
+    """
+    hybrid = None
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        if config.loss == "hybrid":
+            hybrid = hybrid_loss(model, x0, history, levels=levels, lam=config.hybrid_lambda, y=y,
+                                 null_label=null_label, p_uncond=config.p_uncond, generator=generator)
+            loss = hybrid.loss.mean()
+        elif config.loss == "flow_matching":
+            loss = flow_matching_loss(model, x0, y=y, null_label=null_label, p_uncond=config.p_uncond,
+                                      t_eps=config.t_eps, generator=generator).mean()
+        else:
+            loss = dsm_loss(model, x0, y=y, null_label=null_label, p_uncond=config.p_uncond,
+                            time_sampling=config.time_sampling, t_eps=config.t_eps, generator=generator).mean()
+    return loss, hybrid
 
 
 def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
@@ -552,7 +679,7 @@ def train(config: TrainConfig) -> TrainResult:
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         net.to(device, memory_format=memory_format)
         ema.to(device, memory_format=memory_format).eval()
-        opt = _make_optimizer(config, net)
+        opt = make_optimizer(config, net, device)
         history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
         step = 0
         if ckpt_path.is_file():
@@ -570,6 +697,10 @@ def train(config: TrainConfig) -> TrainResult:
             out.mkdir(parents=True, exist_ok=True)
             _truncate_metrics(metrics_path, step)
         ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None) if world > 1 else net
+        if config.compile != "none":
+            ddp = torch.compile(ddp, backend=config.compile_backend)  # checkpoints keep saving `net`
+        update = ParameterUpdate(net, ema, opt, grad_clip=config.grad_clip, compiled=config.compile == "step",
+                                 backend=config.compile_backend)
         model = ScoreModel(ddp, sde, config.prediction, c_noise=config.c_noise, learned_variance=config.learn_variance)
         ema_model = ScoreModel(ema, sde, config.prediction, c_noise=config.c_noise, learned_variance=config.learn_variance)
         images = data.images.to(device)
@@ -598,28 +729,14 @@ def train(config: TrainConfig) -> TrainResult:
             if config.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
-            for group in opt.param_groups:
-                group["lr"] = lr
             y = None if labels is None else labels[idx]
-            hybrid = None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                if config.loss == "hybrid":
-                    hybrid = hybrid_loss(model, x0, history, levels=data.levels, lam=config.hybrid_lambda, y=y,
-                                         null_label=unet_config.num_classes, p_uncond=config.p_uncond, generator=gen)
-                    loss = hybrid.loss.mean()
-                elif config.loss == "flow_matching":
-                    loss = flow_matching_loss(model, x0, y=y, null_label=unet_config.num_classes, p_uncond=config.p_uncond,
-                                              t_eps=config.t_eps, generator=gen).mean()
-                else:
-                    loss = dsm_loss(model, x0, y=y, null_label=unet_config.num_classes, p_uncond=config.p_uncond,
-                                    time_sampling=config.time_sampling, t_eps=config.t_eps, generator=gen).mean()
+            loss, hybrid = compute_loss(config, model, x0, y=y, null_label=unet_config.num_classes, levels=data.levels,
+                                        history=history, generator=gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-            opt.step()
+            grad_norm = update(lr, min(config.ema_decay, (1 + step) / (10 + step)))
             if hybrid is not None:
                 _record_losses(history, hybrid.step, hybrid.vlb, world)
-            ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
             loss_sum += loss.detach()
             n_logged += 1

@@ -59,7 +59,7 @@ def check_grid(ts: Tensor, process: Process) -> None:
     # one host sync per call, not per step
     if not bool(torch.all(ts[1:] < ts[:-1])):
         raise ValueError("ts must be strictly decreasing (from T towards t_eps)")
-    lo, hi = float(ts[-1]), float(ts[0])
+    lo, hi = float(ts[-1].detach()), float(ts[0].detach())  # ts may carry grad (solvers.fit_grid)
     if not (lo >= 0.0 and hi <= process.T + 1e-12):
         raise ValueError(f"ts must lie in [0, T={process.T}], got [{lo}, {hi}]")
 

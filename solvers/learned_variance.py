@@ -91,7 +91,7 @@ class LearnedVarianceAncestral(OneStepSampler):
     order = 1
     stochastic = True
     nfe_per_step = 1
-    needs_learned_variance = True  # models must offer eps_and_variance; generic wrappers (guidance) do not
+    needs_learned_variance = True  # models must offer eps_and_variance (guidance wrappers forward it when theirs does)
 
     def __init__(self, *, denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)

@@ -21,7 +21,7 @@ from scoresde.controllable import COLOR_BASIS, from_basis, replacement_stages, t
 F64 = torch.float64
 KINDS = ("eps", "x0", "score", "v")
 
-# solvers that need only the plain Model protocol (not a learned variance, which guided models lack)
+# solvers that need only the plain Model protocol (not a learned variance, which the analytic models here lack)
 PLAIN_SOLVERS = sorted(name for name, f in solvers.registry._all().items() if not getattr(f, "needs_learned_variance", False))
 
 
@@ -334,19 +334,46 @@ def test_classifier_guidance_noise_input_and_scale():
 # NFE counting
 
 
+class _WithoutNullLabel:
+    """The same conditional model, recording no null label (null_label attribute None)."""
+
+    null_label = None
+
+    def __init__(self, model):
+        self._model = model
+        self.sde = model.sde
+
+    def eps(self, x, t, y=None):
+        return self._model.eps(x, t, y=y)
+
+    def x0(self, x, t, y=None):
+        return self._model.x0(x, t, y=y)
+
+    def score(self, x, t, y=None):
+        return self._model.score(x, t, y=y)
+
+    def v(self, x, t, y=None):
+        return self._model.v(x, t, y=y)
+
+
 @pytest.mark.parametrize(
     "scale, null_label, calls_per_eval, rows_per_eval",
-    [(3.0, 3, 1, 2), (1.0, 3, 1, 1), (0.0, 3, 1, 1), (3.0, None, 2, 2)],
+    [(3.0, 3, 1, 2), (1.0, 3, 1, 1), (0.0, 3, 1, 1), (3.0, None, 2, 2), (3.0, "model", 1, 2)],
 )
 def test_cfg_nfe_counts_guided_evaluations_and_network_calls(scale, null_label, calls_per_eval, rows_per_eval):
     model = three_classes()
+    if null_label == "model":  # sample() takes the null label the model records (shipped models set it)
+        null_label = None
+    else:  # a model without one: null_label=None means two calls, with y and with y=None
+        model = _WithoutNullLabel(model)
     n, steps = 5, 7
     res = scoresde.sample(model, solver="dpm_solver++", steps=steps, n=n, shape=(2,), seed=0, dtype=F64,
                           y=torch.tensor([0, 1, 2, 0, 1]), guidance_scale=scale, null_label=null_label)
     g = res.settings["guidance"]
     assert res.nfe == steps
     assert g["net_calls"] == calls_per_eval * steps and g["net_rows"] == rows_per_eval * n * steps
-    assert g["y"] == [0, 1, 2, 0, 1] and g["scale"] == scale and g["null_label"] == null_label
+    assert g["y"] == [0, 1, 2, 0, 1] and g["scale"] == scale
+    assert g["null_label"] == (model.null_label if null_label is None else null_label)
     pc = scoresde.sample(model, solver="pc", steps=4, n=n, shape=(2,), seed=0, dtype=F64, y=1, guidance_scale=scale,
                          null_label=null_label)
     assert pc.nfe == 8 and pc.settings["guidance"]["net_calls"] == calls_per_eval * 8
@@ -596,3 +623,103 @@ def test_bad_inpainting_inputs():
         CorrelatedGaussian(torch.zeros(2, dtype=F64), torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64))
     with pytest.raises(ValueError, match=r"cov must have shape \(2, 2\)"):
         CorrelatedGaussian(torch.zeros(2, dtype=F64), torch.eye(3, dtype=F64))
+
+
+# ---------------------------------------------------------------------------------------------
+# learned variances (Improved DDPM, solver "ddpm_learned") through the guidance wrappers
+
+
+class WithVariance:
+    """A ConditionalAnalyticModel with a learned-variance interface: eps_and_variance(x, t, y=None)
+    returns the exact eps and a variance weight that differs between classes (null: 0.2, class k: 0.4 + 0.1 k)."""
+
+    learned_variance = True
+
+    def __init__(self, model):
+        self.model, self.sde, self.calls = model, model.sde, 0
+
+    def eps(self, x, t, y=None):
+        return self.model.eps(x, t, y)
+
+    def x0(self, x, t, y=None):
+        return self.model.x0(x, t, y)
+
+    def score(self, x, t, y=None):
+        return self.model.score(x, t, y)
+
+    def v(self, x, t, y=None):
+        return self.model.v(x, t, y)
+
+    def eps_and_variance(self, x, t, y=None):
+        self.calls += 1
+        if y is None:
+            y = torch.full((x.shape[0],), self.model.null_label)
+        weight = torch.where(y == self.model.null_label, 0.2, 0.4 + 0.1 * y.to(x.dtype))
+        return self.model.eps(x, t, y), weight.to(x).reshape(-1, *([1] * (x.ndim - 1))).expand_as(x)
+
+
+def test_cfg_forwards_the_learned_variance_of_the_conditional_branch():
+    """Guided eps as for eps(); the variance weight of the conditional branch (of the unconditional
+    one at w = 0); one batched call on 2B rows with a null label, two calls without."""
+    base = WithVariance(three_classes())
+    x, t = random_points(base.model)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for null_label, calls in ((3, 1), (None, 2)):
+        cfg = CFGModel(base, y, 2.5, null_label=null_label)
+        assert cfg.learned_variance
+        base.calls = 0
+        eps, v = cfg.eps_and_variance(x, t)
+        assert base.calls == calls and cfg.net_calls == calls and cfg.net_rows == 12
+        torch.testing.assert_close(eps, cfg.eps(x, t), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(v, base.eps_and_variance(x, t, y)[1])
+    for w, branch in ((1.0, y), (0.0, torch.full_like(y, 3))):
+        eps, v = CFGModel(base, y, w, null_label=3).eps_and_variance(x, t)
+        ref_eps, ref_v = base.eps_and_variance(x, t, branch)
+        torch.testing.assert_close(eps, ref_eps)
+        torch.testing.assert_close(v, ref_v)
+    # a model without a learned variance: the wrapper has none either, and the solver says so
+    plain = CFGModel(three_classes(), y, 2.0, null_label=3)
+    assert not plain.learned_variance
+    with pytest.raises(ValueError, match="needs a wrapped model with a learned variance"):
+        plain.eps_and_variance(x, t)
+    with pytest.raises(ValueError, match=r"solver 'ddpm_learned' needs a model with eps_and_variance"):
+        solvers.get("ddpm_learned")(plain, x, torch.tensor([0.9, 0.5, 0.1], dtype=F64))
+
+
+def test_classifier_guidance_shifts_eps_and_keeps_the_learned_variance():
+    base = WithVariance(three_classes())
+    x, t = random_points(base.model)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    guided = ClassifierGuidedModel(base, base.model.class_logits, y, 1.7)
+    assert guided.learned_variance
+    eps, v = guided.eps_and_variance(x, t)
+    torch.testing.assert_close(eps, guided.eps(x, t), rtol=1e-12, atol=1e-12)  # eps - s sigma grad log p(y | x_t)
+    torch.testing.assert_close(v, base.eps_and_variance(x, t)[1])  # the (unconditional) model's own
+    assert guided.net_calls == 2 and guided.classifier_calls == 2
+    assert not ClassifierGuidedModel(three_classes(), base.model.class_logits, y, 1.0).learned_variance
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE()], ids=["vp", "subvp", "ve"])
+def test_ddpm_learned_with_exact_classifier_guidance_equals_conditional_sampling(sde):
+    """With the exact noisy classifier at s = 1 the guided eps is the conditional eps, so ddpm_learned
+    (same variance weight) draws the same samples as from the conditional model; CFG at w = 1 is
+    that conditional model. NFE: one per step, one classifier pass per evaluation."""
+    model = three_classes(sde)
+    ts = solvers.grids.uniform_t(sde, 30)
+    x_T = sde.prior_sample((64, 2), generator=gen(0), dtype=F64)
+
+    class SameVariance(WithVariance):  # the guided model's v is the unconditional one: use one weight for all
+        def eps_and_variance(self, x, t, y=None):
+            return self.model.eps(x, t, y), torch.full_like(x, 0.3)
+
+    base = SameVariance(model)
+    sampler = solvers.get("ddpm_learned", denoise_final=True)
+    guided = ClassifierGuidedModel(base, model.class_logits, 1, 1.0, c_noise="t")
+    a = sampler(guided, x_T, ts, generator=gen(5))
+    b = sampler(CFGModel(base, 1, 1.0, null_label=3), x_T, ts, generator=gen(5))
+    torch.testing.assert_close(a.x, b.x, rtol=1e-8, atol=1e-8)
+    assert a.nfe == b.nfe == 31 and guided.net_calls == guided.classifier_calls == 31
+    # and guidance at w = 3 runs through with the conditional branch's variance
+    c = sampler(CFGModel(WithVariance(model), 1, 3.0, null_label=3), x_T, ts, generator=gen(5))
+    assert c.nfe == 31 and torch.isfinite(c.x).all()
+    assert float(c.x[:, 0].mean()) > float(b.x[:, 0].mean()) > 1.0  # class 1 sits at (2, 0); w = 3 overshoots
