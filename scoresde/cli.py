@@ -44,11 +44,25 @@ def parse_option(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _load_model(path: str | None, sde: str, device: str):
+def _labels(text: str) -> list[int]:
+    """--y: comma-separated class labels, e.g. 3 or 0,1,2."""
+    try:
+        labels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integer labels, e.g. 3 or 0,1,2; got {text!r}") from None
+    if any(v < 0 for v in labels):
+        raise argparse.ArgumentTypeError(f"labels must be >= 0, got {text!r}")
+    return labels
+
+
+def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False):
     if path is None:
         from .pretrained import default_model
 
-        return default_model(sde, device=device)
+        try:
+            return default_model(sde, conditional=conditional, device=device)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if not Path(path).exists():
         raise UsageError(f"model file {path!r} does not exist")
     from .train import load_model
@@ -63,12 +77,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import sample
     from .train import save_image_grid
 
-    model = _load_model(args.model, args.sde, args.device)
+    if args.guidance_scale is not None and args.y is None:
+        raise UsageError("--guidance-scale needs class labels --y")
+    model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None)
     shape = None if args.shape is None else tuple(args.shape)  # None: the model's image_shape
     options = dict(args.option or [])
+    guidance = {}
+    if args.y is not None:  # labels repeat cyclically to fill the n samples
+        y = torch.tensor(args.y)[torch.arange(args.n) % len(args.y)]
+        guidance = {"y": y, "guidance_scale": args.guidance_scale}
     res = sample(
         model, solver=args.solver, steps=args.steps, grid=args.grid, n=args.n, shape=shape, seed=args.seed,
-        device=args.device, progress=not args.quiet, **options,
+        device=args.device, progress=not args.quiet, **guidance, **options,
     )
     x = res.x.clamp(-1, 1)
     save_image_grid(x, args.out, scale=args.scale)
@@ -202,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default: samples.png)")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default: 4)")
     p.add_argument("--save", help="also save the raw samples to a .npz or .pt file")
+    p.add_argument("--y", type=_labels, metavar="LABELS",
+                   help="class labels, e.g. 3 or 0,1,...,9, repeated to fill --n; default model: the shipped "
+                        "class-conditional one (vp)")
+    p.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="classifier-free guidance scale w (1: plain conditional; default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 

@@ -138,7 +138,7 @@ def sample(
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
     settings["ts"] the times). Give the batch as `x_T` (B, *D) or as `n`
-    (default 64) and `shape` (D, without the batch; default: the model's `image_shape`, which
+    (default 64, or one per label when y holds several) and `shape` (D, without the batch; default: the model's `image_shape`, which
     shipped and trained models record). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
     torch.no_grad(). Returns `Samples` (x, nfe, ts, seconds, settings).
@@ -161,6 +161,7 @@ def sample(
         model = default_model("vp" if sde is None else sde, conditional=y is not None, device=device)
     elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
         raise ValueError(f"sde {sde!r} differs from the model's {model.sde!r}; omit sde when passing a model")
+    image_shape = getattr(model, "image_shape", None)  # before any guidance wrapper
     if y is not None:
         if null_label is None:  # shipped and loaded class-conditional models record theirs
             null_label = getattr(model, "null_label", None)
@@ -176,8 +177,9 @@ def sample(
             raise ValueError("give x_T or (n, shape), not both")
         device = x_T.device if device is None else torch.device(device)
     else:
-        n = 64 if n is None else n
-        shape = getattr(model, "image_shape", None) if shape is None else shape
+        if n is None:  # one sample per label when labels (B,) are given
+            n = model.y.numel() if y is not None and model.y.numel() > 1 else 64
+        shape = image_shape if shape is None else shape
         if shape is None:
             raise ValueError("give x_T, or shape (excluding the batch dimension): this model records no image_shape")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -21,6 +21,15 @@ def test_sample_writes_grid_and_tensor(tmp_path, capsys):
     assert np.load(raw)["x"].shape == (4, 1, 8, 8)
 
 
+def test_sample_with_labels_uses_the_conditional_model(tmp_path, capsys):
+    raw = tmp_path / "s.pt"
+    code = main(["sample", "--y", "0,7", "--guidance-scale", "2", "--solver", "ddim", "--steps", "3", "--n", "3",
+                 "--out", str(tmp_path / "s.png"), "--save", str(raw), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert '"y": [0, 7, 0]' in printed and '"scale": 2.0' in printed and '"null_label": 10' in printed
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
@@ -29,6 +38,8 @@ def test_sample_writes_grid_and_tensor(tmp_path, capsys):
         (["sample", "--model", "missing.safetensors"], "model file 'missing.safetensors' does not exist"),
         (["sample", "--sde", "ddpm"], "no shipped default model for sde 'ddpm'"),
         (["bpd", "--data", "cifar10"], "needs root"),
+        (["sample", "--guidance-scale", "2"], "--guidance-scale needs class labels --y"),
+        (["sample", "--sde", "ve", "--y", "3"], "no shipped class-conditional default model for sde 've'"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, match, capsys):

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import scoresde
-from scoresde.pretrained import ASSETS, DEFAULT_MODELS, default_model, export_model, load_pretrained
+from scoresde.classifier import load_digits_classifier
+from scoresde.data import to_levels
+from scoresde.pretrained import ASSETS, CONDITIONAL_MODELS, DEFAULT_MODELS, default_model, export_model, load_pretrained
 from scoresde.train import TrainConfig, load_checkpoint, train
 
 TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
@@ -28,6 +30,23 @@ def test_sample_without_model_uses_the_shipped_one():
     assert torch.equal(a.x, b.x)
 
 
+def test_shipped_conditional_model_follows_labels():
+    path = ASSETS / CONDITIONAL_MODELS["vp"]
+    assert path.is_file() and path.stat().st_size <= 4 * 2**20
+    model = default_model("vp", conditional=True)
+    assert model.null_label == 10 and model.config["conditional"] and model.config["dequantize"]
+    y = torch.arange(10).repeat(3)
+    # labels and no model: the shipped conditional model, its null label read from the file
+    res = scoresde.sample(y=y, guidance_scale=2.0, solver="dpm_solver++", steps=10, seed=0)
+    direct = scoresde.sample(model, y=y, guidance_scale=2.0, null_label=10, solver="dpm_solver++", steps=10, seed=0)
+    assert torch.equal(res.x, direct.x) and res.settings["guidance"]["null_label"] == 10
+    assert res.settings["guidance"]["net_rows"] == 2 * 30 * 10  # one batched call on [y; null] per step
+    k = to_levels(res.x, 17, dequantized=True).float()
+    with torch.no_grad():
+        pred = load_digits_classifier()(2.0 * k / 16 - 1.0).argmax(1)
+    assert (pred == y).float().mean() >= 0.9  # measured 1.000 at w = 2 on 500 samples (docs/guidance.md)
+
+
 def test_export_round_trip(tmp_path):
     train(TrainConfig(**TINY, steps=2, out_dir=str(tmp_path / "run")))
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
@@ -41,5 +60,7 @@ def test_export_round_trip(tmp_path):
 def test_missing_model_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no shipped default model for sde 'ddpm'; shipped: \["):
         default_model("ddpm")
+    with pytest.raises(ValueError, match=r"no shipped class-conditional default model for sde 've'; shipped: \['vp'\]"):
+        default_model("ve", conditional=True)
     with pytest.raises(FileNotFoundError, match="no pretrained model at"):
         load_pretrained(tmp_path / "nope.safetensors")
