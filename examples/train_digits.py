@@ -37,6 +37,9 @@ def main(argv=None) -> None:
                    help="t ~ U(t_eps, 1) or likelihood weighting by importance sampling (default uniform)")
     p.add_argument("--conditional", action="store_true",
                    help="class-conditional with a learned null class, labels dropped with probability 0.1")
+    p.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the digits preset's 0.1)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning; fresh optimizer and step count)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (default 0.999)")
     p.add_argument("--warmup", type=int, default=200, help="warmup steps (default 200)")
     p.add_argument("--out", default=None, help="output folder (default runs/digits_SDE)")
@@ -44,9 +47,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.out = args.out or f"runs/digits_{args.sde}"
     config = TrainConfig(
-        data="digits", net="digits", sde=args.sde, prediction="eps", c_noise="log_noise",
+        data="digits", net="digits", net_options={} if args.dropout is None else {"dropout": args.dropout},
+        sde=args.sde, prediction="eps", c_noise="log_noise",
         time_sampling=args.time_sampling, dequantize=args.dequantize,
-        conditional=args.conditional, p_uncond=0.1,
+        conditional=args.conditional, p_uncond=0.1, init_from=args.init_from,
         lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0, ema_decay=args.ema, batch_size=args.batch_size,
         steps=args.steps, seed=args.seed, device=args.device, out_dir=args.out, ckpt_every=500, log_every=50,
         sample_every=1000, sample_n=64, sample_steps=250,

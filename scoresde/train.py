@@ -114,6 +114,10 @@ class TrainConfig:
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
     "fused", "foreach", "for_loop": PyTorch's implementations, the same update up to rounding).
+    `init_from`: a checkpoint whose network and EMA weights start this run (fine-tuning, e.g. with
+    time_sampling "likelihood" after a "uniform" run); its U-Net configuration must equal this
+    run's; the optimizer, step count, warm-up and EMA ramp start afresh. Ignored once out_dir holds
+    a checkpoint of this run (resumption).
     Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
     only), `channels_last`, `tf32` (CUDA), `compile` ("none"; "net": torch.compile the network;
     "step": also compile clipping, optimizer step and EMA as one function) with `compile_backend`
@@ -158,6 +162,7 @@ class TrainConfig:
     batch_size: int = 128
     steps: int = 100_000
     seed: int = 0
+    init_from: str | None = None
 
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -222,6 +227,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("p_uncond", 0.0, 1.0)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
         if "learn_variance" in self.net_options:
             raise ValueError("net_options may not set learn_variance; use TrainConfig.learn_variance (the model needs it too)")
         bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
@@ -634,6 +641,19 @@ def _check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
                          f"only {sorted(RESUMABLE_CHANGES)} may change (or use a new out_dir)")
 
 
+def _init_weights(net: nn.Module, ema: nn.Module, unet_config: UNetConfig, path: Path) -> None:
+    """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    if ckpt.unet_config != unet_config:
+        a, b = ckpt.unet_config.to_dict(), unet_config.to_dict()
+        diff = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k])
+        raise ValueError(f"init_from {path}: its U-Net configuration differs from this run's in {diff}")
+    net.load_state_dict(ckpt.net)
+    ema.load_state_dict(ckpt.ema)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics logged after `step` (by a run killed after its last checkpoint)."""
     if not path.is_file():
@@ -693,6 +713,8 @@ def train(config: TrainConfig) -> TrainResult:
             if history is not None:
                 history.load_state_dict(ckpt.loss_history)
             step = ckpt.step
+        elif config.init_from is not None:
+            _init_weights(net, ema, unet_config, Path(config.init_from))
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             _truncate_metrics(metrics_path, step)

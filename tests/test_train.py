@@ -111,6 +111,27 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert train(replace(cfg, steps=2, log_every=5)).step == 2  # run length and logging may change
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    first = train(TrainConfig(**TINY, steps=3, out_dir=str(tmp_path / "a")))
+    src = tmp_path / "a" / "checkpoint.safetensors"
+    # fine-tune with another objective; an lr of 1e-12 leaves the weights where they started
+    cfg = TrainConfig(**{**TINY, "lr": 1e-12}, steps=1, time_sampling="likelihood", init_from=str(src),
+                      out_dir=str(tmp_path / "b"))
+    res = train(cfg)
+    assert res.step == 1  # a new run: its own step count
+    for k, v in first.net.state_dict().items():
+        torch.testing.assert_close(res.net.state_dict()[k], v, rtol=0, atol=1e-9)
+    fresh = train(replace(cfg, init_from=None, out_dir=str(tmp_path / "c")))
+    assert any(not torch.allclose(fresh.net.state_dict()[k], v) for k, v in first.net.state_dict().items())
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.safetensors").config.init_from == str(src)
+    with pytest.raises(ValueError, match=r"U-Net configuration differs from this run's in ch: 8 -> 16"):
+        train(replace(cfg, net_options={**TINY["net_options"], "ch": 16}, out_dir=str(tmp_path / "d")))
+    with pytest.raises(FileNotFoundError, match="init_from: no checkpoint at"):
+        train(replace(cfg, init_from=str(tmp_path / "nope.safetensors"), out_dir=str(tmp_path / "e")))
+    with pytest.raises(ValueError, match="init_from must be None or a checkpoint path"):
+        TrainConfig(init_from="")
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     cfg = TrainConfig(**TINY, steps=2, ckpt_every=1, out_dir=str(tmp_path))
     train(replace(cfg, steps=1))
