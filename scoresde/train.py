@@ -89,6 +89,7 @@ OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 RESUMABLE_CHANGES = frozenset({
     "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
     "sample_steps", "progress", "compile", "compile_backend", "optimizer_impl",
+    "lr", "time_sampling",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
 })
 
 

@@ -106,9 +106,13 @@ def test_exact_resume_after_kill(tmp_path, monkeypatch):
 def test_resume_refuses_a_changed_configuration(tmp_path):
     cfg = TrainConfig(**TINY, steps=1, out_dir=str(tmp_path))
     train(cfg)
-    with pytest.raises(ValueError, match=r"configuration differs in lr: 0.001 -> 0.002"):
-        train(replace(cfg, lr=2e-3, steps=2))
+    with pytest.raises(ValueError, match=r"configuration differs in ema_decay: 0.9 -> 0.99"):
+        train(replace(cfg, ema_decay=0.99, steps=2))
     assert train(replace(cfg, steps=2, log_every=5)).step == 2  # run length and logging may change
+    # a second phase: the same run continues with likelihood weighting at a lower learning rate
+    res = train(replace(cfg, steps=3, lr=5e-4, time_sampling="likelihood"))
+    assert res.step == 3
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").config.time_sampling == "likelihood"
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
