@@ -64,6 +64,15 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _config_from_dict(cls, d: dict):
+    """cls(**d) for a config dataclass, with unknown keys named in the error."""
+    names = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class NoisyClassifierConfig:
     """Shape of the data (`in_channels`, `image_size`, divisible by 4), `num_classes`, the widths of
@@ -94,11 +103,7 @@ class NoisyClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoisyClassifierConfig:
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown NoisyClassifierConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return _config_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -133,11 +138,7 @@ class NoisyTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoisyTrainConfig:
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown NoisyTrainConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return _config_from_dict(cls, d)
 
 
 class FiLMConv(nn.Module):
