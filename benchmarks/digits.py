@@ -58,6 +58,7 @@ from scoresde.metrics import (
     class_histogram,
     classifier_features,
     frechet_distance_features,
+    quantize_digits,
 )
 from scoresde.pretrained import ASSETS, DEFAULT_MODELS
 from scoresde.train import save_image_grid
@@ -143,8 +144,7 @@ def mean_se(v: np.ndarray) -> tuple[float, float]:
 def quality(x: torch.Tensor, ref_feats: torch.Tensor, *, dequantized: bool = False) -> tuple[float, float]:
     """(squared Fréchet distance to the reference features, class-histogram entropy) of images in [-1, 1],
     mapped to levels as scoresde.metrics.digits_quality does (by bin when the model learned dequantized data)."""
-    k = datasets.to_levels(x, LEVELS, dequantized=dequantized).float()
-    feats, logits = classifier_features(2.0 * k / (LEVELS - 1) - 1.0)
+    feats, logits = classifier_features(quantize_digits(x.float(), LEVELS, dequantized=dequantized))
     return frechet_distance_features(feats, ref_feats), class_entropy(class_histogram(logits))
 
 

@@ -45,8 +45,7 @@ import torch  # noqa: E402
 import scoresde  # noqa: E402
 import solvers  # noqa: E402
 from scoresde.classifier import load_digits_classifier  # noqa: E402
-from scoresde.data import to_levels  # noqa: E402
-from scoresde.metrics import digits_floor, digits_quality  # noqa: E402
+from scoresde.metrics import digits_floor, digits_quality, quantize_digits  # noqa: E402
 from scoresde.noisy_classifier import classifier_guidance, load_noisy_classifier  # noqa: E402
 from scoresde.pretrained import ASSETS, load_pretrained  # noqa: E402
 
@@ -115,13 +114,6 @@ def null_label_of(model) -> int:
     return k
 
 
-def quantize(x: torch.Tensor, dequantized: bool) -> torch.Tensor:
-    """Clip to [-1, 1] and map to the 17 data levels as scoresde.metrics.digits_quality does (by
-    dequantization bin for a model trained on dequantized data), on the real images' scale."""
-    k = to_levels(x, LEVELS, dequantized=dequantized).to(x.dtype)
-    return 2.0 * k / (LEVELS - 1) - 1.0
-
-
 def trained_dequantized(model) -> bool:
     """Whether the model learned dequantized data (its TrainConfig `dequantize`, recorded on loading)."""
     return bool(getattr(model, "config", {}).get("dequantize", False))
@@ -130,7 +122,7 @@ def trained_dequantized(model) -> bool:
 def score(x: torch.Tensor, y: torch.Tensor, clean, fd: bool, dequantized: bool) -> dict:
     """Fraction classified as requested (overall and the lowest per class) and the Fréchet distance."""
     with torch.no_grad():
-        pred = torch.cat([clean(xb) for xb in quantize(x.float(), dequantized).cpu().split(1000)]).argmax(1)
+        pred = torch.cat([clean(xb) for xb in quantize_digits(x.float(), LEVELS, dequantized=dequantized).cpu().split(1000)]).argmax(1)
     hit = (pred == y.cpu()).double()
     per_class = torch.stack([hit[y.cpu() == k].mean() for k in y.unique()])
     out = {"fraction": float(hit.mean()), "worst_class": float(per_class.min())}

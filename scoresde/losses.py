@@ -131,6 +131,23 @@ def _check_data(x0: Tensor) -> None:
         raise ValueError(f"expected data x0 of shape (B, *D), got {tuple(x0.shape)}")
 
 
+def _noised_batch(
+    model, x0: Tensor, y: Tensor | None, null_label: int | None, p_uncond: float, time_sampling: TimeSampling,
+    t_eps: float, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Checked inputs -> (t, weight, x_t, eps, y): times and weights (B,), the perturbed data and its
+    noise (B, *D), labels after dropout; drawn from `generator` in that order (t, labels, noise)."""
+    _check_data(x0)
+    _check_labels(y, null_label, p_uncond)
+    sde = model.sde
+    t, weight = sample_t(sde, x0.shape[0], time_sampling=time_sampling, t_eps=t_eps, generator=generator,
+                         device=x0.device, dtype=x0.dtype)
+    if y is not None:
+        y = drop_labels(y, p_uncond, null_label, generator=generator)
+    x_t, eps = sde.perturb(x0, t, generator=generator)
+    return t, weight, x_t, eps, y
+
+
 def dsm_loss(
     model: Model,
     x0: Tensor,
@@ -150,14 +167,7 @@ def dsm_loss(
     probability p_uncond. time_sampling: "uniform", "likelihood" or "discrete" (module docstring).
     The loss is computed in float32 (or x0's dtype if wider) whatever the network's dtype.
     """
-    _check_data(x0)
-    _check_labels(y, null_label, p_uncond)
-    sde = model.sde
-    t, weight = sample_t(sde, x0.shape[0], time_sampling=time_sampling, t_eps=t_eps, generator=generator,
-                         device=x0.device, dtype=x0.dtype)
-    if y is not None:
-        y = drop_labels(y, p_uncond, null_label, generator=generator)
-    x_t, eps = sde.perturb(x0, t, generator=generator)
+    t, weight, x_t, eps, y = _noised_batch(model, x0, y, null_label, p_uncond, time_sampling, t_eps, generator)
     eps_hat = model.eps(x_t, t) if y is None else model.eps(x_t, t, y)
     dtype = torch.promote_types(x0.dtype, torch.float32)
     return weight.to(dtype) * (eps_hat.to(dtype) - eps.to(dtype)).square().flatten(1).mean(1)
@@ -191,14 +201,8 @@ def flow_matching_loss(
     the result is dsm_loss(time_sampling="uniform") times `flow_matching_weight(sde, t)`. float32
     or wider, as `dsm_loss`.
     """
-    _check_data(x0)
-    _check_labels(y, null_label, p_uncond)
+    t, _, x_t, eps, y = _noised_batch(model, x0, y, null_label, p_uncond, "uniform", t_eps, generator)
     sde = model.sde
-    t, _ = sample_t(sde, x0.shape[0], time_sampling="uniform", t_eps=t_eps, generator=generator,
-                    device=x0.device, dtype=x0.dtype)
-    if y is not None:
-        y = drop_labels(y, p_uncond, null_label, generator=generator)
-    x_t, eps = sde.perturb(x0, t, generator=generator)
     u_hat = model.flow(x_t, t) if y is None else model.flow(x_t, t, y)
     dtype = torch.promote_types(x0.dtype, torch.float32)
     # conditional flow matching target: u = d/dt (alpha x0 + sigma eps)

@@ -41,7 +41,7 @@ from .data import to_levels
 __all__ = [
     "DigitsQuality", "INCEPTION_URL", "class_entropy", "class_histogram", "classifier_features",
     "digits_floor", "digits_quality", "feature_stats", "fid_inception", "frechet_distance",
-    "frechet_distance_features", "inception_features", "inception_weights",
+    "frechet_distance_features", "inception_features", "inception_weights", "quantize_digits",
 ]
 
 # --- Fréchet distance ----------------------------------------------------------------------------
@@ -132,9 +132,10 @@ def _check_digits_images(images: Tensor) -> None:
         raise ValueError("images hold non-finite values")
 
 
-def _quantize_digits(images: Tensor, levels: int = 17, *, dequantized: bool = False) -> Tensor:
+def quantize_digits(images: Tensor, levels: int = 17, *, dequantized: bool = False) -> Tensor:
     """Clip to [-1, 1] and map to the data's 17 levels (scoresde.data.to_levels), as a generated image
-    would be stored, then back to the real images' scaling 2k/16 - 1."""
+    would be stored, then back to the real images' scaling 2k/16 - 1; same shape and dtype.
+    dequantized: the images come from a model trained on dequantized data (map by bin)."""
     k = to_levels(images, levels, dequantized=dequantized).to(images.dtype)
     return 2.0 * k / (levels - 1) - 1.0
 
@@ -220,7 +221,7 @@ def digits_quality(images: Tensor, reference: str = "test", *, classifier=None, 
     if reference not in DIGITS_SPLITS:
         raise ValueError(f"unknown reference split {reference!r}; choose one of {list(DIGITS_SPLITS)}")
     classifier = _classifier(classifier)
-    x = _quantize_digits(images, dequantized=dequantized) if quantize else images
+    x = quantize_digits(images, dequantized=dequantized) if quantize else images
     feats, logits = classifier_features(x, classifier)
     ref_feats, _ = classifier_features(_real_digits(reference), classifier)
     hist = class_histogram(logits)
