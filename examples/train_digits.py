@@ -44,6 +44,10 @@ def main(argv=None) -> None:
     p.add_argument("--dropout", type=float, default=None, help="U-Net dropout (default: the digits preset's 0.1)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning; fresh optimizer and step count)")
+    p.add_argument("--augment", default="", metavar="KINDS",
+                   help="non-leaking augmentation, comma-separated kinds from xflip,yflip,rot90,translate (default none)")
+    p.add_argument("--augment-p", type=float, default=0.0, help="probability of each augmentation kind (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0: Adam)")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay (default 0.999)")
     p.add_argument("--warmup", type=int, default=200, help="warmup steps (default 200)")
     p.add_argument("--out", default=None, help="output folder (default runs/digits_SDE)")
@@ -55,6 +59,8 @@ def main(argv=None) -> None:
         sde=args.sde, prediction="eps", c_noise="log_noise",
         time_sampling=args.time_sampling, dequantize=args.dequantize,
         conditional=args.conditional, p_uncond=0.1, init_from=args.init_from,
+        augment=tuple(k for k in args.augment.split(",") if k), augment_p=args.augment_p,
+        optimizer="adamw" if args.weight_decay else "adam", weight_decay=args.weight_decay,
         lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0, ema_decay=args.ema, batch_size=args.batch_size,
         steps=args.steps, seed=args.seed, device=args.device, out_dir=args.out, ckpt_every=500, log_every=50,
         sample_every=1000, sample_n=64, sample_steps=250,

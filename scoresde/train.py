@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -63,6 +64,8 @@ from torch import Tensor, nn
 import solvers
 
 from . import data as datasets
+from .augment import AUGMENTATIONS, augment, augment_dim
+from .augment import check_kinds as check_augment_kinds
 from .files import atomic_write, read_safetensors
 from .losses import TIME_SAMPLING, HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
@@ -89,7 +92,7 @@ OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 RESUMABLE_CHANGES = frozenset({
     "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
     "sample_steps", "progress", "compile", "compile_backend", "optimizer_impl",
-    "lr", "time_sampling",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
+    "lr", "time_sampling", "augment_p",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
 })
 
 
@@ -99,7 +102,10 @@ class TrainConfig:
 
     Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
     in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
-    scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`).
+    scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
+    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",); the network is told
+    each image's transformation and sampling uses the identity), each applied with probability
+    `augment_p`, translations by at most `augment_max_shift` pixels.
     Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
     overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
     for a 1000-step linear DiscreteVPSDE, or "flow" for FlowSDE) with beta_min, beta_max (vp, subvp)
@@ -135,6 +141,9 @@ class TrainConfig:
     dequantize: bool = False
     conditional: bool = False
     p_uncond: float = 0.1
+    augment: tuple[str, ...] = ()
+    augment_p: float = 0.0
+    augment_max_shift: int = 1
 
     net: str = "digits"
     net_options: dict = field(default_factory=dict)
@@ -181,6 +190,7 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "augment", check_augment_kinds(self.augment))
         # JSON round trips give lists; keep tuples so that configs compare equal
         object.__setattr__(self, "net_options",
                            {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})
@@ -228,15 +238,19 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("p_uncond", 0.0, 1.0)
+        number("augment_p", 0.0, 1.0)
+        integer("augment_max_shift", 1)
+        if self.augment_p > 0 and not self.augment:
+            raise ValueError(f"augment_p is {self.augment_p} but augment names no kind; choose from {list(AUGMENTATIONS)}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
         if "learn_variance" in self.net_options:
             raise ValueError("net_options may not set learn_variance; use TrainConfig.learn_variance (the model needs it too)")
         bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
-        if bad or {"image_size", "in_channels", "num_classes"} & set(self.net_options):
+        if bad or {"image_size", "in_channels", "num_classes", "augment_dim"} & set(self.net_options):
             raise ValueError(
                 f"net_options {sorted(self.net_options)}: may set UNetConfig fields except image_size, in_channels "
-                f"and num_classes (taken from the data); unknown {bad}"
+                f"and num_classes (taken from the data) and augment_dim (from augment); unknown {bad}"
             )
         for name in ("beta_min", "beta_max", "sigma_min", "sigma_max"):
             number(name, 0.0, math.inf, lo_open=True, hi_open=True)
@@ -330,7 +344,7 @@ def _unet_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: 
         raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
     return preset(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
                                  "num_classes": num_classes if config.conditional else None,
-                                 "learn_variance": config.learn_variance})
+                                 "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -747,13 +761,19 @@ def train(config: TrainConfig) -> TrainResult:
             idx = order[i * per_rank:(i + 1) * per_rank]
             gen.manual_seed(_step_seed(config.seed, rank, step, 0))
             torch.manual_seed(_step_seed(config.seed, rank, step, 1))  # dropout
-            x0 = datasets.to_model_input(images[idx], data.levels, flip=config.flip, dequantize=config.dequantize,
+            batch, step_model = images[idx], model
+            if config.augment_p > 0:  # the network is told each image's transformation (non-leaking)
+                batch, aug = augment(batch, config.augment, config.augment_p, max_shift=config.augment_max_shift,
+                                     generator=gen)
+                step_model = ScoreModel(functools.partial(ddp, augment_labels=aug), sde, config.prediction,
+                                        c_noise=config.c_noise, learned_variance=config.learn_variance)
+            x0 = datasets.to_model_input(batch, data.levels, flip=config.flip, dequantize=config.dequantize,
                                          generator=gen)
             if config.channels_last:
                 x0 = x0.contiguous(memory_format=torch.channels_last)
             lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
             y = None if labels is None else labels[idx]
-            loss, hybrid = compute_loss(config, model, x0, y=y, null_label=unet_config.num_classes, levels=data.levels,
+            loss, hybrid = compute_loss(config, step_model, x0, y=y, null_label=unet_config.num_classes, levels=data.levels,
                                         history=history, generator=gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,7 +7,7 @@ tensor of x's shape; `ScoreModel` says what that tensor predicts.
 Layout (DDPM++, Song et al. 2021, arXiv:2011.13456, App. H; `ncsnpp.py` with
 resblock_type="biggan", progressive="none"):
 
-    emb = MLP(embed(c_noise)) [+ class_emb(y)]          MLP: Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)
+    emb = MLP(embed(c_noise)) [+ class_emb(y)] [+ A a]  MLP: Linear(ch, 4ch), SiLU, Linear(4ch, 4ch)
     h = conv_in(x)
     down, per level i:  num_res_blocks x [ResBlock(-> ch * ch_mult[i]), Attn if res in attn_resolutions]
                         then ResBlock(down) unless last level          (every output kept as a skip)
@@ -17,7 +17,8 @@ resblock_type="biggan", progressive="none"):
     out = conv_out(SiLU(GroupNorm(h)))                  (starts at zero)
 
 Every residual block takes the embedding by FiLM (scale-shift) unless film=False, which gives the
-additive bias of the original DDPM++. Class conditioning (num_classes=K) learns K + 1 label
+additive bias of the original DDPM++. Augmentation conditioning (augment_dim=A, scoresde.augment)
+adds a bias-free linear map of the (B, A) transformation vector to emb. Class conditioning (num_classes=K) learns K + 1 label
 embeddings: label K is the null class used for classifier-free guidance, and y=None means null.
 """
 
@@ -50,7 +51,10 @@ class UNetConfig:
     as in the original DDPM++); num_classes: None for an unconditional net, else the number of
     classes K (labels 0..K-1; label K is the learned null class); learn_variance: output twice
     the channels, the second half being the raw reverse-variance interpolation of Improved DDPM
-    (Nichol & Dhariwal 2021; read by `ScoreModel(learned_variance=True)`).
+    (Nichol & Dhariwal 2021; read by `ScoreModel(learned_variance=True)`); augment_dim: length of
+    the augmentation conditioning vector (`scoresde.augment`; 0: none), mapped linearly (no bias)
+    into the embedding, so that the all-zero vector of the identity transformation, which is used
+    when the vector is omitted, adds nothing.
     """
 
     image_size: int = 32
@@ -66,6 +70,7 @@ class UNetConfig:
     film: bool = True
     num_classes: int | None = None
     learn_variance: bool = False
+    augment_dim: int = 0
 
     def __post_init__(self):
         # JSON round trips give lists; store tuples so that configs compare and hash
@@ -97,6 +102,8 @@ class UNetConfig:
             raise ValueError(f"num_classes must be None or a positive integer, got {self.num_classes!r}")
         if not isinstance(self.learn_variance, bool):
             raise ValueError(f"learn_variance must be True or False, got {self.learn_variance!r}")
+        if isinstance(self.augment_dim, bool) or not isinstance(self.augment_dim, int) or self.augment_dim < 0:
+            raise ValueError(f"augment_dim must be an integer >= 0, got {self.augment_dim!r}")
 
     @property
     def output_channels(self) -> int:
@@ -123,7 +130,8 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """DDPM++ U-Net: forward(x (B, C, H, W), c_noise (B,), y (B,) int64 or None) -> (B, C_out, H, W)."""
+    """DDPM++ U-Net: forward(x (B, C, H, W), c_noise (B,), y (B,) int64 or None, augment_labels (B, A) or
+    None) -> (B, C_out, H, W)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -167,8 +175,10 @@ class UNet(nn.Module):
                 self.up.append(block(c, c, "up"))
         self.norm_out = group_norm(c)
         self.conv_out = zero_(nn.Conv2d(c, cfg.output_channels, 3, padding=1))
+        # made last, so that the other layers start as in the same net without it
+        self.augment_embed = nn.Linear(cfg.augment_dim, emb_dim, bias=False) if cfg.augment_dim else None
 
-    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None, augment_labels: Tensor | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.image_size, cfg.image_size):
             raise ValueError(
@@ -185,6 +195,13 @@ class UNet(nn.Module):
             emb = emb + self.class_embed(y)
         elif y is not None:
             raise ValueError("this UNet is unconditional (num_classes=None) but labels y were given")
+        if augment_labels is not None:  # None: the identity transformation, whose vector is zero
+            if self.augment_embed is None:
+                raise ValueError("this UNet has augment_dim=0 but augment_labels were given")
+            if augment_labels.shape != (x.shape[0], cfg.augment_dim):
+                raise ValueError(f"expected augment_labels of shape ({x.shape[0]}, {cfg.augment_dim}), "
+                                 f"got {tuple(augment_labels.shape)}")
+            emb = emb + self.augment_embed(augment_labels.to(emb.dtype))
 
         h = self.conv_in(x)
         skips = [h]
