@@ -3,15 +3,16 @@
 --sde vp (beta 0.1..20, default), subvp or ve (sigma 0.01..50), eps prediction, c_noise =
 log(sigma / alpha), continuous DSM with t ~ U(1e-5, 1), Adam at 1e-3 after 200 warmup steps, batch
 128, gradient clipping at 1, EMA 0.999. This is how the shipped sub-VP and VE models were trained;
-the shipped VP model adds --dequantize and a second, likelihood-weighted phase, and the
-class-conditional one --conditional --dequantize (docs/training.md gives the exact commands, step
-counts and times). Writes runs/digits_SDE/: checkpoint.safetensors (resumable: run the same command again), config.json,
+the shipped VP model adds --dequantize, non-leaking augmentation and a second, likelihood-weighted
+phase, and the class-conditional one --conditional --dequantize (docs/training.md gives the exact
+commands, step counts and times). Writes runs/digits_SDE/: checkpoint.safetensors (resumable: run the same command again), config.json,
 metrics.jsonl and samples/step_*.png (64 EMA samples, 250 Euler-Maruyama steps).
 
     python examples/train_digits.py --sde ve                 # 4000 steps on the CPU
     python examples/train_digits.py --steps 200 --out runs/quick
-    python examples/train_digits.py --dequantize --steps 4000 && \
-        python examples/train_digits.py --dequantize --steps 8000 --time-sampling likelihood --lr 2e-4  # shipped VP
+    A="--dequantize --augment xflip,yflip,rot90,translate --augment-p 0.15"            # shipped VP:
+    python examples/train_digits.py $A --steps 4000 && \
+        python examples/train_digits.py $A --steps 22000 --time-sampling likelihood --lr 2e-4
     torchrun --nproc_per_node 2 examples/train_digits.py     # DDP, the batch split over 2 processes
 
 Then sample from it:
