@@ -103,7 +103,7 @@ class TrainConfig:
     Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
     in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
     scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
-    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",); the network is told
+    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate"; the network is told
     each image's transformation and sampling uses the identity), each applied with probability
     `augment_p`, translations by at most `augment_max_shift` pixels.
     Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
@@ -190,7 +190,8 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "augment", check_augment_kinds(self.augment))
+        augment = self.augment.split(",") if isinstance(self.augment, str) else self.augment  # "xflip,translate"
+        object.__setattr__(self, "augment", check_augment_kinds(k for k in augment if k))
         # JSON round trips give lists; keep tuples so that configs compare equal
         object.__setattr__(self, "net_options",
                            {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})

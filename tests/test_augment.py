@@ -120,8 +120,14 @@ def test_augmentation_off_keeps_runs_unchanged(tmp_path):
     assert a.loss == b.loss  # p = 0 draws nothing; the extra embedding is created after the others' init
 
 
+def test_config_takes_a_comma_separated_string():
+    assert TrainConfig(augment="xflip,translate").augment == ("xflip", "translate")
+    assert TrainConfig(augment="").augment == ()
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(augment=("blur",)), "unknown augmentation"),
+    (dict(augment="translate,blur"), r"unknown augmentation\(s\) \['blur'\]"),
     (dict(augment_p=0.2), "augment names no kind"),
     (dict(augment=("xflip",), augment_p=2.0), "augment_p must be"),
     (dict(augment_max_shift=0), "augment_max_shift must be an integer >= 1"),
