@@ -19,7 +19,7 @@ What a run writes to `out_dir` (rank 0 only):
 - `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
 
 Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
-step (training times, noise, label dropout, flips, dequantization and dropout) is drawn from
+step (training times, noise, label dropout, flips, augmentations, dequantization and dropout) is drawn from
 generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
 function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state
 (the hybrid loss's timestep history, the only other state a step depends on, is checkpointed
@@ -67,10 +67,17 @@ from . import data as datasets
 from .augment import AUGMENTATIONS, augment, augment_dim
 from .augment import check_kinds as check_augment_kinds
 from .files import atomic_write, read_safetensors
-from .losses import TIME_SAMPLING, HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
+from .losses import (
+    TIME_SAMPLING,
+    HybridLoss,
+    LossHistory,
+    dsm_loss,
+    flow_matching_loss,
+    hybrid_loss,
+)
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
-from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
+from .sde import VESDE, VPSDE, AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
 from .speed import COMPILE_BACKENDS
 
 __all__ = [
@@ -103,8 +110,8 @@ class TrainConfig:
     Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
     in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
     scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
-    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate"; the network is told
-    each image's transformation and sampling uses the identity), each applied with probability
+    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate";
+    the network is told each image's transformation and sampling uses the identity), each applied with probability
     `augment_p`, translations by at most `augment_max_shift` pixels.
     Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
     overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoresde.augment import AUGMENTATIONS, augment, augment_dim
 from scoresde.nn import UNet, digits

@@ -18,8 +18,9 @@ resblock_type="biggan", progressive="none"):
 
 Every residual block takes the embedding by FiLM (scale-shift) unless film=False, which gives the
 additive bias of the original DDPM++. Augmentation conditioning (augment_dim=A, scoresde.augment)
-adds a bias-free linear map of the (B, A) transformation vector to emb. Class conditioning (num_classes=K) learns K + 1 label
-embeddings: label K is the null class used for classifier-free guidance, and y=None means null.
+adds a bias-free linear map of the (B, A) transformation vector to emb (None: zeros, the identity).
+Class conditioning (num_classes=K) learns K + 1 label embeddings: label K is the null class used for
+classifier-free guidance, and y=None means null.
 """
 
 from __future__ import annotations
