@@ -67,17 +67,10 @@ from . import data as datasets
 from .augment import AUGMENTATIONS, augment, augment_dim
 from .augment import check_kinds as check_augment_kinds
 from .files import atomic_write, read_safetensors
-from .losses import (
-    TIME_SAMPLING,
-    HybridLoss,
-    LossHistory,
-    dsm_loss,
-    flow_matching_loss,
-    hybrid_loss,
-)
+from .losses import TIME_SAMPLING, HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
-from .sde import VESDE, VPSDE, AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
+from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
 from .speed import COMPILE_BACKENDS
 
 __all__ = [
