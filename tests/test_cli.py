@@ -40,6 +40,7 @@ def test_sample_with_labels_uses_the_conditional_model(tmp_path, capsys):
         (["bpd", "--data", "cifar10"], "needs root"),
         (["sample", "--guidance-scale", "2"], "--guidance-scale needs class labels --y"),
         (["sample", "--sde", "ve", "--y", "3"], "no shipped class-conditional default model for sde 've'"),
+        (["train", "--augment", "xflip,blur", "--steps", "1"], "unknown augmentation(s) ['blur']; choose from"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(argv, match, capsys):
@@ -70,6 +71,17 @@ def test_train_then_sample_and_bpd(tmp_path, capsys):
     assert main(["bpd", "--model", ckpt, "--n", "4", "--method", "dpm_solver", "--steps", "4"]) == 0
     out = capsys.readouterr().out
     assert "bits/dim" in out and "mean NFE 5.0" in out
+
+
+def test_train_with_augmentation_names(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--net-options", "{'ch': 8, 'num_res_blocks': 1, 'ch_mult': (1, 2), 'attn_resolutions': (4,)}",
+                 "--batch-size", "8", "--steps", "1", "--augment", "translate,xflip", "--augment-p", "0.5",
+                 "--out-dir", str(run), "--device", "cpu", "--no-progress"]) == 0
+    from scoresde.train import load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoint.safetensors")
+    assert ckpt.config.augment == ("translate", "xflip") and ckpt.unet_config.augment_dim == 3
 
 
 def test_solvers_lists_every_solver(capsys):
