@@ -60,7 +60,7 @@ def main(argv=None) -> None:
         sde=args.sde, prediction="eps", c_noise="log_noise",
         time_sampling=args.time_sampling, dequantize=args.dequantize,
         conditional=args.conditional, p_uncond=0.1, init_from=args.init_from,
-        augment=tuple(k for k in args.augment.split(",") if k), augment_p=args.augment_p,
+        augment=args.augment, augment_p=args.augment_p,
         optimizer="adamw" if args.weight_decay else "adam", weight_decay=args.weight_decay,
         lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0, ema_decay=args.ema, batch_size=args.batch_size,
         steps=args.steps, seed=args.seed, device=args.device, out_dir=args.out, ckpt_every=500, log_every=50,

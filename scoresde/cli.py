@@ -139,17 +139,12 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             kwargs.update(type=hint)
         elif hint in (int | None, float | None, str | None):
             kwargs.update(type=typing.get_args(hint)[0])
-        elif hint == tuple[str, ...]:  # names, e.g. --augment xflip,translate
-            kwargs.update(type=_names)
+        elif hint == tuple[str, ...]:  # comma-separated names, e.g. --augment xflip,translate: the config splits them
+            kwargs.update(type=str)
         else:  # dicts and tuples as Python literals, e.g. --net-options "{'ch': 16}"
             kwargs.update(type=_literal)
         kwargs["help"] = f"(default: {default!r})"
         p.add_argument(flag, **kwargs)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    """Comma-separated names -> tuple ("" -> ()); the config checks each name."""
-    return tuple(k.strip() for k in text.split(",") if k.strip())
 
 
 def _literal(text: str):

@@ -191,7 +191,7 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
         augment = self.augment.split(",") if isinstance(self.augment, str) else self.augment  # "xflip,translate"
-        object.__setattr__(self, "augment", check_augment_kinds(k for k in augment if k))
+        object.__setattr__(self, "augment", check_augment_kinds(k.strip() for k in augment if k.strip()))
         # JSON round trips give lists; keep tuples so that configs compare equal
         object.__setattr__(self, "net_options",
                            {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})
