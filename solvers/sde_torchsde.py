@@ -23,14 +23,30 @@ step, so the NFE counts distinct evaluations: 1 per step for euler and milstein,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-import torchsde
 from torch import Tensor
 
 from .base import Callback, Sampler, report
 from .protocol import CountedModel, GeneratorArg, reverse_drift, time_like
 
+if TYPE_CHECKING:
+    import torchsde
+
 METHOD_NFE: dict[str, int] = {"euler": 1, "milstein": 1, "srk": 4}
+
+
+def import_torchsde():
+    """torchsde, imported on first use: every other solver works where it is not installed."""
+    try:
+        import torchsde
+    except ImportError as err:
+        raise ImportError(
+            "solver 'torchsde' needs the torchsde package (pip install 'torchsde>=0.2.6'); "
+            "every other solver works without it"
+        ) from err
+    return torchsde
 
 
 class ReverseSDE:
@@ -60,8 +76,13 @@ class ReverseSDE:
         return g[:, None].expand_as(y)
 
 
-class PerSampleBrownian(torchsde.BaseBrownian):
-    """One torchsde BrownianInterval of shape (1, d) per sample, queried together as (B, d)."""
+class PerSampleBrownian:
+    """One torchsde BrownianInterval of shape (1, d) per sample, queried together as (B, d).
+
+    It has the interface torchsde.sdeint reads from a Brownian motion (call, shape, dtype, device,
+    levy_area_approximation) without subclassing torchsde.BaseBrownian, so that importing this
+    module does not import torchsde.
+    """
 
     __slots__ = ("intervals",)
 
@@ -101,8 +122,11 @@ def _entropy(generator: torch.Generator | None) -> int | None:
     return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
-def brownian(s: Tensor, y: Tensor, levy_area: str, generator: GeneratorArg) -> torchsde.BaseBrownian:
+def brownian(
+    s: Tensor, y: Tensor, levy_area: str, generator: GeneratorArg
+) -> torchsde.BaseBrownian | PerSampleBrownian:
     """A Brownian path on [s[0], s[-1]] for the flattened state y (B, d), seeded from generator."""
+    torchsde = import_torchsde()
     common = dict(t0=s[0], t1=s[-1], dtype=y.dtype, device=y.device, levy_area_approximation=levy_area)
     if generator is None or isinstance(generator, torch.Generator):
         return torchsde.BrownianInterval(size=tuple(y.shape), entropy=_entropy(generator), **common)
@@ -132,6 +156,7 @@ class TorchSDE(Sampler):
 
     def __init__(self, *, method: str = "euler", denoise_final: bool = False):
         super().__init__(denoise_final=denoise_final)
+        import_torchsde()  # fail here, not after the grid is built
         if method not in METHOD_NFE:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_NFE)}")
         self.method = method
@@ -143,6 +168,7 @@ class TorchSDE(Sampler):
     def integrate(
         self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
     ) -> Tensor:
+        torchsde = import_torchsde()
         sde = ReverseSDE(model, tuple(x.shape))
         y = x.flatten(1)
         s = (-ts).to(dtype=x.dtype, device=x.device)  # increasing
