@@ -151,7 +151,8 @@ class TrainStep:
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, device: torch.device):
         self.cfg, self.images, self.device = cfg, images, device
         torch.manual_seed(cfg.seed)
-        self.net = UNet(preset(cfg.net, image_size=images.shape[-1], in_channels=images.shape[1]))
+        self.net = UNet(preset(cfg.net, **{**cfg.net_options, "image_size": images.shape[-1],
+                                           "in_channels": images.shape[1]}))
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.net.to(device, memory_format=fmt).train()
@@ -187,15 +188,32 @@ def likelihood_run(model: ScoreModel, x: torch.Tensor, *, steps: int):
                           generator=torch.Generator(x.device).manual_seed(0))
 
 
-def ema_seconds(args, mode: str, device: torch.device, timed: dict) -> float:
-    """The EMA update alone: eager foreach lerp, or compiled (decay in a device tensor) with --compile step."""
+def ema_runner(args, mode: str, device: torch.device):
+    """The EMA update alone, as a call: eager foreach lerp, or compiled (decay in a device tensor) with --compile step."""
     net = build_net(args.preset, device)
     ema = copy.deepcopy(net).requires_grad_(False)
     if mode == "optimized" and args.compile == "step":
         decay = torch.tensor(0.999, device=device)
         compiled = torch.compile(ema_update, backend=args.compile_backend)
-        return median_seconds(lambda: compiled(ema, net, decay), **timed)
-    return median_seconds(lambda: ema_update(ema, net, 0.999), **timed)
+        return lambda: compiled(ema, net, decay)
+    return lambda: ema_update(ema, net, 0.999)
+
+
+class Budget:
+    """Wall time since construction against an optional limit in seconds (None: no limit)."""
+
+    def __init__(self, limit: float | None):
+        self.limit, self.t0 = limit, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def spent(self, what: str) -> bool:
+        """True (and says that `what` is skipped) once the limit has passed."""
+        if self.limit is None or self.elapsed() < self.limit:
+            return False
+        print(f"  skipped: {what} (--time-limit {self.limit:g} s passed at {self.elapsed():.0f} s)", flush=True)
+        return True
 
 
 def digits_like(shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
@@ -243,10 +261,15 @@ def main(argv=None) -> None:
     p.add_argument("--loss-curve", type=int, default=0, metavar="N", help="also compare N-step loss curves (0: no)")
     p.add_argument("--smooth", type=int, default=20, help="moving-average window of the loss curves")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no new measurement after this many seconds (compiling included); the table "
+                        "shows what was measured (default: no limit)")
     args = p.parse_args(argv)
     for name in ("batch", "repeats", "steps", "smooth"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        p.error(f"--time-limit must be > 0, got {args.time_limit}")
     for name in ("warmup", "loss_curve"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -268,7 +291,8 @@ def main(argv=None) -> None:
         n_params = count_parameters(UNet(cfg))
     print(f"{args.preset} ({n_params / 1e6:.2f} M parameters), batch {args.batch}, median of {args.repeats} "
           f"after {args.warmup} warm-up calls")
-    print(f"device: {device_name(device)}; torch {torch.__version__}")
+    cuda_versions = f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}" if cuda else ""
+    print(f"device: {device_name(device)}; Python {platform.python_version()}, torch {torch.__version__}{cuda_versions}")
     compiled = "no torch.compile" if args.compile == "none" else (
         f"torch.compile (train {args.compile!r}, inference mode {args.compile_mode!r}, "
         f"backend {args.compile_backend!r})")
@@ -282,44 +306,61 @@ def main(argv=None) -> None:
     gen = torch.Generator(device).manual_seed(0)
     x = torch.rand(args.batch, *shape, generator=gen, device=device) * 2 - 1
     t = torch.rand(args.batch, generator=gen, device=device) * (1 - 1e-3) + 1e-3
+    clock = Budget(args.time_limit)
 
-    if "forward" in parts or "sample" in parts or "likelihood" in parts:
-        secs, syncs = {}, {}
+    def measure(what: str, mode: str, unit: str, fn, *, per: int = 1) -> None:
+        """Time fn (divided by `per` calls of the network), count its syncs, add a row, print it at once."""
+        secs = median_seconds(fn, **timed) / per
+        syncs = count_syncs(fn, device)
+        rows.append((what, {mode: secs}, {mode: syncs}, unit))
+        if unit == "forward":
+            forward[mode] = secs
+        note = "" if syncs is None else f", {syncs} host syncs"
+        print(f"  {mode:>9}: {what}: {1e3 * secs:.2f} ms{note} [{clock.elapsed():.0f} s]", flush=True)
+
+    # in order of what the targets need: the forward pass (the denominator of every ratio), the training
+    # step, the samplers, the likelihood, the loss curves; --time-limit skips what is left once spent
+    print("\nmeasuring (each line as it is done):", flush=True)
+    models = {}
+    if {"forward", "sample", "likelihood"} & set(parts):
         for mode in MODES:
-            model = inference_model(args, mode, device, bf16=cuda)
-            c = model.noise_input(t)
-            forward_call = functools.partial(model.net, x, c)
+            if clock.spent(f"forward [{mode}]"):
+                continue
+            models[mode] = model = inference_model(args, mode, device, bf16=cuda)
             with torch.no_grad():
-                secs[mode] = median_seconds(forward_call, **timed)
-                syncs[mode] = count_syncs(forward_call, device)
-            forward[mode] = secs[mode]
-            if "sample" in parts:
-                for name in solver_names:
-                    run = functools.partial(sample, model, solver=name, steps=args.steps, x_T=x, seed=0)
-                    nfe = run().nfe
-                    rows.append((f"{name}, per evaluation ({args.steps} steps, NFE {nfe})",
-                                 {mode: median_seconds(run, **timed) / nfe}, {mode: count_syncs(run, device)}, "eval"))
-            if "likelihood" in parts:
-                separate = mode == "optimized" and cuda and not args.likelihood_bf16  # fp32 likelihood
-                lmodel = inference_model(args, mode, device, bf16=False) if separate else model
-                run = functools.partial(likelihood_run, lmodel, x, steps=args.steps)
-                nfe = run().nfe
-                rows.append((f"likelihood, per ODE evaluation (1 probe, NFE {nfe})",
-                             {mode: median_seconds(run, **timed) / nfe}, {mode: count_syncs(run, device)}, "eval"))
-            del model
-        if "forward" in parts:
-            rows.insert(0, ("forward", secs, syncs, "forward"))
+                measure("forward", mode, "forward", functools.partial(model.net, x, model.noise_input(t)))
 
     if "train" in parts:
-        secs, syncs = {}, {}
         for mode in MODES:
+            if clock.spent(f"train step [{mode}]"):
+                continue
             step = TrainStep(train_config(args, mode, device), x, device)
-            secs[mode] = median_seconds(step, **timed)
-            syncs[mode] = count_syncs(step, device)
+            measure("train step", mode, "train", step)
             del step
-        rows.insert(1 if "forward" in parts else 0, ("train step", secs, syncs, "train"))
-        ema = {mode: ema_seconds(args, mode, device, timed) for mode in MODES}
-        rows.insert(2 if "forward" in parts else 1, ("EMA update alone (in the train step)", ema, {}, "ema"))
+            if not clock.spent(f"EMA update [{mode}]"):
+                measure("EMA update alone (in the train step)", mode, "ema", ema_runner(args, mode, device))
+
+    if "sample" in parts:
+        for mode, model in models.items():
+            for name in solver_names:
+                if clock.spent(f"{name} [{mode}]"):
+                    continue
+                run = functools.partial(sample, model, solver=name, steps=args.steps, x_T=x, seed=0)
+                nfe = run().nfe
+                measure(f"{name}, per evaluation ({args.steps} steps, NFE {nfe})", mode, "eval", run, per=nfe)
+
+    if "likelihood" in parts:
+        for mode, model in models.items():
+            if clock.spent(f"likelihood [{mode}]"):
+                continue
+            separate = mode == "optimized" and cuda and not args.likelihood_bf16  # fp32 likelihood
+            lmodel = inference_model(args, mode, device, bf16=False) if separate else model
+            run = functools.partial(likelihood_run, lmodel, x, steps=args.steps)
+            nfe = run().nfe
+            measure(f"likelihood, per ODE evaluation (1 probe, NFE {nfe})", mode, "eval", run, per=nfe)
+    models.clear()
+    if "forward" not in parts:
+        rows[:] = [row for row in rows if row[3] != "forward"]
 
     merged: dict[str, tuple[dict, dict, str]] = {}
     for what, secs, syncs, unit in rows:
@@ -340,7 +381,7 @@ def main(argv=None) -> None:
             what = f"train step ({args.batch / a:.0f} / {args.batch / b:.0f} img/s)" if a and b else what
         print(f"| {what} | " + " | ".join(cells) + f" | {sync} |")
 
-    if args.loss_curve:
+    if args.loss_curve and not clock.spent("loss curves"):
         images = digits_like(shape, device)
         curves = {
             "fp32 seed 0": loss_curve(args, train_config(args, "fp32", device, 0), images, device),

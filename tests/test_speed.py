@@ -217,8 +217,22 @@ def test_gpu_benchmark_smoke_run(capsys):
                 "| likelihood, per ODE evaluation"):
         assert row in out
     assert "run-to-run noise" in out
+    assert "       fp32: forward: " in out and "  optimized: train step: " in out  # streamed as measured
     with pytest.raises(SystemExit):
         bench.main(["--parts", "everything"])
+    with pytest.raises(SystemExit):
+        bench.main(["--time-limit", "0"])
+
+
+def test_gpu_benchmark_time_limit_skips_what_is_left(capsys):
+    # a limit already spent before the first measurement: everything is skipped, the table still prints
+    load_benchmark().main(["--device", "cpu", "--preset", "digits", "--batch", "2", "--repeats", "1", "--warmup", "0",
+                           "--compile", "none", "--parts", "forward,train", "--loss-curve", "3",
+                           "--time-limit", "1e-9"])
+    out = capsys.readouterr().out
+    for what in ("forward [fp32]", "forward [optimized]", "train step [fp32]", "train step [optimized]", "loss curves"):
+        assert f"skipped: {what} (--time-limit" in out
+    assert "| measurement | fp32 ms |" in out and "| forward |" not in out and "| train step" not in out
 
 
 @pytest.mark.slow
