@@ -30,6 +30,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, mo
             tmp.unlink()
 
 
+def safetensors_format(path: str | os.PathLike) -> str | None:
+    """The "format" entry of a safetensors file's metadata, reading the header only.
+
+    None when the file is missing, unreadable or has no format: a peek to choose a reader, which
+    then reports what is wrong (`read_safetensors`).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format")
+    except Exception:
+        return None
+
+
 def read_safetensors(path: str | os.PathLike, *, fmt: str, what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors on the CPU, metadata) of a safetensors file whose metadata "format" is `fmt`.
 

@@ -66,7 +66,7 @@ import solvers
 from . import data as datasets
 from .augment import AUGMENTATIONS, augment, augment_dim
 from .augment import check_kinds as check_augment_kinds
-from .files import atomic_write, read_safetensors
+from .files import atomic_write, read_safetensors, safetensors_format
 from .losses import TIME_SAMPLING, HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from .nn import PRESETS, UNet, UNetConfig, preset
 from .param import C_NOISE, ScoreModel
@@ -409,10 +409,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> ScoreModel:
     """A ScoreModel (in eval mode) over the EMA (or raw) weights of a checkpoint.
 
+    path: a training checkpoint, or a model file written by `scoresde.pretrained.export_model`
+    (the shipped models are such files; they hold the EMA weights only, so `ema` must stay True).
     The model also carries `image_shape` (C, H, W), the shape of one image it was trained on,
     `config` (the TrainConfig as a dict) and `null_label` (the class count K of a
     class-conditional net, which reads label K as "no class"; None otherwise).
     """
+    from . import pretrained
+
+    if safetensors_format(path) == pretrained.FORMAT:
+        if not ema:
+            raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
+        return pretrained.load_pretrained(path, device=device)
     ckpt = load_checkpoint(path)
     net = UNet(ckpt.unet_config)
     net.load_state_dict(ckpt.ema if ema else ckpt.net)

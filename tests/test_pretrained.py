@@ -77,3 +77,13 @@ def test_missing_model_errors(tmp_path):
         default_model("ve", conditional=True)
     with pytest.raises(FileNotFoundError, match="no pretrained model at"):
         load_pretrained(tmp_path / "nope.safetensors")
+
+
+def test_load_model_reads_exported_models_too():
+    path = ASSETS / DEFAULT_MODELS["vp"]
+    a, b = scoresde.load_model(path), load_pretrained(path)
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((3,), 0.3)
+    torch.testing.assert_close(a.eps(x, t), b.eps(x, t), atol=0, rtol=0)
+    assert a.config == b.config and a.image_shape == (1, 8, 8) and a.step == b.step
+    with pytest.raises(ValueError, match="holds the EMA weights only"):
+        scoresde.load_model(path, ema=False)
