@@ -92,3 +92,12 @@ def test_solvers_lists_every_solver(capsys):
     for name in solvers.available():
         assert name in out
     assert "options:" in out and "order" in out
+
+
+def test_sample_takes_an_exported_model_file(tmp_path):
+    from scoresde.pretrained import ASSETS, DEFAULT_MODELS
+
+    out = tmp_path / "g.png"
+    assert main(["sample", "--model", str(ASSETS / DEFAULT_MODELS["ve"]), "--solver", "ddim", "--steps", "2",
+                 "--n", "2", "--quiet", "--out", str(out)]) == 0
+    assert out.is_file()
