@@ -21,6 +21,12 @@ from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, r
 __all__ = ["AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time", "sde_from_config"]
 
 
+def values_checked(t: Tensor) -> bool:
+    """Whether argument checks read t's values: only on the CPU, where reading them costs no device
+    synchronization (on accelerators only shapes and dtypes are checked)."""
+    return t.device.type == "cpu" and t.numel() > 0
+
+
 def check_time(t: Tensor, T: float) -> None:
     """Raise ValueError unless t is a 1-D float tensor with values in [0, T] and no NaN.
 
@@ -33,7 +39,7 @@ def check_time(t: Tensor, T: float) -> None:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"t must be a float tensor, got {t.dtype}")
-    if t.device.type == "cpu" and t.numel() > 0:
+    if values_checked(t):
         if bool(torch.isnan(t).any()):
             raise ValueError("t contains NaN; valid times are in [0, T]")
         lo, hi = float(t.detach().min()), float(t.detach().max())  # t may carry grad (solvers.fit_grid)
@@ -101,7 +107,7 @@ class AffineSDE:
         """Exact inverse of `lambda_`: the time whose half log-SNR is lam, (B,)."""
         if not isinstance(lam, Tensor) or lam.ndim != 1 or not lam.is_floating_point():
             raise ValueError(f"lam must be a 1-D float tensor, got {getattr(lam, 'shape', type(lam).__name__)}")
-        if lam.device.type == "cpu" and bool(torch.isnan(lam).any()):
+        if values_checked(lam) and bool(torch.isnan(lam).any()):
             raise ValueError("lam contains NaN")
         return self._t_of_lambda(lam)
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scoresde import VPSDE, ScoreModel, log_likelihood, sample, speed
+from scoresde import sde as sde_module
 from scoresde.nn import UNet, preset
 from scoresde.train import TrainConfig, load_checkpoint, make_optimizer, optimizer_impl, train
 
@@ -122,6 +124,56 @@ def test_optimize_inductor_matches_eager_on_digits_preset():
     (g_ref,) = torch.autograd.grad(model.net(x_eager, c), x_eager, grad_outputs=v)
     (g_fast,) = torch.autograd.grad(fast.net(x_fast, c), x_fast, grad_outputs=v)
     torch.testing.assert_close(g_fast, g_ref, atol=1e-5, rtol=1e-4)
+
+
+# --- host synchronizations, seen on a CPU ----------------------------------------------------------
+
+class SyncingOps(TorchDispatchMode):
+    """Counts the aten ops that read a device value back to the host on CUDA (a synchronization there):
+    a tensor's Python value (item, float, bool, int), nonzero, and linalg's error checks."""
+
+    SYNCING = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero", "aten._linalg_check_errors")
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.SYNCING):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+FIXED_STEP = ["euler_maruyama", "reverse_diffusion", "ancestral", "ddim", "pc", "dpm_solver", "dpm_solver++",
+              "sde_dpm_solver++", "unipc", "heun"]
+
+
+@pytest.mark.parametrize("solver", FIXED_STEP)
+def test_fixed_step_samplers_read_nothing_back_per_step(solver, monkeypatch):
+    """docs/gpu.md: no host synchronization per step. Ops that would synchronize on CUDA are counted on
+    the CPU; a call may make a few (checking the grid), but 10 steps must make as many as 5."""
+    # the SDEs read the values of t in their checks on CPU tensors only, not on accelerators: do as on CUDA
+    monkeypatch.setattr(sde_module, "values_checked", lambda t: False)
+    model = tiny_model()
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    counts = {}
+    for steps in (5, 10):
+        with SyncingOps() as ops:
+            sample(model, solver=solver, steps=steps, x_T=x_T, seed=0)
+        counts[steps] = ops.seen
+    assert len(counts[10]) == len(counts[5]), counts
+
+
+def test_fixed_budget_likelihood_reads_nothing_back_per_step(monkeypatch):
+    monkeypatch.setattr(sde_module, "values_checked", lambda t: False)
+    model = tiny_model()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    counts = {}
+    for steps in (5, 10):
+        with SyncingOps() as ops:
+            log_likelihood(model, x, method="dpm_solver", steps=steps, generator=torch.Generator().manual_seed(0))
+        counts[steps] = ops.seen
+    assert len(counts[10]) == len(counts[5]), counts
 
 
 # --- training: TrainConfig.compile, optimizer_impl -----------------------------------------------
