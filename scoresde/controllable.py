@@ -18,11 +18,16 @@ conditional process would carry the two jointly; the unknown part feels the know
 through the score of p_t(x). The error is measured on a correlated Gaussian in docs/guidance.md
 (under-conditioned results); corrector (Langevin) steps reduce it.
 
-The base sampler runs one grid interval per call (its `integrate` on ts[i:i+2]), so any sampler
-works, at a price for the ones that carry state between steps: multistep solvers
-(dpm_solver++ multistep, unipc, torchdiffeq's Adams methods) restart on every interval and take
-first-order steps, because their stored predictions were made at states whose known part has since
-been replaced by independent noise (docs/guidance.md).
+The replacement is the solver's between-steps hook (`solvers.Solver.__call__(..., hook=...)`): it
+runs at every grid time, and solvers that evaluate the model again at a step's end time (the PC and
+Langevin correctors, UniPC's corrector, Heun's second stage) pass that state through it first, so
+every solver keeps its full order: multistep methods (DPM-Solver++ 2M/3M, UniPC) carry their stored
+predictions across steps, since each was made at a state whose known part was set by the hook.
+With `noise="fixed"` one z is drawn once and the known part follows the smooth path
+alpha(t) known + sigma(t) z; the replacement dynamics are then an ODE in the unknown part, which a
+deterministic solver integrates at its order (tests/test_guidance.py measures UniPC-3 and
+DPM-Solver++(3M)). Singlestep methods (DPM-Solver-2/3, DPM-Solver++ 2S/3S) evaluate at intermediate
+times inside a step that the hook does not see, and stay first order under replacement.
 """
 
 from __future__ import annotations
@@ -35,13 +40,12 @@ import torch
 from torch import Tensor
 
 import solvers
-from solvers.base import Callback, Step
-from solvers.pc import PC, Langevin
-from solvers.protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
+from solvers.protocol import GeneratorArg, bcast, randn_like, time_like
+from solvers.validate import check_name
 
 from .sampling import Samples, build_sampler, make_generators, run_settings
 
-__all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "replace_known", "replacement_stages", "to_basis"]
+__all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "Replacement", "replace_known", "to_basis"]
 
 # Orthonormal colour basis, rows: gray (R + G + B) / sqrt(3) and two chroma directions.
 COLOR_BASIS = torch.tensor(
@@ -113,7 +117,8 @@ def inpaint(
     x_T: Tensor | None = None,
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    callback: Callback | None = None,
+    callback: solvers.base.Callback | None = None,
+    noise: str = "fresh",
     **solver_options,
 ) -> Samples:
     """Sample x given its known coordinates by replacement (Song et al. 2021, App. I).
@@ -122,89 +127,62 @@ def inpaint(
     dtype and on its device); mask: bool of shape (B, *D), (*D) or (1, *D), True where known; basis:
     optional orthogonal (C, C) matrix, in which case known and mask are in the coordinates
     to_basis(x, basis) (see `colorize`). solver, steps, grid, seed, generator and solver options as
-    in `scoresde.sample`; the base sampler walks one grid interval per call. Before every interval
-    (the first included) the known part is replaced by alpha(t) known + sigma(t) z with fresh
-    z ~ N(0, I) from the generator; the final state takes the known values exactly (after the
-    sampler's denoising step, if it has one). nfe counts model evaluations as in `sample`. Runs
-    under torch.no_grad(). Returns `Samples`.
-
-    Each call of the base sampler sees a one-interval grid: multistep solvers take first-order
-    steps, and `lower_order_final=True` (the DPM-Solver family's default, for grids under 10 steps)
-    makes a singlestep DPM-Solver first order too; pass lower_order_final=False to keep its order.
+    in `scoresde.sample`. At every grid time (the first included) the known part is replaced by
+    alpha(t) known + sigma(t) z (the solver's hook; see the module docstring), with z ~ N(0, I)
+    drawn anew each time from the generator (noise="fresh", Song et al.) or drawn once
+    (noise="fixed": a smooth path for the known part, so ODE solvers keep their order); the final
+    state takes the known values exactly (after the solver's denoising step, if it has one). nfe
+    counts model evaluations as in `sample`. Runs under torch.no_grad(). Returns `Samples`.
     """
     mask, basis = _check_problem(known, mask, basis)
-    process = model.sde
-    sampler = build_sampler(solver, solver_options, process)
+    sde = model.sde
+    sampler = build_sampler(solver, solver_options, sde)
     device = known.device
     gen = make_generators(seed, generator, device)
     steps = sampler.default_steps if steps is None else steps
     grid_name = sampler.default_grid if grid is None else grid
-    ts = solvers.grids.make(grid_name, process, steps).to(device)
+    ts = solvers.grids.make(grid_name, sde, steps).to(device)
     if x_T is None:
-        x = process.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
+        x = sde.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
     elif x_T.shape != known.shape:
         raise ValueError(f"x_T must have the shape of known {tuple(known.shape)}, got {tuple(x_T.shape)}")
     else:
         x = x_T.to(device=device, dtype=known.dtype)
+    hook = Replacement(known, mask, sde, basis=basis, generator=gen, noise=noise)
 
     start = time.perf_counter()
     with torch.no_grad():
-        x = _replacement_loop(sampler, CountedModel(model), x, known, mask, ts, basis, gen, callback)
+        sol = sampler(model, x, ts, generator=gen, callback=callback, hook=hook)
+        one = torch.ones(1, dtype=known.dtype, device=device)
+        x = replace_known(sol.x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
     seconds = time.perf_counter() - start
-    settings = run_settings(sampler, steps, grid_name, ts, process, seed, known, device)
+    settings = run_settings(sampler, steps, grid_name, ts, sde, seed, known, device)
     settings["conditioning"] = "replacement" if basis is None else "replacement in a channel basis"
-    return Samples(x=x[0], nfe=x[1], ts=ts.cpu(), seconds=seconds, settings=settings)
+    settings["replacement_noise"] = noise
+    return Samples(x=x, nfe=sol.nfe, ts=ts.cpu(), seconds=seconds, settings=settings)
 
 
-def replacement_stages(sampler: solvers.Sampler) -> list[solvers.Sampler]:
-    """The samplers run one after another on each grid interval, with a replacement after each.
+NOISES = ("fresh", "fixed")
 
-    A predictor–corrector sampler splits into its predictor and n_corrector single Langevin steps,
-    so that every corrector step sees the replaced known part (as in Song et al.'s reference code):
-    a Langevin step followed by replacement is a Langevin step on the unknown coordinates with the
-    known ones held at their replaced values, i.e. it samples p_t(x_unknown | x_known,t). Langevin
-    alone splits into single steps; every other sampler is one stage.
+
+class Replacement:
+    """The replacement hook x_t[known] <- alpha(t) known + sigma(t) z (Song et al. 2021, App. I).
+
+    known (B, *D), mask (bool, broadcastable), basis as in `replace_known`. noise="fresh" draws z
+    from `generator` at every call; "fixed" draws it once, here, so the known part follows the smooth
+    path alpha(t) known + sigma(t) z. Called by a solver as hook(x, t) with t a 0-d grid time.
     """
-    if isinstance(sampler, PC) and sampler.corrector == "langevin":
-        pred = [] if sampler.predictor == "none" else [PC(predictor=sampler.predictor, corrector="none")]
-        corr = Langevin(snr=sampler.snr, n_corrector=1, step_size=sampler.step_size)
-        return pred + [corr] * sampler.n_corrector
-    if isinstance(sampler, Langevin):
-        return [Langevin(snr=sampler.snr, n_corrector=1, step_size=sampler.step_size)] * sampler.n_corrector
-    return [sampler]
 
+    def __init__(self, known: Tensor, mask: Tensor, sde, *, basis: Tensor | None = None,
+                 generator: GeneratorArg = None, noise: str = "fresh"):
+        check_name("noise", noise, NOISES)
+        self.known, self.mask, self.sde, self.basis, self.generator = known, mask, sde, basis, generator
+        self.z = randn_like(known, generator) if noise == "fixed" else None
 
-def _replacement_loop(
-    sampler: solvers.Sampler,
-    model: CountedModel,
-    x: Tensor,
-    known: Tensor,
-    mask: Tensor,
-    ts: Tensor,
-    basis: Tensor | None,
-    generator: GeneratorArg,
-    callback: Callback | None,
-) -> tuple[Tensor, int]:
-    """Replace at ts[0]; per interval, each stage then a replacement at ts[i + 1]; returns (x, nfe)."""
-    process = model.sde
-
-    def replace(x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         t = time_like(t, x)
-        return replace_known(x, known, mask, process.alpha(t), process.sigma(t), randn_like(known, generator), basis)
-
-    stages = replacement_stages(sampler)
-    x = replace(x, ts[0])
-    for i in range(len(ts) - 1):
-        for stage in stages:
-            x = stage.integrate(model, x, ts[i : i + 2], generator=generator, callback=None)
-            x = replace(x, ts[i + 1])
-        if callback is not None:
-            callback(Step(i=i, t=ts[i + 1], x=x, x0=None, nfe=model.nfe))
-    if sampler.denoise_final:
-        x = model.x0(x, time_like(ts[-1], x))
-    one = torch.ones(1, dtype=x.dtype, device=x.device)
-    x = replace_known(x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
-    return x, model.nfe
+        z = randn_like(self.known, self.generator) if self.z is None else self.z
+        return replace_known(x, self.known, self.mask, self.sde.alpha(t), self.sde.sigma(t), z, self.basis)
 
 
 def colorize(model, gray: Tensor, **options) -> Samples:

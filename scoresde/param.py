@@ -1,7 +1,8 @@
-"""Parameterizations: conversions among eps, x0, score and v, and `ScoreModel`.
+"""Parameterizations: `ScoreModel`, and the conversions among eps, x0, score, v and flow.
 
-All conversions use the general affine form x = alpha x0 + sigma eps, so they hold for VP,
-sub-VP and VE alike (no alpha^2 + sigma^2 = 1 shortcut). Per-sample alpha, sigma are (B,);
+The conversions live in the ground floor, `solvers.conversions` (one copy for both packages), and
+are re-exported here. They use the general affine form x = alpha x0 + sigma eps, so they hold for
+VP, sub-VP and VE alike (no alpha^2 + sigma^2 = 1 shortcut). Per-sample alpha, sigma are (B,);
 x and predictions are (B, *D).
 
 v is the velocity of Salimans & Ho (2022, arXiv:2202.00512): v = alpha eps - sigma x0. The flow
@@ -16,6 +17,21 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from solvers.conversions import (
+    convert,
+    eps_from_flow,
+    eps_from_score,
+    eps_from_v,
+    eps_from_x0,
+    flow_from,
+    from_eps,
+    score_from_eps,
+    to_eps,
+    v_from,
+    x0_from_eps,
+    x0_from_flow,
+    x0_from_v,
+)
 from solvers.protocol import PREDICTIONS, bcast
 
 from .sde import AffineSDE, DiscreteVPSDE
@@ -26,105 +42,7 @@ __all__ = [
 ]
 
 
-def eps_from_x0(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """eps = (x - alpha x0) / sigma."""
-    return (x - bcast(alpha, x) * x0) / bcast(sigma, x)
-
-
-def x0_from_eps(x: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """x0 = (x - sigma eps) / alpha."""
-    return (x - bcast(sigma, x) * eps) / bcast(alpha, x)
-
-
-def score_from_eps(eps: Tensor, sigma: Tensor) -> Tensor:
-    """score = grad log p_t(x) = -eps / sigma (Tweedie; Vincent 2011)."""
-    return -eps / bcast(sigma, eps)
-
-
-def eps_from_score(score: Tensor, sigma: Tensor) -> Tensor:
-    """eps = -sigma score."""
-    return -bcast(sigma, score) * score
-
-
-def v_from(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """v = alpha eps - sigma x0."""
-    return bcast(alpha, x0) * eps - bcast(sigma, x0) * x0
-
-
-def eps_from_v(x: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """eps = (alpha v + sigma x) / (alpha^2 + sigma^2)."""
-    a, s = bcast(alpha, x), bcast(sigma, x)
-    return (a * v + s * x) / (a**2 + s**2)
-
-
-def x0_from_v(x: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """x0 = (alpha x - sigma v) / (alpha^2 + sigma^2)."""
-    a, s = bcast(alpha, x), bcast(sigma, x)
-    return (a * x - s * v) / (a**2 + s**2)
-
-
-def flow_from(x0: Tensor, eps: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
-    """Flow velocity u = dx_t/dt = alpha' x0 + sigma' eps (for FlowSDE: u = eps - x0)."""
-    return bcast(d_alpha, x0) * x0 + bcast(d_sigma, x0) * eps
-
-
-def eps_from_flow(x: Tensor, u: Tensor, alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
-    """eps = (alpha u - alpha' x) / (alpha sigma' - sigma alpha'), solving x = alpha x0 + sigma eps, u = alpha' x0 + sigma' eps."""
-    a, s, da, ds = (bcast(c, x) for c in (alpha, sigma, d_alpha, d_sigma))
-    return (a * u - da * x) / (a * ds - s * da)
-
-
-def x0_from_flow(x: Tensor, u: Tensor, alpha: Tensor, sigma: Tensor, d_alpha: Tensor, d_sigma: Tensor) -> Tensor:
-    """x0 = (sigma' x - sigma u) / (alpha sigma' - sigma alpha')."""
-    a, s, da, ds = (bcast(c, x) for c in (alpha, sigma, d_alpha, d_sigma))
-    return (ds * x - s * u) / (a * ds - s * da)
-
-
 NATIVE_PREDICTIONS = (*PREDICTIONS, "flow")
-
-
-def _check_kind(name: str, kind: str) -> None:
-    if kind not in PREDICTIONS:
-        raise ValueError(f"unknown {name} {kind!r}; choose one of {list(PREDICTIONS)}")
-
-
-def to_eps(out: Tensor, src: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert a prediction of kind `src` at x to eps."""
-    _check_kind("prediction", src)
-    if src == "eps":
-        return out
-    if src == "x0":
-        return eps_from_x0(x, out, alpha, sigma)
-    if src == "score":
-        return eps_from_score(out, sigma)
-    return eps_from_v(x, out, alpha, sigma)
-
-
-def from_eps(eps: Tensor, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert eps at x to a prediction of kind `dst`."""
-    _check_kind("prediction", dst)
-    if dst == "eps":
-        return eps
-    if dst == "score":
-        return score_from_eps(eps, sigma)
-    x0 = x0_from_eps(x, eps, alpha, sigma)
-    return x0 if dst == "x0" else v_from(x0, eps, alpha, sigma)
-
-
-def convert(out: Tensor, src: str, dst: str, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """Convert a prediction `out` of kind `src` at x to kind `dst` (kinds: eps, x0, score, v).
-
-    x0 is taken directly where it is the source (x0 -> v does not pass through eps).
-    """
-    _check_kind("prediction", src)
-    _check_kind("prediction", dst)
-    if src == dst:
-        return out
-    if src == "x0" and dst == "v":
-        return v_from(out, eps_from_x0(x, out, alpha, sigma), alpha, sigma)
-    if src == "v" and dst == "x0":
-        return x0_from_v(x, out, alpha, sigma)
-    return from_eps(to_eps(out, src, x, alpha, sigma), dst, x, alpha, sigma)
 
 
 def _c_noise_t(sde: AffineSDE, t: Tensor) -> Tensor:

@@ -1,20 +1,38 @@
-"""Reverse-time samplers for affine diffusion processes, usable without ``scoresde``.
+"""Reverse-time solvers for affine diffusion processes, usable without ``scoresde``.
 
     import solvers
     solvers.available()                          # name -> one-line description
-    sampler = solvers.get("dpm_solver++", order=3)
-    sol = sampler(model, x_T, solvers.grids.uniform_lambda(model.sde, 20))
+    solver = solvers.get("dpm_solver++", order=3)
+    sol = solver(model, x_T, solvers.grids.uniform_lambda(model.sde, 20))
     sol.x, sol.nfe
-    ts = solvers.fit_grid(sampler, model, x_cal, x_cal_ref, 10)  # a grid fitted to this model
+    ts = solvers.fit_grid(solver, model, x_cal, x_cal_ref, 10)  # a grid fitted to this model
+
+Importing the package loads the ground floor (protocols, conversions, coefficients, validators), the
+base class, the registry and the grids; each solver's module (and torchdiffeq, torchsde) is
+imported when that solver is first asked for. docs/architecture.md maps the modules.
 """
 
+import warnings
+
 from . import grids
-from .base import Sampler, Solution, Step
+from .base import Solution, Solver, State, Step
 from .grid_fit import FitStep, fit_grid
-from .protocol import Model, Process, bcast, pf_drift, randn, randn_like, reverse_drift, time_like
-from .registry import available, get, register, unregister
+from .protocol import SDE, Model, PredictionWrapper, bcast, pf_drift, randn, randn_like, reverse_drift, time_like
+from .registry import available, get, names, register, unregister
 
 __all__ = [
-    "FitStep", "Model", "Process", "Sampler", "Solution", "Step", "available", "bcast", "fit_grid", "get", "grids",
-    "pf_drift", "randn", "randn_like", "register", "reverse_drift", "time_like", "unregister",
+    "SDE", "FitStep", "Model", "PredictionWrapper", "Solution", "Solver", "State", "Step", "available", "bcast",
+    "fit_grid", "get", "grids", "names", "pf_drift", "randn", "randn_like", "register", "reverse_drift",
+    "time_like", "unregister",
 ]
+
+# names before version 0.2 -> (new name, object); docs/conventions.md
+_DEPRECATED = {"Sampler": ("Solver", Solver), "Process": ("SDE", SDE)}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        new, obj = _DEPRECATED[name]
+        warnings.warn(f"solvers.{name} is deprecated; use solvers.{new}", DeprecationWarning, stacklevel=2)
+        return obj
+    raise AttributeError(f"module 'solvers' has no attribute {name!r}")

@@ -1,30 +1,43 @@
-"""What every sampler shares: the result type, the callback record, validation and the loop shell.
+"""What every solver shares: the result and callback records, grid validation and the one grid loop.
 
-A sampler is an object built by ``solvers.get(name, **options)`` and called as
-``sampler(model, x_T, ts, *, generator=None, callback=None) -> Solution``. Subclasses set the
-class attributes below and implement ``integrate``; ``__call__`` validates, counts model
-evaluations, applies the optional final denoising step and packs the result.
+A solver is a frozen dataclass whose fields are its options, built by ``solvers.get(name, **options)``
+and called as ``solver(model, x_T, ts, *, generator=None, callback=None, hook=None) -> Solution``.
+It declares its per-run state and one step, in the spirit of diffrax's init / step:
+
+    init(model, x, ts, *, generator) -> State             # before the first step, usually no evaluation
+    step(model, state, s, t, *, generator, hook) -> State  # one grid interval, from s to the less noisy t
+
+and the base class owns the loop: evaluation counting, the callback after each step, the optional
+final denoising step, and a hook ``x = hook(x, t)`` applied to the state at every grid time (the
+first included) that may change x (inpainting and colorization by replacement, thresholding). A
+step that evaluates the model again at its end time t (a predictor–corrector's corrector, UniPC's
+corrector) passes that intermediate state through `hook` first, so conditioning keeps every solver
+at its full order where the math allows (docs/architecture.md). Adaptive solvers put a step-size
+controller beside the loop (`solvers.controllers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .protocol import CountedModel, GeneratorArg, Model, Process, time_like
+from .protocol import SDE, CountedModel, GeneratorArg, Model, time_like
+from .validate import check_bool
+
+__all__ = ["ALL_KINDS", "Callback", "Hook", "Solution", "Solver", "State", "Step", "check_grid", "report"]
 
 ALL_KINDS = frozenset({"vp", "subvp", "ve", "flow"})
 
 
 @dataclass(frozen=True)
 class Solution:
-    """Result of a sampler run.
+    """Result of a solver run.
 
-    x: (B, *D) final state (Tweedie's x0 estimate when the sampler denoises at the end);
+    x: (B, *D) final state (Tweedie's x0 estimate when the solver denoises at the end);
     nfe: model evaluations used, final denoising included; ts: (N + 1,) float64 grid walked.
     """
 
@@ -35,7 +48,7 @@ class Solution:
 
 @dataclass(frozen=True)
 class Step:
-    """What a sampler hands its callback after step i (from ts[i] to ts[i + 1]).
+    """What a solver hands its callback after step i (from ts[i] to ts[i + 1]).
 
     x: (B, *D) state at time t = ts[i + 1]; x0: (B, *D) latest data prediction, or None when the
     step made none; nfe: evaluations so far.
@@ -48,10 +61,20 @@ class Step:
     nfe: int
 
 
+@dataclass(frozen=True)
+class State:
+    """What a solver carries from one grid time to the next: the state x (B, *D) and the latest data
+    prediction x0 (B, *D) or None. Solvers with history subclass it (a frozen dataclass too)."""
+
+    x: Tensor
+    x0: Tensor | None = None
+
+
 Callback = Callable[[Step], None]
+Hook = Callable[[Tensor, Tensor], Tensor]  # (x (B, *D), t 0-d float64) -> x
 
 
-def check_grid(ts: Tensor, process: Process) -> None:
+def check_grid(ts: Tensor, sde: SDE) -> None:
     """Raise ValueError unless ts is a 1-D, strictly decreasing float grid inside [0, T]."""
     if not isinstance(ts, Tensor) or ts.ndim != 1 or ts.numel() < 2 or not ts.is_floating_point():
         shape = tuple(ts.shape) if isinstance(ts, Tensor) else type(ts).__name__
@@ -60,21 +83,34 @@ def check_grid(ts: Tensor, process: Process) -> None:
     if not bool(torch.all(ts[1:] < ts[:-1])):
         raise ValueError("ts must be strictly decreasing (from T towards t_eps)")
     lo, hi = float(ts[-1].detach()), float(ts[0].detach())  # ts may carry grad (solvers.fit_grid)
-    if not (lo >= 0.0 and hi <= process.T + 1e-12):
-        raise ValueError(f"ts must lie in [0, T={process.T}], got [{lo}, {hi}]")
+    if not (lo >= 0.0 and hi <= sde.T + 1e-12):
+        raise ValueError(f"ts must lie in [0, T={sde.T}], got [{lo}, {hi}]")
 
 
-class Sampler:
-    """Base class of every sampler.
+def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, x0: Tensor | None, model: CountedModel) -> None:
+    """Call `callback` with a Step record when one is given."""
+    if callback is not None:
+        callback(Step(i=i, t=t, x=x, x0=x0, nfe=model.nfe))
 
-    Class attributes (overridden by subclasses): `name`; `description` (one line); `order` (the
-    convergence order of the deterministic part: global order for ODE solvers, weak order for
-    SDE samplers); `stochastic`; `nfe_per_step` (model evaluations per grid step, 0 when
-    adaptive); `kinds` (process kinds it supports) and `why_unsupported` (said when refused);
-    `default_steps` and `default_grid` (what `scoresde.sample` uses unless told otherwise).
+
+def no_hook(x: Tensor, t: Tensor) -> Tensor:
+    """The identity hook."""
+    return x
+
+
+@dataclass(frozen=True, kw_only=True)
+class Solver:
+    """Base class of every solver; the dataclass fields are its options.
+
+    Class attributes (set by subclasses; a few depend on the options and are then set per instance
+    in `__post_init__`): `name`; `description` (one line); `order` (the convergence order of the
+    deterministic part: global order for ODE solvers, weak order for SDE samplers); `stochastic`;
+    `nfe_per_step` (model evaluations per grid step, 0 when adaptive); `kinds` (SDE kinds it
+    supports) and `why_unsupported` (said when refused); `default_steps` and `default_grid` (what
+    `scoresde.sample` uses unless told otherwise).
     """
 
-    name: ClassVar[str] = "sampler"
+    name: ClassVar[str] = "solver"
     description: ClassVar[str] = ""
     order: ClassVar[int] = 1
     stochastic: ClassVar[bool] = False
@@ -84,22 +120,31 @@ class Sampler:
     default_steps: ClassVar[int] = 100  # what scoresde.sample uses when no step count is given
     default_grid: ClassVar[str] = "uniform_t"  # a name in solvers.grids.GRIDS
 
-    def __init__(self, *, denoise_final: bool = False):
-        if not isinstance(denoise_final, bool):
-            raise ValueError(f"denoise_final must be True or False, got {denoise_final!r}")
-        self.denoise_final = denoise_final
+    denoise_final: bool = False
+
+    def __post_init__(self):
+        check_bool("denoise_final", self.denoise_final)
+
+    def _set(self, **values) -> None:
+        """Set attributes from __post_init__: normalized options, and class attributes that depend on them (e.g.
+        `stochastic` for DDIM with eta > 0)."""
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
 
     def options(self) -> dict:
-        """The options this sampler was built with (name -> value)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        """The options this solver was built with (name -> value)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def check_supported(self, process: Process) -> None:
-        if process.kind not in self.kinds:
+    def check_supported(self, sde: SDE) -> None:
+        if sde.kind not in self.kinds:
             why = f": {self.why_unsupported}" if self.why_unsupported else ""
             raise ValueError(
-                f"solver {self.name!r} does not support {process.kind!r} processes "
+                f"solver {self.name!r} does not support {sde.kind!r} processes "
                 f"(supported: {sorted(self.kinds)}){why}"
             )
+
+    def check_model(self, model: Model) -> None:
+        """Raise ValueError if `model` lacks what this solver needs (default: nothing beyond Model)."""
 
     def __call__(
         self,
@@ -109,11 +154,13 @@ class Sampler:
         *,
         generator: GeneratorArg = None,
         callback: Callback | None = None,
+        hook: Hook | None = None,
     ) -> Solution:
         self.check_supported(model.sde)
+        self.check_model(model)
         check_grid(ts, model.sde)
         counted = CountedModel(model)
-        x = self.integrate(counted, x_T, ts, generator=generator, callback=callback)
+        x = self.integrate(counted, x_T, ts, generator=generator, callback=callback, hook=hook)
         if self.denoise_final:
             # Tweedie's formula: E[x_0 | x_t] (Efron 2011), one more evaluation at the last time
             x = counted.x0(x, time_like(ts[-1], x))
@@ -125,41 +172,27 @@ class Sampler:
         x: Tensor,
         ts: Tensor,
         *,
-        generator: GeneratorArg,
-        callback: Callback | None,
+        generator: GeneratorArg = None,
+        callback: Callback | None = None,
+        hook: Hook | None = None,
     ) -> Tensor:
-        """Walk the grid ts from ts[0] to ts[-1]; return the state at ts[-1]."""
-        raise NotImplementedError
+        """The grid loop: walk ts from ts[0] to ts[-1] with `step`; return the state at ts[-1]."""
+        if hook is not None:
+            x = hook(x, ts[0])
+        state = self.init(model, x, ts, generator=generator)
+        for i in range(len(ts) - 1):
+            state = self.step(model, state, ts[i], ts[i + 1], generator=generator, hook=hook or no_hook)
+            if hook is not None:
+                state = replace(state, x=hook(state.x, ts[i + 1]))
+            report(callback, i, ts[i + 1], state.x, state.x0, model)
+        return state.x
 
-
-def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, x0: Tensor | None, model: CountedModel) -> None:
-    """Call `callback` with a Step record when one is given."""
-    if callback is not None:
-        callback(Step(i=i, t=t, x=x, x0=x0, nfe=model.nfe))
-
-
-class OneStepSampler(Sampler):
-    """A sampler that walks the grid with one `step` per interval, reporting after each.
-
-    Subclasses implement `step(model, x, t_cur, t_next, *, generator) -> (x_next, x0 or None)`
-    with t_cur, t_next 0-d float64 grid entries; `integrate` is the loop.
-    """
+    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> State:
+        """The state at ts[0] (default: x alone; no evaluation)."""
+        return State(x=x)
 
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        raise NotImplementedError
-
-    def integrate(
-        self,
-        model: CountedModel,
-        x: Tensor,
-        ts: Tensor,
-        *,
-        generator: GeneratorArg,
-        callback: Callback | None,
-    ) -> Tensor:
-        for i in range(len(ts) - 1):
-            x, x0 = self.step(model, x, ts[i], ts[i + 1], generator=generator)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        """One step from grid time s to the less noisy grid time t (0-d float64 tensors)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither step nor integrate")

@@ -1,8 +1,8 @@
-"""DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502) for any affine process, with eta.
+"""DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502) for any affine SDE, with eta.
 
-Notation: the step goes from the noisier time s = t_cur to t = t_next; DDIM's sqrt(alpha-bar_t) is
-alpha_t here, sqrt(1 - alpha-bar_t) is sigma_t, and h = lambda_t - lambda_s > 0. DDIM's sigma_t(eta)
-(Eq. 16) is eta times the posterior std of the forward process, which for any affine process is
+Notation: the step goes from the noisier time s to t; DDIM's sqrt(alpha-bar_t) is alpha_t here,
+sqrt(1 - alpha-bar_t) is sigma_t, and h = lambda_t - lambda_s > 0. DDIM's sigma_t(eta) (Eq. 16) is
+eta times the posterior std of the forward process, which for any affine SDE is
 sigma_t sqrt(1 - e^{-2h}) (for VP this is Eq. 16 exactly). eta = 0 is deterministic (the exponential
 Euler step, DPM-Solver-1); eta = 1 is ancestral sampling with the posterior variance and gives the
 same samples as `solvers.reverse_diffusion.Ancestral` for the same generator.
@@ -10,12 +10,15 @@ same samples as `solvers.reverse_diffusion.Ancestral` for the same generator.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ._coeffs import step_coefficients
-from .base import OneStepSampler
+from .base import Hook, Solver, State
+from .coefficients import step_coefficients
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
+from .validate import check_number
 
 
 def ddim_update(
@@ -54,7 +57,8 @@ def ddim_step(
     return ddim_update(x, eps, *(time_like(v, x) for v in c), eta, z)
 
 
-class DDIM(OneStepSampler):
+@dataclass(frozen=True, kw_only=True)
+class DDIM(Solver):
     """DDIM with eta in [0, 1]; first order, one evaluation per step.
 
     `stochastic` is True on instances built with eta > 0 (the class attribute describes eta = 0).
@@ -68,18 +72,14 @@ class DDIM(OneStepSampler):
     default_steps = 50
     default_grid = "uniform_t"
 
-    def __init__(self, *, eta: float = 0.0, denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0.0 <= eta <= 1.0):
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        self.eta = float(eta)
-        if self.eta > 0:
-            self.stochastic = True
+    eta: float = 0.0
 
-    def options(self) -> dict:
-        return {k: v for k, v in super().options().items() if k != "stochastic"}
+    def __post_init__(self):
+        super().__post_init__()
+        self._set(eta=check_number("eta", self.eta, 0, 1))
+        self._set(stochastic=self.eta > 0)
 
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        return ddim_step(model, x, t_cur, t_next, eta=self.eta, generator=generator)
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*ddim_step(model, state.x, s, t, eta=self.eta, generator=generator))

@@ -6,9 +6,11 @@ down to ts[-1] with dt = t_next - t_cur < 0, one score evaluation per step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
-from .base import OneStepSampler
+from .base import Hook, Solver, State
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, reverse_drift, time_like
 
 
@@ -34,7 +36,8 @@ def euler_maruyama_step(
     return euler_maruyama_update(x, drift, model.sde.g(t), time_like(t_next - t_cur, x), z), None
 
 
-class EulerMaruyama(OneStepSampler):
+@dataclass(frozen=True, kw_only=True)
+class EulerMaruyama(Solver):
     """Euler–Maruyama on the reverse-time SDE; weak order 1, one evaluation per step."""
 
     name = "euler_maruyama"
@@ -45,10 +48,7 @@ class EulerMaruyama(OneStepSampler):
     default_steps = 1000
     default_grid = "uniform_t"
 
-    def __init__(self, *, denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
-
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        return euler_maruyama_step(model, x, t_cur, t_next, generator=generator)
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*euler_maruyama_step(model, state.x, s, t, generator=generator))

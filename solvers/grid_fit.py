@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from . import grids
-from .base import Sampler
-from .protocol import Model, Process
+from .base import Solver
+from .protocol import SDE, Model
 
 
 @dataclass(frozen=True)
@@ -41,21 +41,21 @@ class FitStep:
     ts: Tensor
 
 
-def lambda_grid(process: Process, t_start: Tensor, t_end: Tensor, w: Tensor) -> Tensor:
+def lambda_grid(sde: SDE, t_start: Tensor, t_end: Tensor, w: Tensor) -> Tensor:
     """Grid (N + 1,) from logits w (N,): log-SNR increments softmax(w) of [lambda(t_start), lambda(t_end)].
 
     t_start, t_end: float64 tensors of shape (1,); the ends of the result are exactly these.
     Differentiable in w; strictly decreasing in t whenever the increments are resolvable in float64.
     """
-    lam = process.lambda_(torch.cat([t_start, t_end]))
+    lam = sde.lambda_(torch.cat([t_start, t_end]))
     frac = torch.cumsum(torch.softmax(w, 0), 0)[:-1]  # (N - 1,) in (0, 1), increasing
-    inner = process.t_of_lambda(lam[0] + frac * (lam[1] - lam[0]))
+    inner = sde.t_of_lambda(lam[0] + frac * (lam[1] - lam[0]))
     return torch.cat([t_start, inner, t_end])
 
 
-def logits_of_grid(process: Process, ts: Tensor) -> Tensor:
-    """Inverse of `lambda_grid`: logits w (N,) with lambda_grid(process, ts[:1], ts[-1:], w) == ts."""
-    lam = process.lambda_(ts)
+def logits_of_grid(sde: SDE, ts: Tensor) -> Tensor:
+    """Inverse of `lambda_grid`: logits w (N,) with lambda_grid(sde, ts[:1], ts[-1:], w) == ts."""
+    lam = sde.lambda_(ts)
     return torch.log(torch.diff(lam) / (lam[-1] - lam[0]))
 
 
@@ -80,11 +80,11 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _initial_grid(process: Process, steps: int, init: str | Tensor, t_start, t_end) -> Tensor:
+def _initial_grid(sde: SDE, steps: int, init: str | Tensor, t_start, t_end) -> Tensor:
     """The starting grid (steps + 1,) float64: a named builder of solvers.grids, or a given tensor."""
     if isinstance(init, str):
-        _check_finite_lambda(process, torch.tensor(grids._ends(process, steps, t_start, t_end), dtype=torch.float64))
-        return grids.make(init, process, steps, t_start=t_start, t_end=t_end).to(torch.float64)
+        _check_finite_lambda(sde, torch.tensor(grids._ends(sde, steps, t_start, t_end), dtype=torch.float64))
+        return grids.make(init, sde, steps, t_start=t_start, t_end=t_end).to(torch.float64)
     if not isinstance(init, Tensor):
         raise ValueError(f"init must be a name in {sorted(grids.GRIDS)} or a grid tensor, got {type(init).__name__}")
     if t_start is not None or t_end is not None:
@@ -96,19 +96,19 @@ def _initial_grid(process: Process, steps: int, init: str | Tensor, t_start, t_e
     ts = init.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.all(ts[1:] < ts[:-1])):
         raise ValueError("init must be strictly decreasing (from t_start towards t_end)")
-    if not (float(ts[-1]) >= 0.0 and float(ts[0]) <= process.T):
-        raise ValueError(f"init must lie in [0, T={process.T}], got [{float(ts[-1])}, {float(ts[0])}]")
-    _check_finite_lambda(process, ts[[0, -1]])
+    if not (float(ts[-1]) >= 0.0 and float(ts[0]) <= sde.T):
+        raise ValueError(f"init must lie in [0, T={sde.T}], got [{float(ts[-1])}, {float(ts[0])}]")
+    _check_finite_lambda(sde, ts[[0, -1]])
     return ts
 
 
-def _check_finite_lambda(process: Process, ends: Tensor) -> None:
-    if not bool(torch.isfinite(process.lambda_(ends)).all()):
+def _check_finite_lambda(sde: SDE, ends: Tensor) -> None:
+    if not bool(torch.isfinite(sde.lambda_(ends)).all()):
         raise ValueError(f"log-SNR is not finite at the grid ends t = {ends.tolist()}; move them inside (0, T)")
 
 
 def fit_grid(
-    sampler: Sampler,
+    sampler: Solver,
     model: Model,
     x_T: Tensor,
     target: Tensor | Callable[[Tensor], Tensor],
@@ -152,9 +152,9 @@ def fit_grid(
     The grid is fitted to one model and one data law: reuse it for that model (and sampler, step
     count and ends), not for another. Check it on start states other than the calibration ones.
     """
-    if not isinstance(sampler, Sampler):
+    if not isinstance(sampler, Solver):
         raise ValueError(
-            f"sampler must be a solvers.Sampler (build one with solvers.get(name, ...)), got {type(sampler).__name__}"
+            f"sampler must be a solvers.Solver (build one with solvers.get(name, ...)), got {type(sampler).__name__}"
         )
     if sampler.stochastic:
         raise ValueError(
@@ -165,8 +165,8 @@ def fit_grid(
         raise ValueError(
             f"solver {sampler.name!r} chooses its own steps (adaptive); fit_grid needs a fixed-grid sampler"
         )
-    process = model.sde
-    sampler.check_supported(process)
+    sde = model.sde
+    sampler.check_supported(sde)
     _check_int("steps", steps, 2)  # one step has no interior time to fit
     _check_int("iters", iters, 1)
     if loss not in LOSSES:
@@ -194,9 +194,9 @@ def fit_grid(
         )
     target = target.detach()
 
-    ts0 = _initial_grid(process, steps, init, t_start, t_end)
+    ts0 = _initial_grid(sde, steps, init, t_start, t_end)
     ends = (ts0[:1], ts0[-1:])
-    w = logits_of_grid(process, ts0).requires_grad_(True)
+    w = logits_of_grid(sde, ts0).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     full = batch_size is None
     best = (math.inf, ts0)
@@ -208,7 +208,7 @@ def fit_grid(
         else:
             idx = torch.randperm(n, generator=generator)[:batch_size].to(x_T.device)
             x, ref = x_T[idx], target[idx]
-        ts = lambda_grid(process, *ends, w)
+        ts = lambda_grid(sde, *ends, w)
         value = endpoint_loss(sampler(model, x, ts.to(x.device)).x, ref, loss)
         (w.grad,) = torch.autograd.grad(value, [w])
         value = float(value.detach())  # one host sync per iteration, not per sampler step
@@ -220,7 +220,7 @@ def fit_grid(
             callback(FitStep(i=i, loss=value, ts=ts.detach()))
         opt.step()
     with torch.no_grad():
-        fitted = best[1] if full else lambda_grid(process, *ends, w)
+        fitted = best[1] if full else lambda_grid(sde, *ends, w)
     if not bool(torch.all(fitted[1:] < fitted[:-1])):
         raise ValueError("the fitted grid collapsed two times onto one float64 value; lower lr or iters")
     return fitted.clone()

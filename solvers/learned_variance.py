@@ -22,11 +22,13 @@ learned_variance=True)`); a model whose `learned_variance` attribute is False is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ._coeffs import step_coefficients
-from .base import Callback, OneStepSampler, Solution
+from .base import Hook, Solver, State
+from .coefficients import step_coefficients
 from .protocol import CountedModel, GeneratorArg, Model, bcast, randn_like, time_like
 
 
@@ -66,24 +68,19 @@ def check_learned_variance(model: Model) -> None:
         )
 
 
-def eps_and_variance(model: CountedModel, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """eps and the variance weight v of the model inside a CountedModel; one evaluation."""
-    model.nfe += 1
-    return model.model.eps_and_variance(x, t)
-
-
 def learned_variance_step(
     model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg = None
 ) -> tuple[Tensor, Tensor]:
     """One step from t_cur to t_next (0-d float64); one evaluation. Returns (x, x0_hat)."""
     c = step_coefficients(model.sde, t_cur, t_next)
-    eps, v = eps_and_variance(model, x, time_like(t_cur, x))
+    eps, v = model.call("eps_and_variance", x, time_like(t_cur, x))  # one evaluation
     z = randn_like(x, generator)
     coeffs = (time_like(a, x) for a in (c.alpha_s, c.sigma_s, c.alpha_t, c.sigma_t, c.h))
     return learned_variance_update(x, eps, v, *coeffs, z)
 
 
-class LearnedVarianceAncestral(OneStepSampler):
+@dataclass(frozen=True, kw_only=True)
+class LearnedVarianceAncestral(Solver):
     """Ancestral sampling with the model's learned variance (Improved DDPM); one evaluation per step."""
 
     name = "ddpm_learned"
@@ -93,22 +90,10 @@ class LearnedVarianceAncestral(OneStepSampler):
     nfe_per_step = 1
     needs_learned_variance = True  # models must offer eps_and_variance (guidance wrappers forward it when theirs does)
 
-    def __init__(self, *, denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
-
-    def __call__(
-        self,
-        model: Model,
-        x_T: Tensor,
-        ts: Tensor,
-        *,
-        generator: GeneratorArg = None,
-        callback: Callback | None = None,
-    ) -> Solution:
+    def check_model(self, model: Model) -> None:
         check_learned_variance(model)
-        return super().__call__(model, x_T, ts, generator=generator, callback=callback)
 
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        return learned_variance_step(model, x, t_cur, t_next, generator=generator)
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*learned_variance_step(model, state.x, s, t, generator=generator))

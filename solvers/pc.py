@@ -23,14 +23,16 @@ step_size="batch_mean" for low-dimensional data.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor
 
-from ._coeffs import step_coefficients
-from .base import Callback, Sampler, report
+from .base import Hook, Solver, State
+from .coefficients import step_coefficients
 from .euler_maruyama import euler_maruyama_step
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 from .reverse_diffusion import ancestral_step, reverse_diffusion_step
+from .validate import check_int, check_name, check_number
 
 PredictorStep = Callable[..., tuple[Tensor, Tensor | None]]
 
@@ -71,60 +73,81 @@ def langevin_correct(
     n_steps: int,
     per_sample: bool,
     generator: GeneratorArg = None,
+    hook: Hook | None = None,
 ) -> Tensor:
-    """n_steps Langevin corrector steps at time t (0-d float64); alpha_i 0-d. One evaluation each."""
+    """n_steps Langevin corrector steps at time t (0-d float64); alpha_i 0-d. One evaluation each.
+
+    `hook` (if any) is applied to x at time t between consecutive corrector steps.
+    """
     t_b, alpha_b = time_like(t, x), time_like(alpha_i, x)
-    for _ in range(n_steps):
+    for j in range(n_steps):
+        if j > 0 and hook is not None:
+            x = hook(x, t)
         score = model.score(x, t_b)
         z = randn_like(x, generator)
         x = langevin_update(x, score, langevin_step_size(score, z, snr, alpha_b, per_sample=per_sample), z)
     return x
 
 
-def pc_loop(
+def pc_step(
     model: CountedModel,
     x: Tensor,
-    ts: Tensor,
+    s: Tensor,
+    t: Tensor,
     predictor: PredictorStep | None,
     *,
     n_corrector: int,
     snr: float,
     per_sample: bool,
     generator: GeneratorArg,
-    callback: Callback | None,
-) -> Tensor:
-    """Walk ts: predictor from ts[i] to ts[i + 1] (if any), then n_corrector Langevin steps at ts[i + 1]."""
-    for i in range(len(ts) - 1):
-        x0 = None
+    hook: Hook,
+) -> State:
+    """Predictor from s to t (if any), then n_corrector Langevin steps at t, `hook` before each corrector step."""
+    x0 = None
+    if predictor is not None:
+        x, x0 = predictor(model, x, s, t, generator=generator)
+    if n_corrector > 0:
+        c = step_coefficients(model.sde, s, t)
+        alpha_i = (c.alpha_s / c.alpha_t) ** 2  # 1 - beta_i for VP, 1 for VE
         if predictor is not None:
-            x, x0 = predictor(model, x, ts[i], ts[i + 1], generator=generator)
-        if n_corrector > 0:
-            c = step_coefficients(model.sde, ts[i], ts[i + 1])
-            alpha_i = (c.alpha_s / c.alpha_t) ** 2  # 1 - beta_i for VP, 1 for VE
-            x = langevin_correct(
-                model, x, ts[i + 1], alpha_i, snr=snr, n_steps=n_corrector, per_sample=per_sample, generator=generator
-            )
-        report(callback, i, ts[i + 1], x, x0, model)
-    return x
+            x = hook(x, t)
+        x = langevin_correct(
+            model, x, t, alpha_i, snr=snr, n_steps=n_corrector, per_sample=per_sample, generator=generator, hook=hook
+        )
+    return State(x=x, x0=x0)
 
 
-def _check_langevin_options(snr, n_corrector, step_size) -> None:
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not (0.0 < snr < float("inf")):
-        raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
-    if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 1:
-        raise ValueError(f"n_corrector must be an integer >= 1, got {n_corrector!r}")
-    if step_size not in STEP_SIZES:
-        raise ValueError(f"unknown step_size {step_size!r}; choose one of {list(STEP_SIZES)}")
+@dataclass(frozen=True, kw_only=True)
+class _LangevinOptions(Solver):
+    """The corrector's options, shared by PC and Langevin: snr > 0, n_corrector >= 1, step_size."""
+
+    snr: float = 0.16
+    n_corrector: int = 1
+    step_size: str = "per_sample"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._set(snr=check_number("snr", self.snr, 0, low_open=True))
+        check_int("n_corrector", self.n_corrector, 1)
+        check_name("step_size", self.step_size, STEP_SIZES)
+
+    def _pc_step(self, model, state, s, t, predictor, n_corrector, generator, hook) -> State:
+        return pc_step(
+            model, state.x, s, t, predictor, n_corrector=n_corrector, snr=self.snr,
+            per_sample=self.step_size == "per_sample", generator=generator, hook=hook,
+        )
 
 
-class PC(Sampler):
+@dataclass(frozen=True, kw_only=True)
+class PC(_LangevinOptions):
     """Predictor–corrector sampler: any predictor in PREDICTORS, Langevin (or no) corrector.
 
     Options: predictor ("reverse_diffusion", "euler_maruyama", "ancestral", "none"), corrector
     ("langevin", "none"), snr > 0, n_corrector >= 1 (Langevin steps per grid step), step_size
     ("per_sample", "batch_mean"). `nfe_per_step` on an instance counts the predictor's evaluation
     and the corrector's n_corrector. `order` is the predictor's weak order; the corrector adds a
-    bias set by snr that refining the grid does not remove.
+    bias set by snr that refining the grid does not remove. With a hook (inpainting), every
+    corrector step sees the hooked state, as in Song et al.'s reference code.
     """
 
     name = "pc"
@@ -135,48 +158,26 @@ class PC(Sampler):
     default_steps = 1000
     default_grid = "uniform_t"
 
-    def __init__(
-        self,
-        *,
-        predictor: str = "reverse_diffusion",
-        corrector: str = "langevin",
-        snr: float = 0.16,
-        n_corrector: int = 1,
-        step_size: str = "per_sample",
-        denoise_final: bool = False,
-    ):
-        super().__init__(denoise_final=denoise_final)
-        if predictor not in PREDICTORS:
-            raise ValueError(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
-        if corrector not in CORRECTORS:
-            raise ValueError(f"unknown corrector {corrector!r}; choose one of {list(CORRECTORS)}")
-        if predictor == "none" and corrector == "none":
+    predictor: str = "reverse_diffusion"
+    corrector: str = "langevin"
+
+    def __post_init__(self):
+        check_name("predictor", self.predictor, sorted(PREDICTORS))
+        check_name("corrector", self.corrector, CORRECTORS)
+        if self.predictor == "none" and self.corrector == "none":
             raise ValueError("predictor and corrector cannot both be 'none'; use solver 'langevin' for corrector only")
-        _check_langevin_options(snr, n_corrector, step_size)
-        self.predictor, self.corrector = predictor, corrector
-        self.snr, self.n_corrector, self.step_size = float(snr), n_corrector, step_size
-        self.nfe_per_step = (predictor != "none") + (n_corrector if corrector == "langevin" else 0)
+        super().__post_init__()
+        self._set(nfe_per_step=(self.predictor != "none") + (self.n_corrector if self.corrector == "langevin" else 0))
 
-    def options(self) -> dict:
-        return {k: v for k, v in super().options().items() if k != "nfe_per_step"}
-
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        return pc_loop(
-            model,
-            x,
-            ts,
-            PREDICTORS[self.predictor],
-            n_corrector=self.n_corrector if self.corrector == "langevin" else 0,
-            snr=self.snr,
-            per_sample=self.step_size == "per_sample",
-            generator=generator,
-            callback=callback,
-        )
+    def step(
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        n_corrector = self.n_corrector if self.corrector == "langevin" else 0
+        return self._pc_step(model, state, s, t, PREDICTORS[self.predictor], n_corrector, generator, hook)
 
 
-class Langevin(Sampler):
+@dataclass(frozen=True, kw_only=True)
+class Langevin(_LangevinOptions):
     """Annealed Langevin dynamics (Song & Ermon 2019): n_corrector Langevin steps at each of ts[1:].
 
     The state starts as a prior sample at ts[0]; step i runs the corrector at ts[i + 1] with the
@@ -192,28 +193,11 @@ class Langevin(Sampler):
     default_steps = 1000
     default_grid = "uniform_t"
 
-    def __init__(
-        self, *, snr: float = 0.16, n_corrector: int = 1, step_size: str = "per_sample", denoise_final: bool = False
-    ):
-        super().__init__(denoise_final=denoise_final)
-        _check_langevin_options(snr, n_corrector, step_size)
-        self.snr, self.n_corrector, self.step_size = float(snr), n_corrector, step_size
-        self.nfe_per_step = n_corrector
+    def __post_init__(self):
+        super().__post_init__()
+        self._set(nfe_per_step=self.n_corrector)
 
-    def options(self) -> dict:
-        return {k: v for k, v in super().options().items() if k != "nfe_per_step"}
-
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        return pc_loop(
-            model,
-            x,
-            ts,
-            None,
-            n_corrector=self.n_corrector,
-            snr=self.snr,
-            per_sample=self.step_size == "per_sample",
-            generator=generator,
-            callback=callback,
-        )
+    def step(
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return self._pc_step(model, state, s, t, None, self.n_corrector, generator, hook)

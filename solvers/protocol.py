@@ -1,9 +1,11 @@
-"""The small protocol every solver sees, and the helpers shared by both packages.
+"""The ground floor both packages stand on: the protocols a solver sees, broadcasting and noise helpers.
 
-A solver never imports a network class, an optimizer or a dataset: it sees a `Model`, whose
-`sde` is a `Process`. Both are structural (``typing.Protocol``); ``scoresde`` implements them.
+A solver never imports a network class, an optimizer or a dataset: it sees a `Model`, whose `sde`
+is an `SDE`. Both are structural (``typing.Protocol``); ``scoresde`` implements them. Importing this
+module (or any ground-floor module: `conversions`, `coefficients`, `validate`) loads torch only,
+no sampler and no torchdiffeq.
 
-Notation (all processes are affine): x_t = alpha(t) x_0 + sigma(t) eps, lambda = log(alpha/sigma).
+Notation (all SDEs here are affine): x_t = alpha(t) x_0 + sigma(t) eps, lambda = log(alpha/sigma).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
 
 @runtime_checkable
-class Process(Protocol):
+class SDE(Protocol):
     """Affine forward SDE dx = f(x, t) dt + g(t) dw with x_t = alpha(t) x_0 + sigma(t) eps.
 
     Times t are tensors of shape (B,); every method returns (B,) unless noted.
@@ -30,7 +32,7 @@ class Process(Protocol):
 
     kind: str
     T: float  # terminal time
-    t_eps: float  # smallest time a sampler integrates to
+    t_eps: float  # smallest time a solver integrates to
     prior_std: float  # the prior is N(0, prior_std^2 I)
 
     def alpha(self, t: Tensor) -> Tensor: ...
@@ -43,11 +45,14 @@ class Process(Protocol):
     def prior_logp(self, z: Tensor) -> Tensor: ...  # (B,), nats
 
 
+Process = SDE  # the name before version 0.2 (docs/conventions.md)
+
+
 @runtime_checkable
 class Model(Protocol):
     """Predictions at x (B, *D), t (B,); each call is one model evaluation and returns (B, *D)."""
 
-    sde: Process
+    sde: SDE
 
     def eps(self, x: Tensor, t: Tensor) -> Tensor: ...
     def x0(self, x: Tensor, t: Tensor) -> Tensor: ...
@@ -60,6 +65,11 @@ def bcast(v: Tensor, x: Tensor) -> Tensor:
     if v.ndim != 1 or v.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"expected shape ({x.shape[0]},) or (1,), got {tuple(v.shape)}")
     return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def coef(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample coefficient (B,) or (1,) (usually float64), cast to x's dtype/device and broadcast."""
+    return bcast(v.to(dtype=x.dtype, device=x.device), x)
 
 
 def randn_like(x: Tensor, generator: GeneratorArg = None) -> Tensor:
@@ -89,41 +99,60 @@ def randn(shape, *, generator: GeneratorArg = None, device=None, dtype=None) -> 
 
 
 def time_like(t: Tensor | float, x: Tensor) -> Tensor:
-    """A scalar time (0-d tensor or float, usually a float64 grid entry) as (B,) in x's dtype."""
+    """A scalar time (0-d or (1,) tensor or float, usually a float64 grid entry) as (B,) in x's dtype."""
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     return t.reshape(1).expand(x.shape[0])
 
 
-def reverse_drift(process: Process, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+def reverse_drift(sde: SDE, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
     """Drift of the reverse-time SDE, f - g^2 score (Song et al. 2021, arXiv:2011.13456, Eq. 6)."""
-    return process.f(x, t) - bcast(process.g(t) ** 2, x) * score
+    return sde.f(x, t) - bcast(sde.g(t) ** 2, x) * score
 
 
-def pf_drift(process: Process, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
+def pf_drift(sde: SDE, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
     """Drift of the probability-flow ODE, f - g^2 score / 2 (Song et al. 2021, Eq. 13)."""
-    return process.f(x, t) - 0.5 * bcast(process.g(t) ** 2, x) * score
+    return sde.f(x, t) - 0.5 * bcast(sde.g(t) ** 2, x) * score
 
 
-class CountedModel:
-    """Wraps a Model and counts its evaluations (one per call of eps / x0 / score / v)."""
+class PredictionWrapper:
+    """Base of models that wrap another: the four predictions go through one method, `predict(kind, x, t)`.
+
+    Subclasses implement `predict`; `eps`, `x0`, `score` and `v` call it with their kind, so a wrapper
+    (evaluation counting, guidance, labels) is written once, not four times. `sde` is the inner model's.
+    """
 
     def __init__(self, model: Model):
         self.model = model
         self.sde = model.sde
-        self.nfe = 0
+
+    def predict(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.model.eps(x, t)
+        return self.predict("eps", x, t)
 
     def x0(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.model.x0(x, t)
+        return self.predict("x0", x, t)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.model.score(x, t)
+        return self.predict("score", x, t)
 
     def v(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.predict("v", x, t)
+
+
+class CountedModel(PredictionWrapper):
+    """Wraps a Model and counts its evaluations (one per call of eps / x0 / score / v, or `count`)."""
+
+    def __init__(self, model: Model):
+        super().__init__(model)
+        self.nfe = 0
+
+    def predict(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
-        return self.model.v(x, t)
+        return getattr(self.model, kind)(x, t)
+
+    def call(self, method: str, *args):
+        """Call another method of the inner model (e.g. `eps_and_variance`) as one evaluation."""
+        self.nfe += 1
+        return getattr(self.model, method)(*args)

@@ -24,11 +24,13 @@ Gaussian with std 0.3 under VP).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from ._coeffs import step_coefficients
-from .base import OneStepSampler
+from .base import Hook, Solver, State
+from .coefficients import step_coefficients
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 
 
@@ -78,7 +80,8 @@ def ancestral_step(
     return x, x0
 
 
-class ReverseDiffusion(OneStepSampler):
+@dataclass(frozen=True, kw_only=True)
+class ReverseDiffusion(Solver):
     """Reverse-diffusion predictor of Song et al. 2021 (App. E); weak order 1, one evaluation per step."""
 
     name = "reverse_diffusion"
@@ -89,30 +92,20 @@ class ReverseDiffusion(OneStepSampler):
     default_steps = 1000
     default_grid = "uniform_t"
 
-    def __init__(self, *, denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
-
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        return reverse_diffusion_step(model, x, t_cur, t_next, generator=generator)
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*reverse_diffusion_step(model, state.x, s, t, generator=generator))
 
 
-class Ancestral(OneStepSampler):
+@dataclass(frozen=True, kw_only=True)
+class Ancestral(ReverseDiffusion):
     """Ancestral sampling with the posterior variance (DDPM for VP, SMLD for VE); one evaluation per step."""
 
     name = "ancestral"
     description = "ancestral sampling from the affine posterior q(x_t | x_s, x0) (DDPM / SMLD)"
-    order = 1
-    stochastic = True
-    nfe_per_step = 1
-    default_steps = 1000
-    default_grid = "uniform_t"
-
-    def __init__(self, *, denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
 
     def step(
-        self, model: CountedModel, x: Tensor, t_cur: Tensor, t_next: Tensor, *, generator: GeneratorArg
-    ) -> tuple[Tensor, Tensor | None]:
-        return ancestral_step(model, x, t_cur, t_next, generator=generator)
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*ancestral_step(model, state.x, s, t, generator=generator))

@@ -1,0 +1,88 @@
+"""Argument validators shared by both packages: each raises ValueError naming the value and what is valid.
+
+Booleans are never accepted as numbers (``True`` is not an order or a step size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+__all__ = ["check_bool", "check_choice", "check_int", "check_name", "check_number"]
+
+
+def check_bool(name: str, value) -> bool:
+    """value itself, unless it is not a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: Iterable):
+    """value itself, unless it is not one of `choices` ("order must be one of [1, 2, 3], got 4")."""
+    choices = list(choices)
+    bool_mixup = isinstance(value, bool) and not all(isinstance(c, bool) for c in choices)
+    if bool_mixup or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_name(kind: str, value, names: Iterable[str]) -> str:
+    """value itself, unless it is not one of `names` ("unknown grid 'x'; choose one of [...]")."""
+    names = list(names)
+    if not isinstance(value, str) or value not in names:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {names}")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """value itself, unless it is not an integer in [low, high] (either end may be open: None)."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        if low is not None and high is not None:
+            want = f"an integer in [{low}, {high}]"
+        elif low is not None:
+            want = f"an integer >= {low}"
+        elif high is not None:
+            want = f"an integer <= {high}"
+        else:
+            want = "an integer"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """float(value), unless it is not a finite number in the interval from low to high.
+
+    Open ends (`low_open`, `high_open`) exclude the bound. With both bounds the message reads
+    "must be a number in (0, 1]"; with one, "must be a finite number > 0".
+    """
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is not None and high is not None:
+            want = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            want = f"a finite number {'>' if low_open else '>='} {low}"
+        elif high is not None:
+            want = f"a finite number {'<' if high_open else '<='} {high}"
+        else:
+            want = "a finite number"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return float(value)
