@@ -1,4 +1,4 @@
-"""Write a sampler, register it, and check it against the exact answer on an analytic Gaussian.
+"""Write a solver, register it, and check it against the exact answer on an analytic Gaussian.
 
     python examples/custom_solver.py
 
@@ -8,11 +8,13 @@ steps double) next to the registered `ddim`, which implements the same update.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 import scoresde
 import solvers
-from solvers.base import report
+from solvers.coefficients import step_coefficients
 from solvers.protocol import time_like
 
 
@@ -22,25 +24,22 @@ def exp_euler_update(x_s, x0, alpha_s, sigma_s, alpha_t, sigma_t):
     return ratio * x_s + (alpha_t - alpha_s * ratio) * x0
 
 
-class ExponentialEuler(solvers.Sampler):
+@dataclass(frozen=True, kw_only=True)
+class ExponentialEuler(solvers.Solver):
     name = "exp_euler"
     description = "first-order exponential integrator in x0 form (a worked example)"
     order, stochastic, nfe_per_step = 1, False, 1
     default_steps, default_grid = 50, "uniform_lambda"
 
-    def integrate(self, model, x, ts, *, generator, callback):
-        sde = model.sde
-        for i in range(len(ts) - 1):
-            pair = ts[i : i + 2]
-            (a_s, a_t), (sig_s, sig_t) = sde.alpha(pair).to(x), sde.sigma(pair).to(x)
-            x0 = model.x0(x, time_like(ts[i], x))
-            x = exp_euler_update(x, x0, a_s, sig_s, a_t, sig_t)
-            report(callback, i, ts[i + 1], x, x0, model)
-        return x
+    def step(self, model, state, s, t, *, generator, hook):
+        """One interval from s to the less noisy t; the base class loops, counts and reports."""
+        a_s, sig_s, a_t, sig_t, _ = (c.to(state.x) for c in step_coefficients(model.sde, s, t))
+        x0 = model.x0(state.x, time_like(s, state.x))
+        return solvers.State(x=exp_euler_update(state.x, x0, a_s, sig_s, a_t, sig_t), x0=x0)
 
 
 def main() -> dict[int, float]:
-    if "exp_euler" not in solvers.available():
+    if "exp_euler" not in solvers.names():
         solvers.register("exp_euler", ExponentialEuler)
     f64 = torch.float64
     sde = scoresde.VPSDE()
