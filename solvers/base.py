@@ -160,7 +160,8 @@ class Solver:
         self.check_model(model)
         check_grid(ts, model.sde)
         counted = CountedModel(model)
-        x = self.integrate(counted, x_T, ts, generator=generator, callback=callback, hook=hook)
+        hooked = {} if hook is None else {"hook": hook}  # a 0.1-style integrate(...) takes no hook
+        x = self.integrate(counted, x_T, ts, generator=generator, callback=callback, **hooked)
         if self.denoise_final:
             # Tweedie's formula: E[x_0 | x_t] (Efron 2011), one more evaluation at the last time
             x = counted.x0(x, time_like(ts[-1], x))
