@@ -26,6 +26,7 @@ from torch import Tensor
 from . import grids
 from .base import Solver
 from .protocol import SDE, Model
+from .validate import check_int, check_name, check_number
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,6 @@ def endpoint_loss(x: Tensor, ref: Tensor, kind: str) -> Tensor:
     return e2.sqrt().mean()
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _initial_grid(sde: SDE, steps: int, init: str | Tensor, t_start, t_end) -> Tensor:
     """The starting grid (steps + 1,) float64: a named builder of solvers.grids, or a given tensor."""
     if isinstance(init, str):
@@ -107,8 +103,48 @@ def _check_finite_lambda(sde: SDE, ends: Tensor) -> None:
         raise ValueError(f"log-SNR is not finite at the grid ends t = {ends.tolist()}; move them inside (0, T)")
 
 
+def _check_solver(solver: Solver, sde: SDE) -> None:
+    if not isinstance(solver, Solver):
+        raise ValueError(
+            f"solver must be a solvers.Solver (build one with solvers.get(name, ...)), got {type(solver).__name__}"
+        )
+    if solver.stochastic:
+        raise ValueError(
+            f"solver {solver.name!r} is stochastic; fit_grid needs a deterministic solver, whose "
+            "endpoints are a function of the grid (e.g. 'unipc', 'dpm_solver++', 'ddim', 'heun')"
+        )
+    if solver.nfe_per_step == 0:
+        raise ValueError(f"solver {solver.name!r} chooses its own steps (adaptive); fit_grid needs a fixed-grid solver")
+    solver.check_supported(sde)
+
+
+def _check_batch(x_T: Tensor, batch_size: int | None, generator) -> None:
+    if not isinstance(x_T, Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
+        got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
+        raise ValueError(f"x_T must be a float tensor (B, *D) of calibration start states, got {got}")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+        if batch_size > x_T.shape[0]:
+            raise ValueError(f"batch_size {batch_size} exceeds the {x_T.shape[0]} calibration states")
+    elif generator is not None:
+        raise ValueError("generator draws minibatches: it needs batch_size")
+
+
+def _reference(target: Tensor | Callable[[Tensor], Tensor], x_T: Tensor) -> Tensor:
+    """The reference endpoints: `target` itself, or target(x_T) computed once without grad."""
+    if callable(target) and not isinstance(target, Tensor):
+        with torch.no_grad():
+            target = target(x_T)
+    if not isinstance(target, Tensor) or target.shape != x_T.shape:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise ValueError(
+            f"target must be a tensor of the shape of x_T {tuple(x_T.shape)} (or a callable returning one), got {got}"
+        )
+    return target.detach()
+
+
 def fit_grid(
-    sampler: Solver,
+    solver: Solver,
     model: Model,
     x_T: Tensor,
     target: Tensor | Callable[[Tensor], Tensor],
@@ -124,17 +160,17 @@ def fit_grid(
     loss: str = "rms",
     callback: Callable[[FitStep], None] | None = None,
 ) -> Tensor:
-    """A grid of `steps` steps for `sampler` fitted to `model` on calibration start states.
+    """A grid of `steps` steps for `solver` fitted to `model` on calibration start states.
 
-    sampler: a deterministic fixed-grid sampler (e.g. ``solvers.get("unipc", order=3)``); its
+    solver: a deterministic fixed-grid solver (e.g. ``solvers.get("unipc", order=3)``); its
     NFE on the result is the same as on any grid of `steps` steps. x_T: (B, *D) calibration start
     states at t_start (draws of the prior). target: their reference endpoints (B, *D) at t_end, or
-    a callable x_T -> endpoints (called once, under no_grad; e.g. the same sampler on 500 steps,
+    a callable x_T -> endpoints (called once, under no_grad; e.g. the same solver on 500 steps,
     or an adaptive ODE solve at a tight tolerance). init: the starting grid, a name in
     solvers.grids.GRIDS built from t_start (default T) to t_end (default t_eps), or a (steps + 1,)
     grid tensor, which fixes the ends itself. iters Adam steps of learning rate lr (cosine-decayed
     to 0) on the logits of the log-SNR increments (see the module docstring); each iteration
-    runs the sampler forward and backward on the whole batch, or on batch_size states drawn
+    runs the solver forward and backward on the whole batch, or on batch_size states drawn
     without replacement from `generator`. loss: "rms" (default; the RMS endpoint error over every
     coordinate, what the benchmarks report) or "mean_rms" (the mean of the states' RMS errors;
     see `endpoint_loss`). callback receives a `FitStep` after every iteration.
@@ -142,57 +178,24 @@ def fit_grid(
     Returns the fitted grid (steps + 1,), float64 on the CPU, strictly decreasing, with the ends of
     init: the iterate with the lowest calibration loss when fitting on the whole batch, the last
     iterate when batch_size is given (minibatch losses are not comparable). Pass it wherever a grid
-    is taken: ``sampler(model, x, ts)``, or ``scoresde.sample(model, solver=..., grid=ts)``.
+    is taken: ``solver(model, x, ts)``, or ``scoresde.sample(model, solver=..., grid=ts)``.
 
-    Cost: iters x (one forward and one backward pass of the sampler on the batch), i.e. about
+    Cost: iters x (one forward and one backward pass of the solver on the batch), i.e. about
     3 x iters x steps model evaluations' worth of compute, plus the reference. The gradient flows
     only into the grid (torch.autograd.grad; model parameters' .grad are left untouched), but the
     backward pass keeps every step's activations: for large networks use batch_size.
 
-    The grid is fitted to one model and one data law: reuse it for that model (and sampler, step
+    The grid is fitted to one model and one data law: reuse it for that model (and solver, step
     count and ends), not for another. Check it on start states other than the calibration ones.
     """
-    if not isinstance(sampler, Solver):
-        raise ValueError(
-            f"sampler must be a solvers.Solver (build one with solvers.get(name, ...)), got {type(sampler).__name__}"
-        )
-    if sampler.stochastic:
-        raise ValueError(
-            f"solver {sampler.name!r} is stochastic; fit_grid needs a deterministic sampler, whose "
-            "endpoints are a function of the grid (e.g. 'unipc', 'dpm_solver++', 'ddim', 'heun')"
-        )
-    if sampler.nfe_per_step == 0:
-        raise ValueError(
-            f"solver {sampler.name!r} chooses its own steps (adaptive); fit_grid needs a fixed-grid sampler"
-        )
+    _check_solver(solver, model.sde)
+    check_int("steps", steps, 2)  # one step has no interior time to fit
+    check_int("iters", iters, 1)
+    check_name("loss", loss, LOSSES)
+    check_number("lr", lr, 0, low_open=True)
+    _check_batch(x_T, batch_size, generator)
+    target = _reference(target, x_T)
     sde = model.sde
-    sampler.check_supported(sde)
-    _check_int("steps", steps, 2)  # one step has no interior time to fit
-    _check_int("iters", iters, 1)
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not isinstance(x_T, Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
-        got = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
-        raise ValueError(f"x_T must be a float tensor (B, *D) of calibration start states, got {got}")
-    n = x_T.shape[0]
-    if batch_size is not None:
-        _check_int("batch_size", batch_size, 1)
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n} calibration states")
-    elif generator is not None:
-        raise ValueError("generator draws minibatches: it needs batch_size")
-
-    if callable(target) and not isinstance(target, Tensor):
-        with torch.no_grad():
-            target = target(x_T)
-    if not isinstance(target, Tensor) or target.shape != x_T.shape:
-        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise ValueError(
-            f"target must be a tensor of the shape of x_T {tuple(x_T.shape)} (or a callable returning one), got {got}"
-        )
-    target = target.detach()
 
     ts0 = _initial_grid(sde, steps, init, t_start, t_end)
     ends = (ts0[:1], ts0[-1:])
@@ -206,12 +209,12 @@ def fit_grid(
         if full:
             x, ref = x_T, target
         else:
-            idx = torch.randperm(n, generator=generator)[:batch_size].to(x_T.device)
+            idx = torch.randperm(x_T.shape[0], generator=generator)[:batch_size].to(x_T.device)
             x, ref = x_T[idx], target[idx]
         ts = lambda_grid(sde, *ends, w)
-        value = endpoint_loss(sampler(model, x, ts.to(x.device)).x, ref, loss)
+        value = endpoint_loss(solver(model, x, ts.to(x.device)).x, ref, loss)
         (w.grad,) = torch.autograd.grad(value, [w])
-        value = float(value.detach())  # one host sync per iteration, not per sampler step
+        value = float(value.detach())  # one host sync per iteration, not per solver step
         if not math.isfinite(value):
             raise ValueError(f"the endpoint error became {value} at iteration {i}; lower lr (now {lr})")
         if full and value < best[0]:

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from .protocol import SDE
+from .validate import check_int, check_name, check_number
 
 
 def _ends(sde: SDE, steps: int, t_start: float | None, t_end: float | None) -> tuple[float, float]:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     t0 = float(sde.T if t_start is None else t_start)
     t1 = float(sde.t_eps if t_end is None else t_end)
     if not (0.0 <= t1 < t0 <= sde.T):
@@ -53,8 +53,7 @@ def karras(
 
     noise_i = (n_max^(1/rho) + i/N (n_min^(1/rho) - n_max^(1/rho)))^rho, mapped back to t.
     """
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho!r}")
+    check_number("rho", rho, 0, low_open=True)
     t0, t1 = _ends(sde, steps, t_start, t_end)
     lam = sde.lambda_(torch.tensor([t0, t1], dtype=torch.float64))
     n_max, n_min = torch.exp(-lam[0]), torch.exp(-lam[1])
@@ -70,6 +69,5 @@ GRIDS = {"uniform_t": uniform_t, "quadratic_t": quadratic_t, "uniform_lambda": u
 
 def make(name: str, sde: SDE, steps: int, **options) -> Tensor:
     """Build the grid `name` (one of GRIDS)."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}")
+    check_name("grid", name, sorted(GRIDS))
     return GRIDS[name](sde, steps, **options)

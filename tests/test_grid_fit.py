@@ -127,9 +127,9 @@ def test_bad_inputs_raise_clear_errors():
     x = states(model, 8, seed=1)
     ref = exact(model)(x)
     cases = [
-        (dict(sampler=lambda *a: None), "must be a solvers.Sampler"),
-        (dict(sampler=solvers.get("ancestral")), "stochastic"),
-        (dict(sampler=solvers.get("dpm_solver_adaptive")), "adaptive"),
+        (dict(solver=lambda *a: None), "must be a solvers.Solver"),
+        (dict(solver=solvers.get("ancestral")), "stochastic"),
+        (dict(solver=solvers.get("dpm_solver_adaptive")), "adaptive"),
         (dict(steps=1), "steps must be an integer >= 2"),
         (dict(steps=2.0), "steps must be an integer"),
         (dict(iters=0), "iters must be an integer >= 1"),
@@ -149,7 +149,7 @@ def test_bad_inputs_raise_clear_errors():
         (dict(loss="mse"), r"unknown loss 'mse'; choose one of \['rms', 'mean_rms'\]"),
     ]
     for change, message in cases:
-        kwargs = dict(sampler=ddim, model=model, x_T=x, target=ref, steps=3, t_end=T_END, iters=1)
+        kwargs = dict(solver=ddim, model=model, x_T=x, target=ref, steps=3, t_end=T_END, iters=1)
         kwargs.update(change)
         if "init" in change and isinstance(change["init"], torch.Tensor) and "t_end" not in change:
             kwargs.pop("t_end")
