@@ -9,7 +9,8 @@ the yardstick for solvers and likelihoods; they implement the solvers' Model pro
 For conditional generation: `ConditionalAnalyticModel` (one mixture component per class: exact
 conditional and unconditional predictions and the exact noisy classifier log p(y | x_t)), and
 `CorrelatedGaussian` / `CorrelatedGaussianModel` (full covariance, exact at every t, with the
-exact Gaussian conditional of some coordinates given the others, for inpainting).
+exact Gaussian conditional of some coordinates given the others, for inpainting; defined in
+`scoresde.analytic_correlated`, the shared bases in `scoresde.analytic_base`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import torch
 from torch import Tensor
 
 from solvers.protocol import bcast, randn
+from solvers.validate import check_int
 
+from .analytic_base import DataLaw, ExactModel, floating
+from .analytic_correlated import CorrelatedGaussian, CorrelatedGaussianModel
 from .sde import AffineSDE
 
 __all__ = [
@@ -29,7 +33,12 @@ __all__ = [
 ]
 
 
-class GaussianMixture:
+def _per_component(v: Tensor, x: Tensor) -> Tensor:
+    """View per-sample values v (B,) or (1,) as (B, 1, 1, ..., 1) against per-component tensors (B, K, *D)."""
+    return v.reshape(-1, 1, *([1] * (x.ndim - 1)))
+
+
+class GaussianMixture(DataLaw):
     """Data law sum_k w_k N(m_k, diag(s_k^2)).
 
     weights (K,) positive (normalized here); means (K, *D); stds (K,) for isotropic components or
@@ -37,9 +46,7 @@ class GaussianMixture:
     """
 
     def __init__(self, weights: Tensor, means: Tensor, stds: Tensor):
-        weights, means, stds = (torch.as_tensor(a) for a in (weights, means, stds))
-        if not means.is_floating_point():
-            means = means.to(torch.get_default_dtype())
+        weights, means, stds = torch.as_tensor(weights), floating(means), torch.as_tensor(stds)
         if means.ndim < 2:
             raise ValueError(f"means must have shape (K, *D), got {tuple(means.shape)}")
         K = means.shape[0]
@@ -64,26 +71,14 @@ class GaussianMixture:
         return tuple(self.means.shape[1:])
 
     @property
-    def dim(self) -> int:
-        """Number of dimensions prod(D)."""
-        return math.prod(self.shape)
-
-    @property
     def weights(self) -> Tensor:
         return self.log_weights.exp()
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density of the data at x (B, *D), in nats, (B,)."""
-        one = torch.ones(1, dtype=x.dtype, device=x.device)
-        return _mixture(self, x, one, 0 * one)[0]
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """n exact samples, (n, *D)."""
-        return self._sample(n, 1.0, 0.0, generator)
+    def _log_prob(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        return _mixture(self, x, alpha, sigma)[0]
 
     def _sample(self, n: int, alpha: float, sigma: float, generator: torch.Generator | None) -> Tensor:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        check_int("n", n, 1)
         dev = self.means.device
         k = torch.multinomial(self.weights.to(dev), n, replacement=True, generator=generator)
         z = randn((n, *self.shape), generator=generator, device=dev, dtype=self.means.dtype)
@@ -97,9 +92,7 @@ class Gaussian(GaussianMixture):
     """Data law N(mean, diag(std^2)): mean (*D); std a float or (*D)."""
 
     def __init__(self, mean: Tensor, std: float | Tensor = 1.0):
-        mean = torch.as_tensor(mean)
-        if not mean.is_floating_point():
-            mean = mean.to(torch.get_default_dtype())
+        mean = floating(mean)
         std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
         std = std.expand_as(mean) if std.ndim == 0 else std
         if std.shape != mean.shape:
@@ -115,49 +108,58 @@ class Gaussian(GaussianMixture):
         return self.stds[0]
 
 
+def _joint(data: GaussianMixture, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """log w_k + log N(x; alpha m_k, v_k) (B, K), x - alpha m_k (B, K, *D) and v_k = alpha^2 s_k^2 + sigma^2."""
+    a, s = _per_component(alpha, x), _per_component(sigma, x)  # (B or 1, 1, 1...)
+    var = a**2 * data.stds.to(x) ** 2 + s**2  # (B, K, *D)
+    diff = x[:, None] - a * data.means.to(x)  # (B, K, *D)
+    comp_logp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).flatten(2).sum(2)  # (B, K)
+    return data.log_weights.to(x) + comp_logp, diff, var
+
+
 def _mixture(data: GaussianMixture, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """log p_t(x) (B,), responsibilities r (B, K), per-component scores (B, K, *D), variances (B, K, *D)."""
     B = x.shape[0]
-    means = data.means.to(x)  # (K, *D)
-    a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))  # (B or 1, 1, 1...)
-    s = sigma.reshape(-1, 1, *([1] * (x.ndim - 1)))
-    var = a**2 * data.stds.to(x) ** 2 + s**2  # (B, K, *D)
-    diff = x[:, None] - a * means  # (B, K, *D)
-    comp_logp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).flatten(2).sum(2)  # (B, K)
-    joint = data.log_weights.to(x) + comp_logp
+    joint, diff, var = _joint(data, x, alpha, sigma)
     logp = torch.logsumexp(joint, dim=1)
     r = torch.softmax(joint, dim=1)
     return logp.expand(B), r, -diff / var, var.expand(B, *var.shape[1:])
 
 
-class AnalyticModel:
+def bcast_k(r: Tensor, x: Tensor) -> Tensor:
+    """View responsibilities r (B, K) as (B, K, 1, ..., 1) against x (B, K, *D)."""
+    return r.reshape(*r.shape, *([1] * (x.ndim - 2)))
+
+
+class AnalyticModel(ExactModel):
     """Exact Model for Gaussian-mixture data under an affine process `sde`.
 
     eps / x0 / score / v (x (B, *D), t (B,)) -> (B, *D); log_prob(x, t) -> (B,) nats;
     pf_divergence(x, t) -> (B,); sample(n, t) exact samples of p_t; flow_map for one Gaussian.
     """
 
-    def __init__(self, data: GaussianMixture, sde: AffineSDE):
-        if not isinstance(data, GaussianMixture):
-            raise ValueError(f"data must be a Gaussian or GaussianMixture, got {type(data).__name__}")
-        self.data = data
-        self.sde = sde
+    _data_type = GaussianMixture
+    _data_name = "Gaussian or GaussianMixture"
 
-    def _coefs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        if x.ndim != len(self.data.shape) + 1 or tuple(x.shape[1:]) != self.data.shape:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        return self.sde.alpha(t).to(x), self.sde.sigma(t).to(x)
+    def _posterior(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """alpha, sigma (B,), component weights r (B, K) (the responsibilities p(k | x_t)) and
+        per-component scores (B, K, *D)."""
+        alpha, sigma = self._coefs(x, t)
+        _, r, scores, _ = _mixture(self.data, x, alpha, sigma)
+        return alpha, sigma, r, scores
 
-    def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
-        """Exact log p_t(x), nats, (B,)."""
-        return _mixture(self.data, x, *self._coefs(x, t))[0]
+    def _score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        _, _, r, scores = self._posterior(x, t, y)
+        return (bcast_k(r, scores) * scores).sum(1)
+
+    def _x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        alpha, _, r, scores = self._posterior(x, t, y)
+        post = self.data.means.to(x) - _per_component(alpha, x) * self.data.stds.to(x) ** 2 * scores  # (B, K, *D)
+        return (bcast_k(r, post) * post).sum(1)
 
     def score(self, x: Tensor, t: Tensor) -> Tensor:
         """grad_x log p_t(x) = sum_k r_k(x) (-(x - alpha m_k) / v_k), (B, *D)."""
-        _, r, scores, _ = _mixture(self.data, x, *self._coefs(x, t))
-        return (bcast_k(r, scores) * scores).sum(1)
+        return self._score(x, t)
 
     def eps(self, x: Tensor, t: Tensor) -> Tensor:
         """E[eps | x_t] = -sigma score, (B, *D)."""
@@ -166,16 +168,7 @@ class AnalyticModel:
 
     def x0(self, x: Tensor, t: Tensor) -> Tensor:
         """E[x_0 | x_t] = sum_k r_k (m_k + alpha s_k^2 (x - alpha m_k) / v_k), (B, *D)."""
-        alpha, sigma = self._coefs(x, t)
-        _, r, scores, _ = _mixture(self.data, x, alpha, sigma)
-        a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))
-        post = self.data.means.to(x) - a * self.data.stds.to(x) ** 2 * scores  # (B, K, *D)
-        return (bcast_k(r, post) * post).sum(1)
-
-    def v(self, x: Tensor, t: Tensor) -> Tensor:
-        """alpha E[eps | x_t] - sigma E[x_0 | x_t], (B, *D)."""
-        alpha, sigma = self._coefs(x, t)
-        return bcast(alpha, x) * self.eps(x, t) - bcast(sigma, x) * self.x0(x, t)
+        return self._x0(x, t)
 
     def pf_divergence(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact divergence of the probability-flow drift f - g^2 score / 2, (B,).
@@ -188,12 +181,6 @@ class AnalyticModel:
         div_score = (r * per_k).sum(1) - score.flatten(1).pow(2).sum(1)
         d = self.data.dim
         return d * self.sde.dlog_alpha_dt(t).to(x) - 0.5 * self.sde.g2(t).to(x) * div_score
-
-    def sample(self, n: int, t: float, *, generator: torch.Generator | None = None) -> Tensor:
-        """n exact samples of p_t, (n, *D); t a float in [0, T]."""
-        tt = torch.tensor([float(t)], dtype=torch.float64)
-        alpha, sigma = float(self.sde.alpha(tt)), float(self.sde.sigma(tt))
-        return self.data._sample(n, alpha, sigma, generator)
 
     def flow_map(self, x: Tensor, t: Tensor | float, s: Tensor | float) -> Tensor:
         """Exact probability-flow map from time t to time s for Gaussian data, (B, *D).
@@ -211,11 +198,6 @@ class AnalyticModel:
         a_s, s_s = bcast(self.sde.alpha(s).to(x), x), bcast(self.sde.sigma(s).to(x), x)
         v_t, v_s = a_t**2 * std**2 + s_t**2, a_s**2 * std**2 + s_s**2
         return a_s * m + torch.sqrt(v_s / v_t) * (x - a_t * m)
-
-
-def bcast_k(r: Tensor, x: Tensor) -> Tensor:
-    """View responsibilities r (B, K) as (B, K, 1, ..., 1) against x (B, K, *D)."""
-    return r.reshape(*r.shape, *([1] * (x.ndim - 2)))
 
 
 class ConditionalAnalyticModel(AnalyticModel):
@@ -242,14 +224,9 @@ class ConditionalAnalyticModel(AnalyticModel):
             raise ValueError(f"labels y must lie in 0..{self.num_classes} ({self.num_classes} = null, unconditional)")
         return y.to(x.device)
 
-    def _posterior(self, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """alpha, sigma (B,), class weights (B, K) and per-component scores (B, K, *D).
-
-        The weights are the responsibilities p(k | x_t) for unconditional rows and one-hot(y) for
-        conditional ones.
-        """
-        alpha, sigma = self._coefs(x, t)
-        _, r, scores, _ = _mixture(self.data, x, alpha, sigma)
+    def _posterior(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """As `AnalyticModel._posterior`, with the weights one-hot(y) for conditional rows."""
+        alpha, sigma, r, scores = super()._posterior(x, t)
         if y is not None:
             y = self._labels(y, x)
             onehot = torch.nn.functional.one_hot(y.clamp(max=self.num_classes - 1), self.num_classes).to(r)
@@ -258,8 +235,7 @@ class ConditionalAnalyticModel(AnalyticModel):
 
     def score(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """grad_x log p_t(x | y) (grad_x log p_t(x) where y is None or null), (B, *D)."""
-        _, _, r, scores = self._posterior(x, t, y)
-        return (bcast_k(r, scores) * scores).sum(1)
+        return self._score(x, t, y)
 
     def eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """E[eps | x_t, y] = -sigma score, (B, *D)."""
@@ -268,15 +244,11 @@ class ConditionalAnalyticModel(AnalyticModel):
 
     def x0(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """E[x_0 | x_t, y] = sum_k w_k (m_k + alpha s_k^2 (x - alpha m_k) / v_k), (B, *D)."""
-        alpha, _, r, scores = self._posterior(x, t, y)
-        a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))
-        post = self.data.means.to(x) - a * self.data.stds.to(x) ** 2 * scores
-        return (bcast_k(r, post) * post).sum(1)
+        return self._x0(x, t, y)
 
     def v(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """alpha E[eps | x_t, y] - sigma E[x_0 | x_t, y], (B, *D)."""
-        alpha, sigma = self._coefs(x, t)
-        return bcast(alpha, x) * self.eps(x, t, y) - bcast(sigma, x) * self.x0(x, t, y)
+        return self._v(x, t, y)
 
     def class_logits(self, x: Tensor, t: Tensor) -> Tensor:
         """Exact noisy classifier log p(y = k | x_t) for k = 0..K-1, nats, (B, K) (normalized logits).
@@ -284,12 +256,7 @@ class ConditionalAnalyticModel(AnalyticModel):
         log p(k | x_t) = log w_k + log N(x_t; alpha m_k, v_k) - log p_t(x_t). Takes t itself as its
         noise input, so it serves `ClassifierGuidedModel(..., c_noise="t")` directly.
         """
-        alpha, sigma = self._coefs(x, t)
-        a = alpha.reshape(-1, 1, *([1] * (x.ndim - 1)))
-        s = sigma.reshape(-1, 1, *([1] * (x.ndim - 1)))
-        var = a**2 * self.data.stds.to(x) ** 2 + s**2  # (B, K, *D)
-        diff = x[:, None] - a * self.data.means.to(x)
-        joint = self.data.log_weights.to(x) - 0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).flatten(2).sum(2)
+        joint, _, _ = _joint(self.data, x, *self._coefs(x, t))
         return torch.log_softmax(joint, dim=1)
 
     def log_prob(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
@@ -312,139 +279,3 @@ class ConditionalAnalyticModel(AnalyticModel):
         data = self.data
         one = GaussianMixture(torch.ones(1, dtype=data.means.dtype), data.means[y : y + 1], data.stds[y : y + 1])
         return AnalyticModel(one, self.sde).sample(n, t, generator=generator)
-
-
-class CorrelatedGaussian:
-    """Data law N(mean, cov) with a full covariance: mean (*D); cov (d, d) symmetric positive
-    definite, d = prod(D), indexing the flattened data. Keeps the dtype given (float64 for tests).
-
-    Stored as the eigendecomposition cov = U diag(lam) U^T, which also diagonalizes every noisy
-    marginal: cov_t = alpha^2 cov + sigma^2 I = U diag(alpha^2 lam + sigma^2) U^T.
-    """
-
-    def __init__(self, mean: Tensor, cov: Tensor):
-        mean = torch.as_tensor(mean)
-        if not mean.is_floating_point():
-            mean = mean.to(torch.get_default_dtype())
-        if mean.ndim < 1:
-            raise ValueError(f"mean must have shape (*D) with at least one dimension, got {tuple(mean.shape)}")
-        d = mean.numel()
-        cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
-        if cov.shape != (d, d):
-            raise ValueError(f"cov must have shape ({d}, {d}) for mean of shape {tuple(mean.shape)}, got {tuple(cov.shape)}")
-        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(cov).all())):
-            raise ValueError("mean and cov must be finite")
-        if not torch.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * float(cov.abs().max())):
-            raise ValueError("cov must be symmetric")
-        lam, U = torch.linalg.eigh(cov)
-        if not bool(lam.min() > 0):
-            raise ValueError(f"cov must be positive definite, got smallest eigenvalue {float(lam.min())}")
-        self.mean, self.cov, self.eigvals, self.eigvecs = mean, cov, lam, U
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape D of one data point."""
-        return tuple(self.mean.shape)
-
-    @property
-    def dim(self) -> int:
-        """Number of dimensions d = prod(D)."""
-        return self.mean.numel()
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log-density of the data at x (B, *D), in nats, (B,)."""
-        one = torch.ones(1, dtype=x.dtype, device=x.device)
-        return _correlated_log_prob(self, x, one, 0 * one)
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """n exact samples, (n, *D)."""
-        return self._sample(n, 1.0, 0.0, generator)
-
-    def _sample(self, n: int, alpha: float, sigma: float, generator: torch.Generator | None) -> Tensor:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        std = torch.sqrt(alpha**2 * self.eigvals + sigma**2)  # (d,) in the eigenbasis
-        z = randn((n, self.dim), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return (alpha * self.mean.reshape(1, -1) + (z * std) @ self.eigvecs.T).reshape(n, *self.shape)
-
-    def conditional(self, known: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact law of the unknown coordinates given the known ones (Gaussian conditioning).
-
-        known (*D) values (read where mask is True); mask (*D) bool, True where known. Returns the
-        mean (u,) and covariance (u, u) of the u unknown coordinates, in flattened order:
-        m_u + C_uk C_kk^-1 (x_k - m_k) and C_uu - C_uk C_kk^-1 C_ku.
-        """
-        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.mean.device)
-        if mask.shape != self.mean.shape or tuple(known.shape) != self.shape:
-            raise ValueError(f"known and mask must have shape {self.shape}, got {tuple(known.shape)} and {tuple(mask.shape)}")
-        k, u = mask.reshape(-1), ~mask.reshape(-1)
-        m, C, xk = self.mean.reshape(-1), self.cov, known.reshape(-1).to(self.mean)
-        gain = torch.linalg.solve(C[k][:, k], C[k][:, u]).T  # C_uk C_kk^-1, (u, k)
-        return m[u] + gain @ (xk[k] - m[k]), C[u][:, u] - gain @ C[k][:, u]
-
-
-def _correlated_log_prob(data: CorrelatedGaussian, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """log N(x; alpha m, alpha^2 C + sigma^2 I) for x (B, *D), alpha and sigma (B,) or (1,); (B,)."""
-    a, s = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
-    var = a**2 * data.eigvals.to(x) + s**2  # (B, d) eigenvalues of cov_t
-    w = (x.flatten(1) - a * data.mean.to(x).reshape(1, -1)) @ data.eigvecs.to(x)
-    return -0.5 * (w**2 / var + torch.log(2 * math.pi * var)).sum(1)
-
-
-class CorrelatedGaussianModel:
-    """Exact Model for correlated Gaussian data N(m, C) under an affine process `sde`.
-
-    p_t = N(alpha m, cov_t), cov_t = alpha^2 C + sigma^2 I, so in the eigenbasis of C everything is
-    diagonal: score = -cov_t^-1 (x - alpha m), E[x_0 | x_t] = m + alpha C cov_t^-1 (x - alpha m).
-    eps / x0 / score / v (x (B, *D), t (B,)) -> (B, *D); log_prob(x, t) -> (B,) nats;
-    sample(n, t) exact samples of p_t. The yardstick for inpainting, where the exact conditional
-    law of the unknown coordinates is `data.conditional(known, mask)`.
-    """
-
-    def __init__(self, data: CorrelatedGaussian, sde: AffineSDE):
-        if not isinstance(data, CorrelatedGaussian):
-            raise ValueError(f"data must be a CorrelatedGaussian, got {type(data).__name__}")
-        self.data = data
-        self.sde = sde
-
-    def _coefs(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        if tuple(x.shape[1:]) != self.data.shape or x.ndim != len(self.data.shape) + 1:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.data.shape))}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-        return self.sde.alpha(t).to(x), self.sde.sigma(t).to(x)
-
-    def _eigen(self, x: Tensor, t: Tensor, gain) -> Tensor:
-        """U diag(gain(alpha, sigma, lam)) U^T (x - alpha m), (B, *D)."""
-        alpha, sigma = self._coefs(x, t)
-        a, s = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
-        U, lam = self.data.eigvecs.to(x), self.data.eigvals.to(x)
-        w = (x.flatten(1) - a * self.data.mean.to(x).reshape(1, -1)) @ U
-        return ((gain(a, s, lam) * w) @ U.T).reshape(x.shape)
-
-    def log_prob(self, x: Tensor, t: Tensor) -> Tensor:
-        """Exact log p_t(x), nats, (B,)."""
-        return _correlated_log_prob(self.data, x, *self._coefs(x, t))
-
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """grad_x log p_t(x) = -cov_t^-1 (x - alpha m), (B, *D)."""
-        return self._eigen(x, t, lambda a, s, lam: -1.0 / (a**2 * lam + s**2))
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        """E[eps | x_t] = sigma cov_t^-1 (x - alpha m), (B, *D)."""
-        return self._eigen(x, t, lambda a, s, lam: s / (a**2 * lam + s**2))
-
-    def x0(self, x: Tensor, t: Tensor) -> Tensor:
-        """E[x_0 | x_t] = m + alpha C cov_t^-1 (x - alpha m), (B, *D)."""
-        shift = self._eigen(x, t, lambda a, s, lam: a * lam / (a**2 * lam + s**2))
-        return self.data.mean.to(x) + shift
-
-    def v(self, x: Tensor, t: Tensor) -> Tensor:
-        """alpha E[eps | x_t] - sigma E[x_0 | x_t], (B, *D)."""
-        alpha, sigma = self._coefs(x, t)
-        return bcast(alpha, x) * self.eps(x, t) - bcast(sigma, x) * self.x0(x, t)
-
-    def sample(self, n: int, t: float, *, generator: torch.Generator | None = None) -> Tensor:
-        """n exact samples of p_t, (n, *D); t a float in [0, T]."""
-        tt = torch.tensor([float(t)], dtype=torch.float64)
-        return self.data._sample(n, float(self.sde.alpha(tt)), float(self.sde.sigma(tt)), generator)

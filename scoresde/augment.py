@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from solvers.validate import check_int, check_number
+
 __all__ = ["AUGMENTATIONS", "augment", "augment_dim"]
 
 AUGMENTATIONS: tuple[str, ...] = ("xflip", "yflip", "rot90", "translate")
@@ -70,10 +72,8 @@ def augment(
     Draws from `generator` (on the images' device) only for the kinds given, in the module's order.
     """
     kinds = check_kinds(kinds)
-    if not (isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0):
-        raise ValueError(f"augmentation probability p must be a number in [0, 1], got {p!r}")
-    if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 1:
-        raise ValueError(f"max_shift must be an integer >= 1, got {max_shift!r}")
+    check_number("augmentation probability p", p, 0, 1)
+    check_int("max_shift", max_shift, 1)
     if images.ndim != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
     B, dev = images.shape[0], images.device

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from solvers.validate import check_int, check_number
+
 from .files import atomic_write, read_safetensors
 
 __all__ = [
@@ -51,10 +53,8 @@ class DigitsClassifierConfig:
     def __post_init__(self):
         if len(self.channels) != 2 or not all(isinstance(c, int) and c >= 1 for c in self.channels):
             raise ValueError(f"channels must be two positive integers, got {self.channels!r}")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ValueError(f"hidden must be a positive integer, got {self.hidden!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_int("hidden", self.hidden, 1)
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> DigitsClassifierConfig:
@@ -73,16 +73,12 @@ class DigitsTrainConfig:
     max_shift: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if not (self.lr > 0 and self.weight_decay >= 0):
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr!r}, {self.weight_decay!r}")
-        if isinstance(self.max_shift, bool) or not isinstance(self.max_shift, int) or not 0 <= self.max_shift <= 3:
-            raise ValueError(f"max_shift must be an integer in 0..3, got {self.max_shift!r}")
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed)
+        check_number("lr", self.lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_int("max_shift", self.max_shift, 0, 3)
 
 
 class DigitsClassifier(nn.Module):

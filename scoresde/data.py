@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from solvers.validate import check_int, check_name
+
 __all__ = [
     "CIFAR10_FILES", "IMAGE_EXTENSIONS", "ImageData", "cifar10", "digits", "image_folder", "load",
     "to_model_input",
@@ -102,8 +104,7 @@ def to_levels(x: Tensor, levels: int, *, dequantized: bool = False) -> Tensor:
     contains x, k = floor((x + 1) levels / 2) (the top edge 1.0 belongs to the last level). A model
     trained on dequantized data produces values on the second scale, so its samples need it.
     """
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    check_int("levels", levels, 2)
     x = x.clamp(-1.0, 1.0)
     k = torch.floor((x + 1.0) * levels / 2.0) if dequantized else torch.round((x + 1.0) * (levels - 1) / 2.0)
     return k.clamp(0, levels - 1).to(torch.int64)
@@ -117,8 +118,7 @@ def digits(split: str = "train") -> ImageData:
     `train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)`: 1,437 train and 360 test
     images, (N, 1, 8, 8). Needs scikit-learn (`pip install scoresde[data]`).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    check_name("split", split, SPLITS)
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -176,8 +176,7 @@ def cifar10(root: str | os.PathLike, split: str = "train") -> ImageData:
     train: data_batch_1 .. data_batch_5 (50,000 images); test: test_batch (10,000). Nothing is
     downloaded; missing files raise an error naming the folder and the files expected.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+    check_name("split", split, SPLITS)
     root = Path(root)
     names = CIFAR10_FILES[split]
     missing = [n for n in names if not (root / n).is_file()]
@@ -207,8 +206,7 @@ def image_folder(root: str | os.PathLike, size: int, *, channels: int = 3, class
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    check_int("size", size, 1)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
@@ -254,14 +252,13 @@ DATASETS = ("digits", "cifar10", "folder")
 def load(name: str, *, root: str | None = None, split: str = "train", image_size: int | None = None,
          channels: int = 3, class_subfolders: bool = False) -> ImageData:
     """A data set by name: "digits", "cifar10" (needs root) or "folder" (needs root and image_size)."""
+    check_name("data set", name, DATASETS)
     if name == "digits":
         return digits(split)
     if name == "cifar10":
         if root is None:
             raise ValueError("data 'cifar10' needs root, the folder of the python batches")
         return cifar10(root, split)
-    if name == "folder":
-        if root is None or image_size is None:
-            raise ValueError("data 'folder' needs root and image_size")
-        return image_folder(root, image_size, channels=channels, class_subfolders=class_subfolders)
-    raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+    if root is None or image_size is None:  # "folder"
+        raise ValueError("data 'folder' needs root and image_size")
+    return image_folder(root, image_size, channels=channels, class_subfolders=class_subfolders)

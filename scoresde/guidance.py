@@ -40,24 +40,23 @@ network rows in `net_rows`) so that the cost can be reported next to the NFE.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from solvers.protocol import PREDICTIONS, bcast
+from solvers.protocol import PREDICTIONS, PredictionWrapper, coef
+from solvers.validate import check_number
 
-from .param import C_NOISE
+from .param import check_c_noise, noise_input
+from .vlb import has_learned_variance
 
 __all__ = ["CFGModel", "ClassifierGuidedModel", "check_labels", "check_scale"]
 
 
 def check_scale(name: str, scale) -> float:
     """A finite guidance scale >= 0 as a float; raise ValueError otherwise."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {scale!r}")
-    return float(scale)
+    return check_number(name, scale, 0)
 
 
 def check_labels(y, batch: int | None = None) -> Tensor:
@@ -69,26 +68,20 @@ def check_labels(y, batch: int | None = None) -> Tensor:
     if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, Tensor) else repr(y)
         raise ValueError(f"y must be an int or a 1-D integer tensor of labels, got {got}")
-    if batch is not None and y.shape[0] not in (1, batch):
-        raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}; give one per sample or one int")
+    if batch is not None:
+        _check_label_count(y, batch)
     return y
+
+
+def _check_label_count(y: Tensor, batch: int) -> None:
+    if y.shape[0] not in (1, batch):
+        raise ValueError(f"y has {y.shape[0]} labels for a batch of {batch}; give one per sample or one int")
 
 
 def _labels_for(y: Tensor, x: Tensor) -> Tensor:
     """y (1,) or (B,) as (B,) on x's device."""
-    if y.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"y has {y.shape[0]} labels for a batch of {x.shape[0]}; give one per sample or one int")
+    _check_label_count(y, x.shape[0])
     return y.to(x.device).expand(x.shape[0])
-
-
-def _has_learned_variance(model) -> bool:
-    """Whether `model` offers eps_and_variance (and is not a ScoreModel built without a variance head)."""
-    return callable(getattr(model, "eps_and_variance", None)) and getattr(model, "learned_variance", True) is not False
-
-
-def _no_learned_variance(model) -> ValueError:
-    return ValueError(f"eps_and_variance needs a wrapped model with a learned variance, e.g. ScoreModel(..., "
-                      f"learned_variance=True); {type(model).__name__} has none")
 
 
 def _takes_labels(method) -> bool:
@@ -100,7 +93,28 @@ def _takes_labels(method) -> bool:
     return any(p.name == "y" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-class CFGModel:
+def _check_predictions(model) -> None:
+    for kind in PREDICTIONS:
+        if not callable(getattr(model, kind, None)):
+            raise ValueError(f"model must have methods {list(PREDICTIONS)}; {type(model).__name__} lacks {kind!r}")
+
+
+class _Guided(PredictionWrapper):
+    """What both guidance wrappers share: eps / x0 / score / v go through `predict(kind, x, t)`
+    (`PredictionWrapper`), and `learned_variance` is the wrapped model's."""
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the wrapped model (hence this wrapper) offers eps_and_variance."""
+        return has_learned_variance(self.model)
+
+    def _check_learned_variance(self) -> None:
+        if not self.learned_variance:
+            raise ValueError(f"eps_and_variance needs a wrapped model with a learned variance, e.g. ScoreModel(..., "
+                             f"learned_variance=True); {type(self.model).__name__} has none")
+
+
+class CFGModel(_Guided):
     """Classifier-free guidance around a conditional model: a Model for the guided law.
 
     model: has eps / x0 / score / v(x, t, y=None) and `sde` (e.g. `ScoreModel` around a
@@ -110,16 +124,16 @@ class CFGModel:
     unconditional predictions come from one batched call on 2B rows, [y; null]; None calls the
     model twice, with y and with y=None.
 
-    Guided prediction of every kind: u + w (c - u) with c, u the conditional and unconditional
-    predictions of that kind, which equals the conversion of the guided eps (module docstring).
+    Guided prediction of every kind (eps / x0 / score / v, (B, *D)): u + w (c - u) with c, u the
+    conditional and unconditional predictions of that kind, which equals the conversion of the
+    guided eps_w = eps_u + w (eps_c - eps_u) (module docstring): x0 = (x - sigma eps_w) / alpha,
+    score = -eps_w / sigma = grad log p_t(x | y)^w p_t(x)^(1 - w), v = alpha eps_w - sigma x0_w.
     `net_calls` counts network calls (one per evaluation, two when null_label is None and
     0 < w != 1) and `net_rows` the rows passed through the network.
     """
 
     def __init__(self, model, y: int | Tensor, scale: float, *, null_label: int | None = None):
-        for kind in PREDICTIONS:
-            if not callable(getattr(model, kind, None)):
-                raise ValueError(f"model must have methods {list(PREDICTIONS)}; {type(model).__name__} lacks {kind!r}")
+        _check_predictions(model)
         if not hasattr(model, "sde"):
             raise ValueError(f"model must have an `sde`; {type(model).__name__} has none")
         if not _takes_labels(model.eps):
@@ -129,16 +143,10 @@ class CFGModel:
         self.scale = check_scale("guidance scale", scale)
         if null_label is not None and (isinstance(null_label, bool) or not isinstance(null_label, int)):
             raise ValueError(f"null_label must be None or an int, got {null_label!r}")
-        self.model = model
-        self.sde = model.sde
+        super().__init__(model)
         self.null_label = null_label
         self.net_calls = 0
         self.net_rows = 0
-
-    @property
-    def learned_variance(self) -> bool:
-        """Whether the wrapped model (hence this wrapper) offers eps_and_variance."""
-        return _has_learned_variance(self.model)
 
     def _call(self, kind: str, x: Tensor, t: Tensor, y: Tensor | None):
         self.net_calls += 1
@@ -170,7 +178,8 @@ class CFGModel:
         # Ho & Salimans 2022, Eq. (6): (1 + w') eps_c - w' eps_u with their w' = our w - 1
         return uncond + self.scale * (cond - uncond)
 
-    def _guided(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+    def predict(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+        """Guided prediction of `kind` ("eps", "x0", "score" or "v"), (B, *D): u + w (c - u)."""
         return self._combine(*self._branches(kind, x, t))
 
     def eps_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,30 +191,13 @@ class CFGModel:
         GLIDE's guided sampling (Nichol et al. 2022, the glide-text2im notebooks) does the same: it
         guides eps only, and the conditional rows it keeps carry the conditional variance output.
         """
-        if not self.learned_variance:
-            raise _no_learned_variance(self.model)
+        self._check_learned_variance()
         cond, uncond = self._branches("eps_and_variance", x, t)
         eps = self._combine(None if cond is None else cond[0], None if uncond is None else uncond[0])
         return eps, (uncond if cond is None else cond)[1]
 
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided noise prediction eps_u + w (eps_c - eps_u), (B, *D)."""
-        return self._guided("eps", x, t)
 
-    def x0(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided data prediction (x - sigma eps_w) / alpha, (B, *D)."""
-        return self._guided("x0", x, t)
-
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided score -eps_w / sigma = grad log p_t(x | y)^w p_t(x)^(1 - w), (B, *D)."""
-        return self._guided("score", x, t)
-
-    def v(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided velocity alpha eps_w - sigma x0_w, (B, *D)."""
-        return self._guided("v", x, t)
-
-
-class ClassifierGuidedModel:
+class ClassifierGuidedModel(_Guided):
     """Classifier guidance: a Model whose score is score + scale * grad_x log p(y | x_t, t).
 
     model: any Model (its unconditional predictions are used). classifier(x, c) -> logits (B, K)
@@ -214,25 +206,18 @@ class ClassifierGuidedModel:
     callable t -> (B,)). y: int or integer labels (B,). scale: s >= 0.
 
     With g = grad_x log p(y | x_t) and the affine relations among the kinds, the guided
-    predictions are score + s g, eps - s sigma g, x0 + s (sigma^2 / alpha) g and
+    predictions (B, *D) are score + s g, eps - s sigma g, x0 + s (sigma^2 / alpha) g and
     v - s sigma (alpha^2 + sigma^2) / alpha g (all the same guided law). `net_calls` counts model
     calls and `classifier_calls` classifier forward-backward passes (one each per evaluation).
     """
 
     def __init__(self, model, classifier: Callable[[Tensor, Tensor], Tensor], y: int | Tensor, scale: float,
                  *, c_noise: str | Callable[[Tensor], Tensor] = "t"):
-        for kind in PREDICTIONS:
-            if not callable(getattr(model, kind, None)):
-                raise ValueError(f"model must have methods {list(PREDICTIONS)}; {type(model).__name__} lacks {kind!r}")
+        _check_predictions(model)
         if not callable(classifier):
             raise ValueError(f"classifier must be callable as classifier(x, c_noise) -> logits, got {type(classifier).__name__}")
-        if isinstance(c_noise, str):
-            if c_noise not in C_NOISE:
-                raise ValueError(f"unknown c_noise {c_noise!r}; choose one of {sorted(C_NOISE)} or pass a callable")
-        elif not callable(c_noise):
-            raise ValueError(f"c_noise must be one of {sorted(C_NOISE)} or a callable, got {c_noise!r}")
-        self.model = model
-        self.sde = model.sde
+        check_c_noise(c_noise)
+        super().__init__(model)
         self.classifier = classifier
         self.y = check_labels(y)
         self.scale = check_scale("classifier guidance scale", scale)
@@ -240,16 +225,9 @@ class ClassifierGuidedModel:
         self.net_calls = 0
         self.classifier_calls = 0
 
-    @property
-    def learned_variance(self) -> bool:
-        """Whether the wrapped model (hence this wrapper) offers eps_and_variance."""
-        return _has_learned_variance(self.model)
-
     def noise_input(self, t: Tensor) -> Tensor:
         """The classifier's noise input for continuous times t (B,)."""
-        if isinstance(self.c_noise, str):
-            return C_NOISE[self.c_noise](self.sde, t)
-        return self.c_noise(t)
+        return noise_input(self.c_noise, self.sde, t)
 
     def log_prob_grad(self, x: Tensor, t: Tensor) -> Tensor:
         """grad_x log p(y | x_t, t) by autograd, (B, *D); x is not modified."""
@@ -266,13 +244,14 @@ class ClassifierGuidedModel:
             (grad,) = torch.autograd.grad(selected, x_in)
         return grad.to(x.dtype)
 
-    def _guided(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+    def predict(self, kind: str, x: Tensor, t: Tensor) -> Tensor:
+        """Guided prediction of `kind` ("eps", "x0", "score" or "v"), (B, *D): see the class docstring."""
         self.net_calls += 1
         out = getattr(self.model, kind)(x, t)
         if self.scale == 0.0:
             return out
         g = self.scale * self.log_prob_grad(x, t)
-        alpha, sigma = bcast(self.sde.alpha(t).to(x), x), bcast(self.sde.sigma(t).to(x), x)
+        alpha, sigma = coef(self.sde.alpha(t), x), coef(self.sde.sigma(t), x)
         # Dhariwal & Nichol 2021, Eq. (14)-(15) / Song et al. 2021, Eq. (14): score + s grad log p(y | x_t)
         if kind == "score":
             return out + g
@@ -281,10 +260,6 @@ class ClassifierGuidedModel:
         if kind == "x0":
             return out + sigma**2 / alpha * g
         return out - sigma * (alpha**2 + sigma**2) / alpha * g
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided noise prediction eps - s sigma grad log p(y | x_t), (B, *D)."""
-        return self._guided("eps", x, t)
 
     def eps_and_variance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Guided eps - s sigma g (B, *D) and the model's variance weight v (B, *D), one evaluation.
@@ -295,24 +270,11 @@ class ClassifierGuidedModel:
         [beta_tilde, beta] = [(sigma_t / sigma_s)^2 beta, beta]; the two agree up to a factor
         1 + O(h). A wrapper does not know the next grid time t, so the score form is used.
         """
-        if not self.learned_variance:
-            raise _no_learned_variance(self.model)
+        self._check_learned_variance()
         self.net_calls += 1
         eps, v = self.model.eps_and_variance(x, t)
         if self.scale == 0.0:
             return eps, v
         g = self.scale * self.log_prob_grad(x, t)
         # Dhariwal & Nichol 2021, Algorithm 2 / Eq. (14): eps - sigma s grad log p(y | x_t)
-        return eps - bcast(self.sde.sigma(t).to(x), x) * g, v
-
-    def x0(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided data prediction x0 + s sigma^2 / alpha grad log p(y | x_t), (B, *D)."""
-        return self._guided("x0", x, t)
-
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided score + s grad log p(y | x_t), (B, *D)."""
-        return self._guided("score", x, t)
-
-    def v(self, x: Tensor, t: Tensor) -> Tensor:
-        """Guided velocity v - s sigma (alpha^2 + sigma^2) / alpha grad log p(y | x_t), (B, *D)."""
-        return self._guided("v", x, t)
+        return eps - coef(self.sde.sigma(t), x) * g, v

@@ -48,9 +48,11 @@ import torch
 from torch import Tensor
 
 from solvers.protocol import Model, bcast
+from solvers.validate import check_int, check_name, check_number
 
+from .param import has_learned_variance
 from .sde import AffineSDE, DiscreteVPSDE
-from .vlb import discretized_gaussian_log_prob, gaussian_kl, has_learned_variance, learned_variance, posterior_coefficients
+from .vlb import discretized_gaussian_log_prob, gaussian_kl, learned_variance, posterior_coefficients
 
 __all__ = [
     "HybridLoss", "LossHistory", "TIME_SAMPLING", "drop_labels", "dsm_loss", "flow_matching_loss",
@@ -73,11 +75,6 @@ def likelihood_weight(sde: AffineSDE, t: Tensor) -> Tensor:
     return sde.g2(t) / sde.sigma(t) ** 2
 
 
-def _check_t_eps(sde: AffineSDE, t_eps: float) -> None:
-    if not 0.0 < t_eps < sde.T:
-        raise ValueError(f"t_eps must lie in (0, T={sde.T}), got {t_eps!r}")
-
-
 def sample_t(
     sde: AffineSDE,
     n: int,
@@ -92,8 +89,7 @@ def sample_t(
 
     The inverse CDF is computed in float64 and cast at the end.
     """
-    if time_sampling not in TIME_SAMPLING:
-        raise ValueError(f"unknown time_sampling {time_sampling!r}; choose one of {list(TIME_SAMPLING)}")
+    check_name("time_sampling", time_sampling, TIME_SAMPLING)
     u = rand(n, generator=generator, device=device)
     ones = torch.ones(n, device=u.device, dtype=dtype)
     if time_sampling == "discrete":
@@ -101,7 +97,7 @@ def sample_t(
             raise ValueError(f"time_sampling='discrete' needs a DiscreteVPSDE, got {type(sde).__name__}")
         step = torch.clamp(torch.floor(u * sde.N).long(), max=sde.N - 1)  # n ~ U{0, ..., N-1}
         return sde.t_of_timestep(step).to(dtype), ones
-    _check_t_eps(sde, t_eps)
+    check_number("t_eps", t_eps, 0, sde.T, low_open=True, high_open=True)
     if time_sampling == "uniform":
         return (t_eps + (sde.T - t_eps) * u).to(dtype), ones
     ends = torch.tensor([t_eps, sde.T], dtype=torch.float64, device=u.device)
@@ -122,8 +118,7 @@ def _check_labels(y: Tensor | None, null_label: int | None, p_uncond: float) -> 
     if y is not None:
         if null_label is None:
             raise ValueError("labels y were given without null_label (the network's num_classes)")
-        if not 0.0 <= p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond!r}")
+        check_number("p_uncond", p_uncond, 0, 1)
 
 
 def _check_data(x0: Tensor) -> None:
@@ -224,12 +219,9 @@ class LossHistory:
     """
 
     def __init__(self, num_steps: int, *, length: int = 10, floor: float = 1e-3, device=None):
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be an integer >= 1, got {length!r}")
-        if not 0.0 <= floor < 1.0:
-            raise ValueError(f"floor must lie in [0, 1), got {floor!r}")
+        check_int("num_steps", num_steps, 1)
+        check_int("length", length, 1)
+        check_number("floor", floor, 0, 1, high_open=True)
         self.N, self.length, self.floor = num_steps, length, floor
         self.values = torch.zeros(num_steps, length, dtype=torch.float64, device=device)
         self.count = torch.zeros(num_steps, dtype=torch.long, device=device)
@@ -318,18 +310,8 @@ def hybrid_loss(
     the importance weight 1/(N p_n), which keeps each an unbiased estimate of its uniform-n
     expectation. Returns a `HybridLoss`; the caller records (step, vlb) in `history`.
     """
-    _check_data(x0)
-    _check_labels(y, null_label, p_uncond)
-    sde = model.sde
-    if not isinstance(sde, DiscreteVPSDE):
-        raise ValueError(f"hybrid_loss needs a DiscreteVPSDE (integer timesteps), got {type(sde).__name__}")
-    if not has_learned_variance(model):
-        raise ValueError("hybrid_loss needs a model with eps_and_variance, e.g. ScoreModel(..., learned_variance=True)")
-    if history.N != sde.N:
-        raise ValueError(f"the loss history has {history.N} timesteps, the schedule {sde.N}")
-    B, D = x0.shape[0], x0[0].numel()
-    N = sde.N
-    step, weight = history.sample(B, generator=generator, device=x0.device)
+    sde = _check_hybrid(model, x0, history, y, null_label, p_uncond)
+    step, weight = history.sample(x0.shape[0], generator=generator, device=x0.device)
     t = sde.t_of_timestep(step)  # float64 knots (n + 1) / N
     if y is not None:
         y = drop_labels(y, p_uncond, null_label, generator=generator)
@@ -339,7 +321,35 @@ def hybrid_loss(
     dtype = torch.promote_types(x0.dtype, torch.float32)
     x0, x_t, eps, eps_hat, v = (a.to(dtype) for a in (x0, x_t, eps, eps_hat, v))
     simple = (eps_hat - eps).square().flatten(1).mean(1)
+    vlb = _vlb_term(sde, step, t, x0, x_t, eps_hat, v, levels)
+    w = weight.to(dtype)
+    loss = w * (simple + lam * sde.N * vlb)
+    return HybridLoss(loss=loss, simple=simple, vlb=vlb.detach(), step=step, weight=w)
 
+
+def _check_hybrid(model, x0: Tensor, history: LossHistory, y, null_label, p_uncond) -> DiscreteVPSDE:
+    """The checks of `hybrid_loss`; returns the model's DiscreteVPSDE."""
+    _check_data(x0)
+    _check_labels(y, null_label, p_uncond)
+    sde = model.sde
+    if not isinstance(sde, DiscreteVPSDE):
+        raise ValueError(f"hybrid_loss needs a DiscreteVPSDE (integer timesteps), got {type(sde).__name__}")
+    if not has_learned_variance(model):
+        raise ValueError("hybrid_loss needs a model with eps_and_variance, e.g. ScoreModel(..., learned_variance=True)")
+    if history.N != sde.N:
+        raise ValueError(f"the loss history has {history.N} timesteps, the schedule {sde.N}")
+    return sde
+
+
+def _vlb_term(
+    sde: DiscreteVPSDE, step: Tensor, t: Tensor, x0: Tensor, x_t: Tensor, eps_hat: Tensor, v: Tensor, levels: int,
+) -> Tensor:
+    """L_vlb in bits/dim (B,) at timesteps step (B,): the KL for n >= 1, the decoder NLL for n = 0.
+
+    t (B,): the float64 knots (n + 1) / N; x0, x_t, eps_hat, v (B, *D) share one dtype. The mean's
+    gradient is stopped (`hybrid_loss`).
+    """
+    N, D, dtype = sde.N, x0[0].numel(), x0.dtype
     # coefficients in float64 at the knots; the KL of n = 0 rows is computed at n = 1 and discarded
     n = torch.clamp(step, min=1)
     s_, t_ = n.to(torch.float64) / N, (n + 1).to(torch.float64) / N
@@ -351,8 +361,4 @@ def hybrid_loss(
     mean_q, mean_p = c_xt * x_t + c_x0 * x0, c_xt * x_t + c_x0 * x0_hat
     kl = gaussian_kl(mean_q, beta_tilde.expand_as(x_t), mean_p, learned_variance(v, beta, beta_tilde)).flatten(1).sum(1)
     decoder = -discretized_gaussian_log_prob(x0, x0_hat, s_t / a_t, levels).flatten(1).sum(1)
-    vlb = torch.where(step == 0, decoder, kl) / (D * math.log(2.0))
-
-    w = weight.to(dtype)
-    loss = w * (simple + lam * N * vlb)
-    return HybridLoss(loss=loss, simple=simple, vlb=vlb.detach(), step=step, weight=w)
+    return torch.where(step == 0, decoder, kl) / (D * math.log(2.0))

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from solvers.validate import check_name
+
 from .classifier import NUM_CLASSES
 from .data import to_levels
 
@@ -151,8 +153,7 @@ def _classifier(classifier):
 def _real_digits(split: str) -> Tensor:
     from .data import digits, to_model_input
 
-    if split not in DIGITS_SPLITS:
-        raise ValueError(f"unknown reference split {split!r}; choose one of {list(DIGITS_SPLITS)}")
+    check_name("reference split", split, DIGITS_SPLITS)
     data = digits(split)
     return to_model_input(data.images, data.levels)
 
@@ -218,8 +219,7 @@ def digits_quality(images: Tensor, reference: str = "test", *, classifier=None, 
     _check_digits_images(images)
     if dequantized and not quantize:
         raise ValueError("dequantized=True describes how to quantize; it needs quantize=True")
-    if reference not in DIGITS_SPLITS:
-        raise ValueError(f"unknown reference split {reference!r}; choose one of {list(DIGITS_SPLITS)}")
+    check_name("reference split", reference, DIGITS_SPLITS)
     classifier = _classifier(classifier)
     x = quantize_digits(images, dequantized=dequantized) if quantize else images
     feats, logits = classifier_features(x, classifier)
@@ -236,8 +236,7 @@ def digits_floor(reference: str = "test", *, classifier=None) -> float:
 
     reference "test" compares all 1,437 train images with it (and "train" the 360 test images).
     """
-    if reference not in DIGITS_SPLITS:
-        raise ValueError(f"unknown reference split {reference!r}; choose one of {list(DIGITS_SPLITS)}")
+    check_name("reference split", reference, DIGITS_SPLITS)
     classifier = _classifier(classifier)
     other = "train" if reference == "test" else "test"
     a, _ = classifier_features(_real_digits(other), classifier)

@@ -32,13 +32,15 @@ from solvers.conversions import (
     x0_from_flow,
     x0_from_v,
 )
-from solvers.protocol import PREDICTIONS, bcast
+from solvers.protocol import PREDICTIONS
+from solvers.validate import check_bool, check_name
 
 from .sde import AffineSDE, DiscreteVPSDE
 
 __all__ = [
-    "C_NOISE", "NATIVE_PREDICTIONS", "ScoreModel", "convert", "eps_from_flow", "eps_from_score", "eps_from_v",
-    "eps_from_x0", "flow_from", "score_from_eps", "v_from", "x0_from_eps", "x0_from_flow", "x0_from_v",
+    "C_NOISE", "NATIVE_PREDICTIONS", "ScoreModel", "check_c_noise", "convert", "eps_from_flow", "eps_from_score",
+    "eps_from_v", "eps_from_x0", "flow_from", "has_learned_variance", "noise_input", "score_from_eps", "v_from",
+    "x0_from_eps", "x0_from_flow", "x0_from_v",
 ]
 
 
@@ -76,6 +78,31 @@ C_NOISE: dict[str, Callable[[AffineSDE, Tensor], Tensor]] = {
 }
 
 
+def check_c_noise(c_noise, sde: AffineSDE | None = None):
+    """c_noise itself if it names a C_NOISE map ("timestep" only with a DiscreteVPSDE, when `sde` is
+    given) or is a callable t -> (B,); raise ValueError otherwise."""
+    if isinstance(c_noise, str):
+        if c_noise not in C_NOISE:
+            raise ValueError(f"unknown c_noise {c_noise!r}; choose one of {sorted(C_NOISE)} or pass a callable")
+        if c_noise == "timestep" and sde is not None and not isinstance(sde, DiscreteVPSDE):
+            raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
+    elif not callable(c_noise):
+        raise ValueError(f"c_noise must be one of {sorted(C_NOISE)} or a callable, got {c_noise!r}")
+    return c_noise
+
+
+def noise_input(c_noise: str | Callable[[Tensor], Tensor], sde: AffineSDE, t: Tensor) -> Tensor:
+    """A network's time input for continuous times t (B,): the C_NOISE map named c_noise, or c_noise(t)."""
+    if isinstance(c_noise, str):
+        return C_NOISE[c_noise](sde, t)
+    return c_noise(t)
+
+
+def has_learned_variance(model) -> bool:
+    """Whether `model` offers eps_and_variance(x, t) -> (eps, v) (and is not a ScoreModel built without it)."""
+    return callable(getattr(model, "eps_and_variance", None)) and getattr(model, "learned_variance", True) is not False
+
+
 class ScoreModel:
     """Wrap a network into the solvers' Model protocol.
 
@@ -106,19 +133,11 @@ class ScoreModel:
         c_noise: str | Callable = "t",
         learned_variance: bool = False,
     ):
-        if prediction not in NATIVE_PREDICTIONS:
-            raise ValueError(f"unknown prediction {prediction!r}; choose one of {list(NATIVE_PREDICTIONS)}")
+        check_name("prediction", prediction, NATIVE_PREDICTIONS)
         if not callable(net):
             raise ValueError(f"net must be callable, got {type(net).__name__}")
-        if isinstance(c_noise, str):
-            if c_noise not in C_NOISE:
-                raise ValueError(f"unknown c_noise {c_noise!r}; choose one of {sorted(C_NOISE)} or pass a callable")
-            if c_noise == "timestep" and not isinstance(sde, DiscreteVPSDE):
-                raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
-        elif not callable(c_noise):
-            raise ValueError(f"c_noise must be one of {sorted(C_NOISE)} or a callable, got {c_noise!r}")
-        if not isinstance(learned_variance, bool):
-            raise ValueError(f"learned_variance must be True or False, got {learned_variance!r}")
+        check_c_noise(c_noise, sde)
+        check_bool("learned_variance", learned_variance)
         self.net = net
         self.sde = sde
         self.prediction = prediction
@@ -127,9 +146,7 @@ class ScoreModel:
 
     def noise_input(self, t: Tensor) -> Tensor:
         """The network's time input for continuous times t (B,)."""
-        if isinstance(self.c_noise, str):
-            return C_NOISE[self.c_noise](self.sde, t)
-        return self.c_noise(t)
+        return noise_input(self.c_noise, self.sde, t)
 
     def _net_dtype(self, x: Tensor) -> torch.dtype:
         if isinstance(self.net, nn.Module):

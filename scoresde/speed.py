@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from solvers.validate import check_bool, check_name
+
 from .param import ScoreModel
 
 __all__ = ["COMPILE_BACKENDS", "COMPILE_MODES", "CUDA_GRAPH_MODES", "PRECISIONS", "FastNet", "optimize"]
@@ -42,16 +44,6 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the torch.compile modes that capture CUDA graphs on CUDA
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 PRECISIONS = ("fp32", "bf16")
-
-
-def _check_choice(name: str, value, valid) -> None:
-    if isinstance(value, bool) or value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
-
-
-def _check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 class FastNet(nn.Module):
@@ -64,11 +56,11 @@ class FastNet(nn.Module):
     def __init__(self, net: nn.Module, *, precision: str = "fp32", channels_last: bool = False,
                  compile: bool = False, mode: str = "default", backend: str = "inductor"):
         super().__init__()
-        _check_choice("precision", precision, PRECISIONS)
-        _check_bool("channels_last", channels_last)
-        _check_bool("compile", compile)
-        _check_choice("mode", mode, COMPILE_MODES)
-        _check_choice("backend", backend, COMPILE_BACKENDS)
+        check_name("precision", precision, PRECISIONS)
+        check_bool("channels_last", channels_last)
+        check_bool("compile", compile)
+        check_name("mode", mode, COMPILE_MODES)
+        check_name("backend", backend, COMPILE_BACKENDS)
         if not compile and (mode != "default" or backend != "inductor"):
             raise ValueError(f"mode {mode!r} and backend {backend!r} apply with compile=True only")
         if compile and backend != "inductor" and mode != "default":

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor
 
 from solvers.protocol import GeneratorArg, randn_like
+from solvers.validate import check_int, check_name
 
+from .param import has_learned_variance
 from .sde import AffineSDE, DiscreteVPSDE
 
 __all__ = [
@@ -107,15 +109,9 @@ def learned_variance(v: Tensor, beta: Tensor, beta_tilde: Tensor) -> Tensor:
     return torch.exp(v * torch.log(beta) + (1 - v) * torch.log(beta_tilde))
 
 
-def has_learned_variance(model) -> bool:
-    """Whether `model` offers eps_and_variance(x, t) -> (eps, v) (and is not a ScoreModel built without it)."""
-    return callable(getattr(model, "eps_and_variance", None)) and getattr(model, "learned_variance", True) is not False
-
-
 def check_levels(x: Tensor, levels: int) -> None:
     """Raise ValueError unless x lies on the `levels`-point grid of [-1, 1]."""
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+    check_int("levels", levels, 2)
     k = (x + 1) * (levels - 1) / 2
     if not bool(torch.all((k - k.round()).abs() < 1e-4)) or not bool(torch.all((x >= -1 - 1e-6) & (x <= 1 + 1e-6))):
         raise ValueError(f"x must lie on the {levels}-level grid -1 + 2k/{levels - 1} of [-1, 1]")
@@ -128,14 +124,27 @@ def vlb_grid(sde: AffineSDE, steps: int | None) -> Tensor:
         if not isinstance(sde, DiscreteVPSDE):
             raise ValueError("steps is required for a continuous-time SDE; None means every knot of a DiscreteVPSDE")
         return torch.arange(1, sde.N + 1, dtype=torch.float64) / sde.N
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_int("steps", steps, 1)
     if isinstance(sde, DiscreteVPSDE):
         if steps > sde.N - 1:
             raise ValueError(f"steps must be at most N - 1 = {sde.N - 1} for this DiscreteVPSDE, got {steps}")
         n = torch.round(torch.linspace(1, sde.N, steps + 1, dtype=torch.float64))
         return n / sde.N
     return torch.linspace(sde.t_eps, sde.T, steps + 1, dtype=torch.float64)
+
+
+def _check_variance(model, variance: str, variance_head) -> bool:
+    """Check the variance options of `vlb_bits_per_dim`; True when the model's eps_and_variance supplies v."""
+    check_name("variance", variance, VARIANCES)
+    if variance != "learned" and variance_head is not None:
+        raise ValueError(f"variance_head needs variance='learned', got variance={variance!r}")
+    from_model = variance == "learned" and variance_head is None
+    if from_model and not has_learned_variance(model):
+        raise ValueError(
+            "variance='learned' needs variance_head, or a model with eps_and_variance(x, t) -> (eps, v) "
+            f"such as ScoreModel(..., learned_variance=True); got {type(model).__name__} without one"
+        )
+    return from_model
 
 
 def vlb_bits_per_dim(
@@ -157,16 +166,7 @@ def vlb_bits_per_dim(
     `ScoreModel(..., learned_variance=True)`), whose mean and variance then come from one evaluation
     per KL term. The decoder uses std sigma(t_0)/alpha(t_0). Noise comes from `generator`. Returns `VLB`.
     """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {list(VARIANCES)}")
-    if variance != "learned" and variance_head is not None:
-        raise ValueError(f"variance_head needs variance='learned', got variance={variance!r}")
-    from_model = variance == "learned" and variance_head is None
-    if from_model and not has_learned_variance(model):
-        raise ValueError(
-            "variance='learned' needs variance_head, or a model with eps_and_variance(x, t) -> (eps, v) "
-            f"such as ScoreModel(..., learned_variance=True); got {type(model).__name__} without one"
-        )
+    from_model = _check_variance(model, variance, variance_head)
     check_levels(x, levels)
     sde = model.sde
     ts = vlb_grid(sde, steps).to(x.device)
@@ -185,24 +185,14 @@ def vlb_bits_per_dim(
 
     kl_terms = []
     for i in range(1, len(ts)):
-        a_s, s_s, a_t, s_t = alpha[i - 1], sigma[i - 1], alpha[i], sigma[i]
-        # posterior q(x_s | x_t, x_0) (Ho et al. 2020, Eqs. 6-7): beta = "large", beta_tilde = "small"
-        c_xt, c_x0, beta, beta_tilde = posterior_coefficients(a_s, s_s, a_t, s_t)
-        x_t = a_t * x + s_t * randn_like(x, generator)
+        x_t = alpha[i] * x + sigma[i] * randn_like(x, generator)
         if from_model:
             eps_hat, v = model.eps_and_variance(x_t, at(i))
-            x0_hat = (x_t - s_t * eps_hat) / a_t
+            x0_hat = (x_t - sigma[i] * eps_hat) / alpha[i]
         else:
             x0_hat = model.x0(x_t, at(i))
             v = variance_head(x_t, at(i)) if variance == "learned" else None
-        mean_q, mean_p = c_xt * x_t + c_x0 * x, c_xt * x_t + c_x0 * x0_hat
-        if variance == "small":
-            var_p = beta_tilde.expand_as(x)
-        elif variance == "large":
-            var_p = beta.expand_as(x)
-        else:
-            var_p = learned_variance(v, beta, beta_tilde)
-        kl_terms.append(gaussian_kl(mean_q, beta_tilde.expand_as(x), mean_p, var_p).flatten(1).sum(1))
+        kl_terms.append(_kl_term(x, x_t, x0_hat, v, variance, alpha[i - 1], sigma[i - 1], alpha[i], sigma[i]))
     kl = torch.stack(kl_terms, 1) if kl_terms else x.new_zeros(B, 0)
 
     # L_prior: KL(N(alpha_T x, sigma_T^2) || N(0, prior_std^2)), closed form
@@ -213,3 +203,18 @@ def vlb_bits_per_dim(
     return VLB(
         bpd=bpd, decoder=decoder * nats_to_bpd, kl=kl * nats_to_bpd, prior=prior * nats_to_bpd, ts=ts.cpu(), nfe=len(ts)
     )
+
+
+def _kl_term(x: Tensor, x_t: Tensor, x0_hat: Tensor, v: Tensor | None, variance: str,
+             a_s: Tensor, s_s: Tensor, a_t: Tensor, s_t: Tensor) -> Tensor:
+    """L_i = KL(q(x_s | x_t, x_0) || p(x_s | x_t)) in nats (B,), p with mean from x0_hat (B, *D)."""
+    # posterior q(x_s | x_t, x_0) (Ho et al. 2020, Eqs. 6-7): beta = "large", beta_tilde = "small"
+    c_xt, c_x0, beta, beta_tilde = posterior_coefficients(a_s, s_s, a_t, s_t)
+    mean_q, mean_p = c_xt * x_t + c_x0 * x, c_xt * x_t + c_x0 * x0_hat
+    if variance == "small":
+        var_p = beta_tilde.expand_as(x)
+    elif variance == "large":
+        var_p = beta.expand_as(x)
+    else:
+        var_p = learned_variance(v, beta, beta_tilde)
+    return gaussian_kl(mean_q, beta_tilde.expand_as(x), mean_p, var_p).flatten(1).sum(1)

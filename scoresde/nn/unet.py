@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from solvers.validate import check_bool, check_int, check_name, check_number
+
 from .layers import AttnBlock, FourierEmbedding, PositionalEmbedding, ResBlock, group_norm, zero_
 
 EMBEDDINGS = ("positional", "fourier")
@@ -77,12 +79,11 @@ class UNetConfig:
         # JSON round trips give lists; store tuples so that configs compare and hash
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        for name in ("image_size", "in_channels", "ch", "num_res_blocks"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "num_res_blocks" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.out_channels is not None and (not isinstance(self.out_channels, int) or self.out_channels < 1):
-            raise ValueError(f"out_channels must be None or a positive integer, got {self.out_channels!r}")
+        for name in ("image_size", "in_channels", "ch"):
+            check_int(name, getattr(self, name), 1)
+        check_int("num_res_blocks", self.num_res_blocks, 0)
+        if self.out_channels is not None:
+            check_int("out_channels", self.out_channels, 1)
         if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult!r}")
         levels = len(self.ch_mult)
@@ -93,18 +94,13 @@ class UNetConfig:
         bad = sorted(set(self.attn_resolutions) - set(self.resolutions))
         if bad:
             raise ValueError(f"attn_resolutions {bad} are not level resolutions; choose from {list(self.resolutions)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"unknown embedding {self.embedding!r}; choose one of {list(EMBEDDINGS)}")
-        if not self.embedding_scale > 0:
-            raise ValueError(f"embedding_scale must be > 0, got {self.embedding_scale!r}")
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1):
-            raise ValueError(f"num_classes must be None or a positive integer, got {self.num_classes!r}")
-        if not isinstance(self.learn_variance, bool):
-            raise ValueError(f"learn_variance must be True or False, got {self.learn_variance!r}")
-        if isinstance(self.augment_dim, bool) or not isinstance(self.augment_dim, int) or self.augment_dim < 0:
-            raise ValueError(f"augment_dim must be an integer >= 0, got {self.augment_dim!r}")
+        check_number("dropout", self.dropout, 0, 1, high_open=True)
+        check_name("embedding", self.embedding, EMBEDDINGS)
+        check_number("embedding_scale", self.embedding_scale, 0, low_open=True)
+        if self.num_classes is not None:
+            check_int("num_classes", self.num_classes, 1)
+        check_bool("learn_variance", self.learn_variance)
+        check_int("augment_dim", self.augment_dim, 0)
 
     @property
     def output_channels(self) -> int:
@@ -257,6 +253,5 @@ PRESETS = {"ddpmpp_cifar10": ddpmpp_cifar10, "digits": digits}
 
 def preset(name: str, **overrides) -> UNetConfig:
     """The UNetConfig of a named preset, with fields overridden."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}")
+    check_name("UNet preset", name, sorted(PRESETS))
     return PRESETS[name](**overrides)
