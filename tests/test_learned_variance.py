@@ -12,7 +12,7 @@ from scoresde.nn import UNet, UNetConfig, preset
 from scoresde.nn.unet import count_parameters
 from scoresde.vlb import vlb_bits_per_dim
 from solvers import grids
-from solvers._coeffs import step_coefficients
+from solvers.coefficients import step_coefficients
 from solvers.learned_variance import learned_variance_update
 from solvers.reverse_diffusion import ancestral_update
 
