@@ -46,7 +46,6 @@ import math
 import os
 import sys
 import time
-import warnings
 
 # this script shares its name with the package it measures: keep its own folder off the import path
 _HERE = os.path.dirname(os.path.abspath(__file__))

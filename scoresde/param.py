@@ -39,8 +39,8 @@ from .sde import AffineSDE, DiscreteVPSDE
 
 __all__ = [
     "C_NOISE", "NATIVE_PREDICTIONS", "ScoreModel", "check_c_noise", "convert", "eps_from_flow", "eps_from_score",
-    "eps_from_v", "eps_from_x0", "flow_from", "has_learned_variance", "noise_input", "score_from_eps", "v_from",
-    "x0_from_eps", "x0_from_flow", "x0_from_v",
+    "eps_from_v", "eps_from_x0", "flow_from", "from_eps", "has_learned_variance", "noise_input", "score_from_eps",
+    "to_eps", "v_from", "x0_from_eps", "x0_from_flow", "x0_from_v",
 ]
 
 

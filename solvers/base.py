@@ -28,7 +28,9 @@ from torch import Tensor
 from .protocol import SDE, CountedModel, GeneratorArg, Model, time_like
 from .validate import check_bool
 
-__all__ = ["ALL_KINDS", "Callback", "Hook", "Solution", "Solver", "State", "Step", "check_grid", "report"]
+__all__ = [
+    "ALL_KINDS", "Callback", "Hook", "OneStepSolver", "Solution", "Solver", "State", "Step", "check_grid", "report",
+]
 
 ALL_KINDS = frozenset({"vp", "subvp", "ve", "flow"})
 
@@ -146,16 +148,8 @@ class Solver:
     def check_model(self, model: Model) -> None:
         """Raise ValueError if `model` lacks what this solver needs (default: nothing beyond Model)."""
 
-    def __call__(
-        self,
-        model: Model,
-        x_T: Tensor,
-        ts: Tensor,
-        *,
-        generator: GeneratorArg = None,
-        callback: Callback | None = None,
-        hook: Hook | None = None,
-    ) -> Solution:
+    def __call__(self, model: Model, x_T: Tensor, ts: Tensor, *, generator: GeneratorArg = None,
+                 callback: Callback | None = None, hook: Hook | None = None) -> Solution:
         self.check_supported(model.sde)
         self.check_model(model)
         check_grid(ts, model.sde)
@@ -167,16 +161,8 @@ class Solver:
             x = counted.x0(x, time_like(ts[-1], x))
         return Solution(x=x, nfe=counted.nfe, ts=ts)
 
-    def integrate(
-        self,
-        model: CountedModel,
-        x: Tensor,
-        ts: Tensor,
-        *,
-        generator: GeneratorArg = None,
-        callback: Callback | None = None,
-        hook: Hook | None = None,
-    ) -> Tensor:
+    def integrate(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg = None,
+                  callback: Callback | None = None, hook: Hook | None = None) -> Tensor:
         """The grid loop: walk ts from ts[0] to ts[-1] with `step`; return the state at ts[-1]."""
         if hook is not None:
             x = hook(x, ts[0])
@@ -197,3 +183,17 @@ class Solver:
     ) -> State:
         """One step from grid time s to the less noisy grid time t (0-d float64 tensors)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither step nor integrate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneStepSolver(Solver):
+    """A solver whose step is one call of a module-level function, its class attribute `update`
+    (a staticmethod): update(model, x, s, t, *, generator) -> (x_t, x0 or None). First order, one
+    evaluation per step unless the subclass says otherwise."""
+
+    update: ClassVar[Callable[..., tuple[Tensor, Tensor | None]]]
+
+    def step(
+        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> State:
+        return State(*self.update(model, state.x, s, t, generator=generator))

@@ -9,18 +9,49 @@ These decisions are host-side by nature (the loop must branch on them): the sync
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
 from .validate import check_int, check_number
 
-__all__ = ["LogSNRController"]
+__all__ = ["LogSNRController", "StepSizeOptions"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class LogSNRController:
+class StepSizeOptions:
+    """The options of an error-controlled step-size rule (fields shared by the controller and the
+    adaptive solvers that build one): rtol, atol, h_init, theta, t_err, max_growth (see below)."""
+
+    rtol: float = 0.05
+    atol: float = 0.0078
+    h_init: float = 0.05
+    theta: float = 0.9
+    t_err: float = 1e-5
+    max_growth: float | None = 5.0
+
+    def check_step_size_options(self) -> None:
+        check_number("rtol", self.rtol, 0)
+        check_number("atol", self.atol, 0)
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("rtol and atol cannot both be 0")
+        check_number("h_init", self.h_init, 0, low_open=True)
+        check_number("t_err", self.t_err, 0, low_open=True)
+        check_number("theta", self.theta, 0, 1, low_open=True)
+        if self.max_growth is not None:
+            try:
+                check_number("max_growth", self.max_growth, 1, low_open=True)
+            except ValueError:
+                raise ValueError(f"max_growth must be None or a number > 1, got {self.max_growth!r}") from None
+
+    def step_size_options(self) -> dict:
+        """These options by name (to build a controller from a solver that carries them)."""
+        return {f.name: getattr(self, f.name) for f in fields(StepSizeOptions)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSNRController(StepSizeOptions):
     """Lu et al.'s step-size rule in log-SNR (Lu et al. 2022, arXiv:2206.00927, Sec. 3.3 and Appendix).
 
     Steps are measured in lambda = log(alpha / sigma). A try from s to t yields x_lower and x_higher;
@@ -35,27 +66,10 @@ class LogSNRController:
     """
 
     order: int
-    rtol: float = 0.05
-    atol: float = 0.0078
-    h_init: float = 0.05
-    theta: float = 0.9
-    t_err: float = 1e-5
-    max_growth: float | None = 5.0
 
     def __post_init__(self):
         check_int("order", self.order, 1)
-        check_number("rtol", self.rtol, 0)
-        check_number("atol", self.atol, 0)
-        if self.rtol == 0 and self.atol == 0:
-            raise ValueError("rtol and atol cannot both be 0")
-        check_number("h_init", self.h_init, 0, low_open=True)
-        check_number("t_err", self.t_err, 0, low_open=True)
-        check_number("theta", self.theta, 0, 1, low_open=True)
-        if self.max_growth is not None:
-            try:
-                check_number("max_growth", self.max_growth, 1, low_open=True)
-            except ValueError:
-                raise ValueError(f"max_growth must be None or a number > 1, got {self.max_growth!r}") from None
+        self.check_step_size_options()
 
     def first_step(self, lam_s: Tensor) -> Tensor:
         """The first proposal h_init (in lambda), shaped like lam_s (float64 (1,))."""

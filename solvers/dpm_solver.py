@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .base import Callback, Hook, Solver, State, report
 from .coefficients import LOWER_ORDER_FINAL_STEPS, grid_time, marginal, phis, step_order
-from .controllers import LogSNRController
+from .controllers import LogSNRController, StepSizeOptions
 from .conversions import x0_from_eps
 from .protocol import CountedModel, GeneratorArg, coef, time_like
 from .validate import check_bool, check_choice, check_number
@@ -214,7 +214,7 @@ class DPMSolver(Solver):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPMSolverAdaptive(Solver):
+class DPMSolverAdaptive(Solver, StepSizeOptions):
     """Adaptive DPM-Solver-12 and -23 (Lu et al. 2022, arXiv:2206.00927, Sec. 3.3 and Appendix).
 
     A lower- and a higher-order step share their model evaluations; `controller`
@@ -240,33 +240,15 @@ class DPMSolverAdaptive(Solver):
     default_steps = 1  # only the ends of the grid are used
     default_grid = "uniform_lambda"
 
-    order: int = 3
-    rtol: float = 0.05
-    atol: float = 0.0078
-    h_init: float = 0.05
-    theta: float = 0.9
-    t_err: float = 1e-5
-    max_growth: float | None = 5.0
+    order: int = 3  # rtol, atol, h_init, theta, t_err, max_growth: StepSizeOptions
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("order", self.order, (2, 3))
-        controller = LogSNRController(
-            order=self.order, rtol=self.rtol, atol=self.atol, h_init=self.h_init, theta=self.theta,
-            t_err=self.t_err, max_growth=self.max_growth,
-        )
-        self._set(controller=controller)
+        self._set(controller=LogSNRController(order=self.order, **self.step_size_options()))
 
-    def integrate(
-        self,
-        model: CountedModel,
-        x: Tensor,
-        ts: Tensor,
-        *,
-        generator: GeneratorArg = None,
-        callback: Callback | None = None,
-        hook: Hook | None = None,
-    ) -> Tensor:
+    def integrate(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg = None,
+                  callback: Callback | None = None, hook: Hook | None = None) -> Tensor:
         """The controller loop from ts[0] to ts[-1]: propose t, try, accept if E <= 1, next h."""
         sde, ctl = model.sde, self.controller
         r1, r2 = default_rs(self.order, None, None)

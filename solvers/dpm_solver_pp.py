@@ -153,6 +153,15 @@ def sde_dpm_solver_pp_step(
     return x_t + coef(alpha_t * one_minus_e2h / 2, x_s) * D1
 
 
+def data_prediction_at_start(model: CountedModel, x: Tensor, s: Tensor, t: Tensor) -> tuple:
+    """A data-form step's start: s as float64 (1,), x0 at (x, s) (one evaluation), lambda_s, sigma_s,
+    alpha_t, sigma_t and h = lambda_t - lambda_s."""
+    s, t = s.to(torch.float64).reshape(1), t.to(torch.float64).reshape(1)
+    _, sigma_s, lam_s = marginal(model.sde, s)
+    alpha_t, sigma_t, lam_t = marginal(model.sde, t)
+    return s, model.x0(x, time_like(s, x)), lam_s, sigma_s, alpha_t, sigma_t, lam_t - lam_s
+
+
 @dataclass(frozen=True)
 class MultistepState(State):
     """x and x0 at the current grid time, the (lambda, x0) pairs of earlier grid times (newest last),
@@ -198,12 +207,8 @@ class DPMSolverPP(Solver):
     def step(
         self, model: CountedModel, state: MultistepState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
     ) -> MultistepState:
-        sde, x = model.sde, state.x
-        s, t = s.to(torch.float64).reshape(1), t.to(torch.float64).reshape(1)
-        _, sigma_s, lam_s = marginal(sde, s)
-        alpha_t, sigma_t, lam_t = marginal(sde, t)
-        h = lam_t - lam_s
-        x0_s = model.x0(x, time_like(s, x))
+        x = state.x
+        s, x0_s, lam_s, sigma_s, alpha_t, sigma_t, h = data_prediction_at_start(model, x, s, t)
         if self.solver_type == "singlestep":
             p = step_order(self.order, state.i, state.steps, warmup=None, lower_order_final=self.lower_order_final)
             x_t = self._singlestep(model, x, x0_s, s, lam_s, sigma_s, alpha_t, sigma_t, h, p)
@@ -260,18 +265,13 @@ class SDEDPMSolverPP(Solver):
         check_choice("order", self.order, (1, 2))
         check_bool("lower_order_final", self.lower_order_final)
 
-    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> MultistepState:
-        return MultistepState(x=x, steps=ts.numel() - 1)
+    init = DPMSolverPP.init
 
     def step(
         self, model: CountedModel, state: MultistepState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
     ) -> MultistepState:
-        sde, x = model.sde, state.x
-        s, t = s.to(torch.float64).reshape(1), t.to(torch.float64).reshape(1)
-        _, sigma_s, lam_s = marginal(sde, s)
-        alpha_t, sigma_t, lam_t = marginal(sde, t)
-        h = lam_t - lam_s
-        x0_s = model.x0(x, time_like(s, x))
+        x = state.x
+        s, x0_s, lam_s, sigma_s, alpha_t, sigma_t, h = data_prediction_at_start(model, x, s, t)
         p = step_order(self.order, state.i, state.steps, warmup=state.i + 1, lower_order_final=self.lower_order_final)
         noise = randn_like(x, generator)
         if p == 1:

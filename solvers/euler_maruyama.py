@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import Hook, Solver, State
+from .base import OneStepSolver
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, reverse_drift, time_like
 
 
@@ -37,18 +37,11 @@ def euler_maruyama_step(
 
 
 @dataclass(frozen=True, kw_only=True)
-class EulerMaruyama(Solver):
+class EulerMaruyama(OneStepSolver):
     """Euler–Maruyama on the reverse-time SDE; weak order 1, one evaluation per step."""
 
     name = "euler_maruyama"
     description = "Euler–Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6)"
-    order = 1
     stochastic = True
-    nfe_per_step = 1
     default_steps = 1000
-    default_grid = "uniform_t"
-
-    def step(
-        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
-    ) -> State:
-        return State(*euler_maruyama_step(model, state.x, s, t, generator=generator))
+    update = staticmethod(euler_maruyama_step)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Hook, Solver, State
+from .base import OneStepSolver
 from .coefficients import step_coefficients
 from .protocol import CountedModel, GeneratorArg, Model, bcast, randn_like, time_like
 
@@ -80,20 +80,14 @@ def learned_variance_step(
 
 
 @dataclass(frozen=True, kw_only=True)
-class LearnedVarianceAncestral(Solver):
+class LearnedVarianceAncestral(OneStepSolver):
     """Ancestral sampling with the model's learned variance (Improved DDPM); one evaluation per step."""
 
     name = "ddpm_learned"
     description = "ancestral sampling with learned reverse variances on any grid (Improved DDPM, Nichol & Dhariwal 2021)"
-    order = 1
     stochastic = True
-    nfe_per_step = 1
     needs_learned_variance = True  # models must offer eps_and_variance (guidance wrappers forward it when theirs does)
+    update = staticmethod(learned_variance_step)
 
     def check_model(self, model: Model) -> None:
         check_learned_variance(model)
-
-    def step(
-        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
-    ) -> State:
-        return State(*learned_variance_step(model, state.x, s, t, generator=generator))

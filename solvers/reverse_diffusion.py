@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Hook, Solver, State
+from .base import OneStepSolver
 from .coefficients import step_coefficients
 from .protocol import CountedModel, GeneratorArg, bcast, randn_like, time_like
 
@@ -81,21 +81,14 @@ def ancestral_step(
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReverseDiffusion(Solver):
+class ReverseDiffusion(OneStepSolver):
     """Reverse-diffusion predictor of Song et al. 2021 (App. E); weak order 1, one evaluation per step."""
 
     name = "reverse_diffusion"
     description = "reverse diffusion: the forward SDE's own discretization, reversed (Song et al. 2021, App. E)"
-    order = 1
     stochastic = True
-    nfe_per_step = 1
     default_steps = 1000
-    default_grid = "uniform_t"
-
-    def step(
-        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
-    ) -> State:
-        return State(*reverse_diffusion_step(model, state.x, s, t, generator=generator))
+    update = staticmethod(reverse_diffusion_step)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +97,4 @@ class Ancestral(ReverseDiffusion):
 
     name = "ancestral"
     description = "ancestral sampling from the affine posterior q(x_t | x_s, x0) (DDPM / SMLD)"
-
-    def step(
-        self, model: CountedModel, state: State, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
-    ) -> State:
-        return State(*ancestral_step(model, state.x, s, t, generator=generator))
+    update = staticmethod(ancestral_step)

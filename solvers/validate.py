@@ -39,20 +39,25 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _range(kind: str, low, high, low_open: bool, high_open: bool) -> str:
+    """'an integer in [1, 4]', 'a finite number > 0', 'a number in (0, 1]', ... for the messages."""
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    finite = "" if kind == "an integer" else "finite "
+    article, noun = kind.split(" ", 1)
+    if low is not None:
+        return f"{article} {finite}{noun} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{article} {finite}{noun} {'<' if high_open else '<='} {high}"
+    return f"{article} {finite}{noun}"
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """value itself, unless it is not an integer in [low, high] (either end may be open: None)."""
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
-        if low is not None and high is not None:
-            want = f"an integer in [{low}, {high}]"
-        elif low is not None:
-            want = f"an integer >= {low}"
-        elif high is not None:
-            want = f"an integer <= {high}"
-        else:
-            want = "an integer"
-        raise ValueError(f"{name} must be {want}, got {value!r}")
+        raise ValueError(f"{name} must be {_range('an integer', low, high, False, False)}, got {value!r}")
     return value
 
 
@@ -76,13 +81,5 @@ def check_number(
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        if low is not None and high is not None:
-            want = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        elif low is not None:
-            want = f"a finite number {'>' if low_open else '>='} {low}"
-        elif high is not None:
-            want = f"a finite number {'<' if high_open else '<='} {high}"
-        else:
-            want = "a finite number"
-        raise ValueError(f"{name} must be {want}, got {value!r}")
+        raise ValueError(f"{name} must be {_range('a number', low, high, low_open, high_open)}, got {value!r}")
     return float(value)
