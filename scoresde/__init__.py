@@ -8,20 +8,13 @@ and trainer (`UNet`, `TrainConfig`, `load_model`), shipped digits models (`defau
 conditional generation: `CFGModel`, `ClassifierGuidedModel`, `inpaint`, `colorize` (docs/guidance.md).
 `speed.optimize` runs a ScoreModel's network compiled, in bf16 or channels_last (docs/gpu.md).
 Samplers live in the top-level `solvers` package.
+
+Importing the package loads none of these: each name (and each submodule, as `scoresde.metrics`)
+is imported from its module on first use (PEP 562), so `import scoresde` stays light.
 """
 
-from . import data, losses, metrics, param, speed
-from .nn import UNet, UNetConfig
-from .analytic import AnalyticModel, ConditionalAnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel, Gaussian, GaussianMixture
-from .controllable import colorize, inpaint
-from .guidance import CFGModel, ClassifierGuidedModel
-from .likelihood import Likelihood, bits_per_dim, log_likelihood
-from .param import ScoreModel
-from .pretrained import default_model, load_pretrained
-from .sampling import Samples, sample
-from .sde import AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE, VESDE, VPSDE
-from .train import TrainConfig, load_model
-from .vlb import VLB, vlb_bits_per_dim
+import importlib
+import pkgutil
 
 __version__ = "0.1.0"
 
@@ -37,3 +30,37 @@ __all__ = [
     "CFGModel", "ClassifierGuidedModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel",
     "colorize", "inpaint",
 ]
+
+# public name -> the submodule that defines it
+_NAMES = {
+    "AffineSDE": "sde", "DiscreteVPSDE": "sde", "FlowSDE": "sde", "SubVPSDE": "sde", "VESDE": "sde", "VPSDE": "sde",
+    "AnalyticModel": "analytic", "ConditionalAnalyticModel": "analytic", "CorrelatedGaussian": "analytic",
+    "CorrelatedGaussianModel": "analytic", "Gaussian": "analytic", "GaussianMixture": "analytic",
+    "ScoreModel": "param",
+    "Samples": "sampling", "sample": "sampling",
+    "Likelihood": "likelihood", "bits_per_dim": "likelihood", "log_likelihood": "likelihood",
+    "VLB": "vlb", "vlb_bits_per_dim": "vlb",
+    "UNet": "nn", "UNetConfig": "nn",
+    "TrainConfig": "training.config",
+    "default_model": "training.checkpoints", "load_model": "training.checkpoints",
+    "load_pretrained": "training.checkpoints",
+    "CFGModel": "guidance", "ClassifierGuidedModel": "guidance",
+    "colorize": "controllable", "inpaint": "controllable",
+}
+
+
+def _submodules() -> set[str]:
+    """The package's public modules and subpackages (not imported)."""
+    return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    if name in _submodules():  # as scoresde.metrics; importing it also makes it an attribute of the package
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _submodules())

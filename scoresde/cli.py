@@ -1,7 +1,8 @@
 """Command line: `scoresde sample | train | bpd | solvers` (also `python -m scoresde`).
 
 User errors (unknown solver, bad option value, missing file) print one line naming the bad value
-and the valid choices, and exit with status 2.
+and the valid choices, and exit with status 2. `main` builds only the arguments of the command it
+runs, so `scoresde --help` imports neither torch nor the rest of the package.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-import solvers
 
 EXIT_USAGE = 2
 
@@ -57,7 +56,7 @@ def _labels(text: str) -> list[int]:
 
 def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False):
     if path is None:
-        from .pretrained import default_model
+        from .training.checkpoints import default_model
 
         try:
             return default_model(sde, conditional=conditional, device=device)
@@ -65,7 +64,7 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
             raise UsageError(str(e)) from None
     if not Path(path).exists():
         raise UsageError(f"model file {path!r} does not exist")
-    from .train import load_model
+    from .training.checkpoints import load_model
 
     return load_model(path, device=device)
 
@@ -75,7 +74,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .sampling import sample
-    from .train import save_image_grid
+    from .training.samples import save_image_grid
 
     if args.guidance_scale is not None and args.y is None:
         raise UsageError("--guidance-scale needs class labels --y")
@@ -106,6 +105,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_solvers(args: argparse.Namespace) -> int:
     import inspect
+
+    import solvers
 
     for name, description in solvers.available().items():
         factory = solvers.registry._all()[name]
@@ -157,7 +158,8 @@ def _literal(text: str):
 def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .train import TrainConfig, setup_distributed, train
+    from .training.config import TrainConfig
+    from .training.loop import setup_distributed, train
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**fields)  # checks every value and names the valid choices
@@ -204,15 +206,13 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SDES
+def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    import solvers
 
-    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based diffusion models in continuous time.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .sde import SDE_NAMES
 
-    p = sub.add_parser("sample", help="draw samples and write a PNG grid")
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
-    p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
+    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="pc", help="a name from `scoresde solvers` (default: pc)")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=_positive_int, help="grid steps (default: the solver's)")
@@ -232,16 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
 
-    from .train import TrainConfig
 
-    p = sub.add_parser("train", help="train a score network (multi-GPU: torchrun --nproc_per_node N -m scoresde train ...)")
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .training.config import TrainConfig
+
     _add_config_flags(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("bpd", help="bits/dim of a data split through the probability-flow ODE")
+
+def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
+    from .sde import SDE_NAMES
+
     p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
-    p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
+    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--data", default="digits", choices=["digits", "cifar10", "folder"], help="data set (default: digits)")
     p.add_argument("--data-root", help="folder of the data (cifar10, folder)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split (default: test)")
@@ -257,14 +261,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_bpd)
 
-    p = sub.add_parser("solvers", help="list every solver with its order, kind, SDEs and options")
+
+def _add_solvers_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_solvers)
+
+
+# command -> (its help line, the function that adds its arguments)
+COMMANDS = {
+    "sample": ("draw samples and write a PNG grid", _add_sample_arguments),
+    "train": ("train a score network (multi-GPU: torchrun --nproc_per_node N -m scoresde train ...)", _add_train_arguments),
+    "bpd": ("bits/dim of a data split through the probability-flow ODE", _add_bpd_arguments),
+    "solvers": ("list every solver with its order, kind, SDEs and options", _add_solvers_arguments),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of `command` (the other commands then take no arguments:
+    what their arguments' choices need, torch included, is not imported)."""
+    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based diffusion models in continuous time.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_line, add_arguments) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_line)
+        if command is None or command == name:
+            add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else ""  # "": no command's arguments (e.g. --help)
+    args = build_parser(command).parse_args(argv)
     start = time.perf_counter()
     try:
         code = args.func(args)

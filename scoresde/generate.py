@@ -240,14 +240,14 @@ def load_shards(out_dir: str | os.PathLike) -> Generated:
 # --- torchrun entry point ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SDES
+    from .sde import SDE_NAMES
 
     p = argparse.ArgumentParser(
         prog="python -m scoresde.generate",
         description="Draw a large sample set, one shard per torchrun rank (module docstring of scoresde.generate).",
     )
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
-    p.add_argument("--sde", default="vp", choices=sorted(SDES), help="SDE of the shipped default model (default: vp)")
+    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="dpm_solver++", help="a name from `scoresde solvers` (default: dpm_solver++)")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=int, help="grid steps (default: the solver's)")
@@ -275,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         if args.model is None:
-            from .pretrained import default_model
+            from .training.checkpoints import default_model
 
             model = default_model(args.sde, device=device)
         else:
-            from .train import load_model
+            from .training.checkpoints import load_model
 
             model = load_model(args.model, device=device)
         shape = args.shape if args.shape is not None else getattr(model, "image_shape", None)

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 ASSETS = Path(__file__).parent / "assets"
-# sde name (as in scoresde.sample) -> shipped file in ASSETS
+# sde name (scoresde.sde.SDE_NAMES) -> shipped file in ASSETS
 SHIPPED = {"vp": "digits_noisy_classifier_vp.safetensors"}
 FORMAT = "scoresde.noisy_classifier/1"
 

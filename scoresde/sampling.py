@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,28 +14,12 @@ import solvers
 from solvers.base import Callback, Step
 
 from .guidance import CFGModel, check_labels
-from .sde import VESDE, VPSDE, AffineSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
+from .sde import SDE_NAMES, AffineSDE, make_sde
 
 __all__ = ["SDES", "Samples", "make_generators", "make_sde", "sample"]
 
-# names accepted by sample(sde=...) and the CLI
-SDES = {
-    "vp": VPSDE,
-    "vp_cosine": lambda: VPSDE(schedule="cosine"),
-    "subvp": SubVPSDE,
-    "ve": VESDE,
-    "ddpm": DiscreteVPSDE,
-    "flow": FlowSDE,
-}
-
-
-def make_sde(sde: str | AffineSDE) -> AffineSDE:
-    """An SDE instance from a name in SDES (or the instance itself)."""
-    if isinstance(sde, AffineSDE):
-        return sde
-    if sde not in SDES:
-        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDES)}")
-    return SDES[sde]()
+# sample(sde=...) names (scoresde.sde.SDE_TABLE) -> a factory of the process with its default schedule
+SDES = {name: functools.partial(make_sde, name) for name in SDE_NAMES}
 
 
 @dataclass(frozen=True)

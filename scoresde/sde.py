@@ -18,7 +18,10 @@ from torch import Tensor
 
 from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, reverse_drift
 
-__all__ = ["AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time", "sde_from_config"]
+__all__ = [
+    "SDE_NAMES", "SDE_TABLE", "AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time",
+    "make_sde", "sde_from_config",
+]
 
 
 def values_checked(t: Tensor) -> bool:
@@ -504,13 +507,45 @@ class DiscreteVPSDE(AffineSDE):
         return (n.to(torch.float64 if not n.is_floating_point() else n.dtype) + 1.0) / self.N
 
 
+# The forward processes by name: `scoresde.sample(sde=...)`, `TrainConfig.sde`, the CLI's --sde.
+# name -> (class, fixed constructor arguments, the schedule parameters a caller may set)
+SDE_TABLE = {
+    "vp": (VPSDE, {}, ("beta_min", "beta_max")),
+    "vp_cosine": (VPSDE, {"schedule": "cosine"}, ()),
+    "subvp": (SubVPSDE, {}, ("beta_min", "beta_max")),
+    "ve": (VESDE, {}, ("sigma_min", "sigma_max")),
+    "ddpm": (DiscreteVPSDE, {}, ()),
+    "flow": (FlowSDE, {}, ()),
+}
+SDE_NAMES = tuple(SDE_TABLE)
+
+
+def make_sde(sde: str | AffineSDE, **schedule: float) -> AffineSDE:
+    """The process named `sde` (one of SDE_NAMES) built with `schedule`, or the instance `sde` itself.
+
+    schedule: the process's schedule parameters (SDE_TABLE: beta_min, beta_max for "vp" and "subvp";
+    sigma_min, sigma_max for "ve"); those left out keep the class defaults, others raise.
+    """
+    if isinstance(sde, AffineSDE):
+        if schedule:
+            raise ValueError(f"schedule parameters {sorted(schedule)} given with an SDE instance; set them when building it")
+        return sde
+    if sde not in SDE_TABLE:
+        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDE_TABLE)}")
+    cls, fixed, params = SDE_TABLE[sde]
+    unknown = sorted(set(schedule) - set(params))
+    if unknown:
+        raise ValueError(f"sde {sde!r} takes the schedule parameters {list(params)}, got {unknown}")
+    return cls(**fixed, **schedule)
+
+
 def sde_from_config(config: dict) -> AffineSDE:
     """The process that `AffineSDE.config()` describes: {"type": class name, **constructor arguments}.
 
-    Only the classes of this module are built, from JSON values (DiscreteVPSDE's alphas_cumprod list
+    Only the classes of SDE_TABLE are built, from JSON values (DiscreteVPSDE's alphas_cumprod list
     becomes a float64 tensor): reading a file's recorded SDE runs no code.
     """
-    classes = {cls.__name__: cls for cls in (VPSDE, SubVPSDE, VESDE, DiscreteVPSDE, FlowSDE)}
+    classes = {cls.__name__: cls for cls, _, _ in SDE_TABLE.values()}
     if not isinstance(config, dict) or config.get("type") not in classes:
         got = config.get("type") if isinstance(config, dict) else config
         raise ValueError(f"unknown SDE type {got!r}; choose one of {sorted(classes)}")

@@ -12,9 +12,10 @@ import scipy.stats
 import torch
 
 from scoresde import VPSDE, AnalyticModel, DiscreteVPSDE, Gaussian, ScoreModel
-from scoresde import train as train_mod
 from scoresde.losses import LossHistory, hybrid_loss
 from scoresde.train import TrainConfig, load_checkpoint, train
+from scoresde.training import loop as train_loop  # where the loop looks up LossHistory
+from scoresde.training import step as train_step  # and the loss functions
 
 F64 = torch.float64
 MEAN = torch.tensor([0.1, -0.3, 0.5, 0.0], dtype=F64)
@@ -205,10 +206,10 @@ def test_exact_resume_with_importance_sampling(tmp_path, monkeypatch):
         h.count.fill_(h.length)
         return h
 
-    monkeypatch.setattr(train_mod, "LossHistory", prefilled)
+    monkeypatch.setattr(train_loop, "LossHistory", prefilled)
     base = TrainConfig(**TINY, **HYBRID, steps=6, ckpt_every=3, seed=1)
     ref = train(replace(base, out_dir=str(tmp_path / "ref")))
-    real = train_mod.hybrid_loss
+    real = train_step.hybrid_loss
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -217,11 +218,11 @@ def test_exact_resume_with_importance_sampling(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "hybrid_loss", dying)
+    monkeypatch.setattr(train_step, "hybrid_loss", dying)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(replace(base, out_dir=str(out)))
-    monkeypatch.setattr(train_mod, "hybrid_loss", real)
+    monkeypatch.setattr(train_step, "hybrid_loss", real)
     res = train(replace(base, out_dir=str(out)))
 
     def losses(d):

@@ -1,0 +1,194 @@
+"""Every model file the project writes and reads: training checkpoints and exported (shipped) models.
+
+Both are safetensors files, written atomically (`scoresde.files.atomic_write`: a temporary file
+renamed over the previous one, so an interrupted write leaves it intact) and read as tensors and
+JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tells them apart, and
+`load_model` reads either.
+
+- A training checkpoint (`save_checkpoint`, `load_checkpoint`; format "scoresde.train/1") holds the
+  weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and, for the hybrid
+  loss, its timestep history ("loss_history.values", "loss_history.count") as tensors, and in its
+  metadata the step and the JSON of the TrainConfig, UNetConfig and SDE. Next to it `train` keeps
+  `config.json`, a readable copy of that configuration and step (`write_run_config`; never read back).
+- An exported model (`export_model`, `load_pretrained`; format "scoresde-pretrained-1") holds the
+  EMA weights of a checkpoint in float16 (each shipped file stays under 4 MB) with the same JSON
+  metadata. Weights are cast back to float32 on load, so the model is exactly the network those
+  float16 weights define. The shipped digits models (`default_model`, one per SDE, in `ASSETS`) are
+  such files; `examples/train_digits.py` retrains each from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..files import atomic_write, read_safetensors, safetensors_format
+from ..losses import LossHistory
+from ..nn import UNet, UNetConfig
+from ..param import ScoreModel
+from ..sde import AffineSDE
+from .config import TrainConfig, build_sde
+
+__all__ = [
+    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
+    "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "save_checkpoint",
+    "write_run_config",
+]
+
+CHECKPOINT = "checkpoint.safetensors"  # the file name in a run's out_dir
+FORMAT = "scoresde.train/1"
+PRETRAINED_FORMAT = "scoresde-pretrained-1"
+ASSETS = Path(__file__).parent.parent / "assets"
+# sde name (as in scoresde.sample) -> file in ASSETS
+DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetensors", "ve": "digits_ve.safetensors"}
+# class-conditional models (a learned null class; used when scoresde.sample gets labels y and no model)
+CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
+
+
+def _metadata(fmt: str, step: int, config: TrainConfig, unet_config: UNetConfig, sde_config: dict) -> dict[str, str]:
+    return {
+        "format": fmt, "step": str(step), "config": json.dumps(config.to_dict()),
+        "unet_config": json.dumps(unet_config.to_dict()), "sde": json.dumps(sde_config),
+    }
+
+
+def _write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str], *, mode: int | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=mode)
+    return path
+
+
+# --- training checkpoints ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param
+    index; loss_history: the hybrid loss's `LossHistory.state_dict()`, empty for other losses)."""
+
+    step: int
+    config: TrainConfig
+    unet_config: UNetConfig
+    sde_config: dict
+    net: dict[str, Tensor]
+    ema: dict[str, Tensor]
+    opt: dict[int, dict[str, Tensor]]
+    loss_history: dict[str, Tensor] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
+                    sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                    loss_history: LossHistory | None = None) -> None:
+    """Write a training checkpoint atomically (module docstring)."""
+    tensors = {}
+    for prefix, module in (("net", net), ("ema", ema)):
+        for k, v in module.state_dict().items():
+            tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().to("cpu").contiguous()
+    if loss_history is not None:
+        for k, v in loss_history.state_dict().items():
+            tensors[f"loss_history.{k}"] = v.contiguous()
+    _write(path, tensors, _metadata(FORMAT, step, config, unet_config, sde.config()))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
+    tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
+    net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    opt: dict[int, dict[str, Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            opt.setdefault(int(i), {})[name] = v
+    history = {k[len("loss_history."):]: v for k, v in tensors.items() if k.startswith("loss_history.")}
+    return Checkpoint(
+        step=int(meta["step"]), config=TrainConfig.from_dict(json.loads(meta["config"])),
+        unet_config=UNetConfig.from_dict(json.loads(meta["unet_config"])), sde_config=json.loads(meta["sde"]),
+        net=net, ema=ema, opt=opt, loss_history=history,
+    )
+
+
+def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
+                     sde: AffineSDE) -> None:
+    """Write `config.json` in out_dir (atomic): the run's configurations and step, for people to read."""
+    meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(), "sde": sde.config()}
+    atomic_write(Path(out_dir) / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+# --- exported and shipped models -----------------------------------------------------------------
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the EMA weights of a training checkpoint, cast to `dtype`, with its configuration (atomic)."""
+    ckpt = load_checkpoint(checkpoint)
+    tensors = {k: v.to(dtype).contiguous() for k, v in ckpt.ema.items()}
+    meta = _metadata(PRETRAINED_FORMAT, ckpt.step, ckpt.config, ckpt.unet_config, ckpt.sde_config)
+    return _write(out, tensors, meta, mode=0o644)  # a package file
+
+
+def _score_model(state: dict[str, Tensor], config: TrainConfig, unet_config: UNetConfig, device) -> ScoreModel:
+    """A ScoreModel (eval mode, no gradients) over a U-Net with weights `state`, with the attributes
+    image_shape (C, H, W), config (a dict) and null_label (the class count of a conditional net, else None)."""
+    net = UNet(unet_config)
+    net.load_state_dict(state)
+    net = net.to(device).eval().requires_grad_(False)
+    model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise,
+                       learned_variance=unet_config.learn_variance)
+    model.image_shape = (unet_config.in_channels, unet_config.image_size, unet_config.image_size)
+    model.config = config.to_dict()
+    model.null_label = unet_config.num_classes
+    return model
+
+
+def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
+    """A ScoreModel (eval mode, float32) over a file written by `export_model`.
+
+    The model carries `image_shape` (C, H, W), `config` (the TrainConfig as a dict), `step`, and
+    `null_label`: the label the network reads as "no class" (its class count K) for a
+    class-conditional model, None otherwise.
+    """
+    tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
+    state = {k: v.to(torch.float32) for k, v in tensors.items()}
+    config = TrainConfig.from_dict(json.loads(meta["config"]))
+    model = _score_model(state, config, UNetConfig.from_dict(json.loads(meta["unet_config"])), device)
+    model.step = int(meta["step"])
+    return model
+
+
+def default_model(sde: str, *, conditional: bool = False, device=None) -> ScoreModel:
+    """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
+    class-conditional one (labels 0..9, null label 10; shipped for "vp")."""
+    table = CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
+    available = {name: file for name, file in table.items() if (ASSETS / file).is_file()}
+    if sde not in available:
+        kind = "class-conditional " if conditional else ""
+        raise ValueError(
+            f"no shipped {kind}default model for sde {sde!r}; shipped: {sorted(available)}; "
+            "or pass model=... (e.g. scoresde.load_model('checkpoint.safetensors'))"
+        )
+    return load_pretrained(ASSETS / available[sde], device=device)
+
+
+def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> ScoreModel:
+    """A ScoreModel (in eval mode) over the EMA (or raw) weights of a checkpoint.
+
+    path: a training checkpoint, or a model file written by `export_model` (the shipped models are
+    such files; they hold the EMA weights only, so `ema` must stay True).
+    The model also carries `image_shape` (C, H, W), the shape of one image it was trained on,
+    `config` (the TrainConfig as a dict) and `null_label` (the class count K of a
+    class-conditional net, which reads label K as "no class"; None otherwise).
+    """
+    if safetensors_format(path) == PRETRAINED_FORMAT:
+        if not ema:
+            raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
+        return load_pretrained(path, device=device)
+    ckpt = load_checkpoint(path)
+    return _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.unet_config, device)

@@ -1,0 +1,294 @@
+"""The configuration of a training run (`TrainConfig`) and the SDE and U-Net configuration it names."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .. import data as datasets
+from ..augment import AUGMENTATIONS, augment_dim
+from ..augment import check_kinds as check_augment_kinds
+from ..losses import TIME_SAMPLING
+from ..nn import PRESETS, UNetConfig, preset
+from ..param import C_NOISE
+from ..sde import SDE_NAMES, SDE_TABLE, AffineSDE, make_sde
+from ..speed import COMPILE_BACKENDS
+
+__all__ = [
+    "COMPILE", "LOSSES", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES", "TRAIN_PREDICTIONS",
+    "TrainConfig", "build_sde", "build_unet_config", "check_resume",
+]
+
+LOSSES = ("dsm", "hybrid", "flow_matching")
+TRAIN_PREDICTIONS = ("eps", "x0", "score", "v", "flow")
+OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("fp32", "bf16")
+COMPILE = ("none", "net", "step")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
+# fields that may change between a run and its resumption
+RESUMABLE_CHANGES = frozenset({
+    "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
+    "sample_steps", "progress", "compile", "compile_backend", "optimizer_impl",
+    "lr", "time_sampling", "augment_p",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
+})
+
+# What each field may hold, checked in this order by TrainConfig.__post_init__.
+_CHOICES = {
+    "data": datasets.DATASETS, "net": sorted(PRESETS), "sde": SDE_NAMES, "prediction": TRAIN_PREDICTIONS,
+    "loss": LOSSES, "c_noise": sorted(C_NOISE), "time_sampling": TIME_SAMPLING, "optimizer": OPTIMIZERS,
+    "precision": PRECISIONS, "optimizer_impl": OPTIMIZER_IMPLS, "compile": COMPILE,
+    "compile_backend": COMPILE_BACKENDS,
+}
+_FLAGS = ("flip", "dequantize", "conditional", "learn_variance", "channels_last", "tf32", "progress")
+_INTEGERS = {  # field -> its least value
+    "augment_max_shift": 1, "warmup_steps": 0, "batch_size": 1, "steps": 0, "seed": 0, "ckpt_every": 1,
+    "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1,
+}
+_POSITIVE, _NONNEGATIVE = (0.0, math.inf, "()"), (0.0, math.inf, "[)")
+_NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" and ")" open
+    "p_uncond": (0.0, 1.0, "[]"), "augment_p": (0.0, 1.0, "[]"), "beta_min": _POSITIVE, "beta_max": _POSITIVE,
+    "sigma_min": _POSITIVE, "sigma_max": _POSITIVE, "t_eps": (0.0, 0.5, "()"), "hybrid_lambda": _NONNEGATIVE,
+    "lr": _POSITIVE, "adam_eps": _POSITIVE, "weight_decay": _NONNEGATIVE, "grad_clip": _NONNEGATIVE,
+    "ema_decay": (0.0, 1.0, "[)"),
+}
+# U-Net fields a run sets itself: from the data, from `augment`, and learn_variance (the model needs it too)
+_DERIVED_NET_FIELDS = {"image_size", "in_channels", "num_classes", "augment_dim"}
+
+
+def _check_choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(valid)}")
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_integer(name: str, value, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def _check_number(name: str, value, lo: float, hi: float, brackets: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > lo if brackets[0] == "(" else value >= lo) and (value < hi if brackets[1] == ")" else value <= hi)
+    if not ok:
+        raise ValueError(f"{name} must be a number in {brackets[0]}{lo}, {hi}{brackets[1]}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; stored in every checkpoint.
+
+    Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
+    in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
+    scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
+    (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate";
+    the network is told each image's transformation and sampling uses the identity), each applied with probability
+    `augment_p`, translations by at most `augment_max_shift` pixels.
+    Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
+    overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
+    for a 1000-step linear DiscreteVPSDE, or "flow" for FlowSDE) with beta_min, beta_max (vp, subvp)
+    and sigma_min, sigma_max (ve); `prediction` and `c_noise` as in ScoreModel; `learn_variance`:
+    the network also outputs Improved DDPM's variance channels (UNetConfig.learn_variance,
+    ScoreModel(learned_variance=True)).
+    Loss (scoresde.losses): `loss` "dsm" (denoising score matching with `time_sampling` "uniform",
+    "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
+    L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
+    learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
+    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform").
+    Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
+    grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
+    `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
+    "fused", "foreach", "for_loop": PyTorch's implementations, the same update up to rounding).
+    `init_from`: a checkpoint whose network and EMA weights start this run (fine-tuning, e.g. with
+    time_sampling "likelihood" after a "uniform" run); its U-Net configuration must equal this
+    run's; the optimizer, step count, warm-up and EMA ramp start afresh. Ignored once out_dir holds
+    a checkpoint of this run (resumption).
+    Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
+    only), `channels_last`, `tf32` (CUDA), `compile` ("none"; "net": torch.compile the network;
+    "step": also compile clipping, optimizer step and EMA as one function) with `compile_backend`
+    ("inductor"; "aot_eager", "eager": tracing only, for debugging and tests), `out_dir`,
+    `ckpt_every`, `log_every`, `sample_every` (0: never), `sample_n`, `sample_steps`
+    (Euler-Maruyama steps for the grids), `progress`.
+    """
+
+    data: Literal["digits", "cifar10", "folder"] = "digits"
+    data_root: str | None = None
+    image_size: int | None = None
+    channels: int = 3
+    flip: bool = False
+    dequantize: bool = False
+    conditional: bool = False
+    p_uncond: float = 0.1
+    augment: tuple[str, ...] = ()
+    augment_p: float = 0.0
+    augment_max_shift: int = 1
+
+    net: str = "digits"
+    net_options: dict = field(default_factory=dict)
+    sde: Literal["vp", "vp_cosine", "subvp", "ve", "ddpm", "flow"] = "vp"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    prediction: Literal["eps", "x0", "score", "v", "flow"] = "eps"
+    c_noise: str = "log_noise"
+    learn_variance: bool = False
+    loss: Literal["dsm", "hybrid", "flow_matching"] = "dsm"
+    time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
+    t_eps: float = 1e-5
+    hybrid_lambda: float = 0.001
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    batch_size: int = 128
+    steps: int = 100_000
+    seed: int = 0
+    init_from: str | None = None
+
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    tf32: bool = True
+    compile: Literal["none", "net", "step"] = "none"
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    out_dir: str = "runs/train"
+    ckpt_every: int = 5000
+    log_every: int = 100
+    sample_every: int = 0
+    sample_n: int = 64
+    sample_steps: int = 250
+    progress: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(self.betas))
+        augment = self.augment.split(",") if isinstance(self.augment, str) else self.augment  # "xflip,translate"
+        object.__setattr__(self, "augment", check_augment_kinds(k.strip() for k in augment if k.strip()))
+        # JSON round trips give lists; keep tuples so that configs compare equal
+        object.__setattr__(self, "net_options",
+                           {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})
+        self._check_fields()
+        self._check_combinations()
+
+    def _check_fields(self) -> None:
+        """Each field alone: a valid choice, flag, integer or number."""
+        for name, valid in _CHOICES.items():
+            _check_choice(name, getattr(self, name), valid)
+        for name in _FLAGS:
+            _check_flag(name, getattr(self, name))
+        for name, lo in _INTEGERS.items():
+            _check_integer(name, getattr(self, name), lo)
+        for name, interval in _NUMBERS.items():
+            _check_number(name, getattr(self, name), *interval)
+        if self.image_size is not None:
+            _check_integer("image_size", self.image_size, 1)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(f"device must be 'auto' or a torch device string, got {self.device!r}") from e
+        if "learn_variance" in self.net_options:
+            raise ValueError("net_options may not set learn_variance; use TrainConfig.learn_variance (the model needs it too)")
+        bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
+        if bad or _DERIVED_NET_FIELDS & set(self.net_options):
+            raise ValueError(
+                f"net_options {sorted(self.net_options)}: may set UNetConfig fields except image_size, in_channels "
+                f"and num_classes (taken from the data) and augment_dim (from augment); unknown {bad}"
+            )
+
+    def _check_combinations(self) -> None:
+        """Fields that only work together (the fields alone are valid)."""
+        if self.compile == "none" and self.compile_backend != "inductor":
+            raise ValueError(f"compile_backend {self.compile_backend!r} applies when compiling; compile is 'none' "
+                             "(choose compile 'net' or 'step', or leave compile_backend 'inductor')")
+        if self.data != "digits" and self.data_root is None:
+            raise ValueError(f"data {self.data!r} needs data_root")
+        if self.data == "folder" and self.image_size is None:
+            raise ValueError("data 'folder' needs image_size")
+        if self.augment_p > 0 and not self.augment:
+            raise ValueError(f"augment_p is {self.augment_p} but augment names no kind; choose from {list(AUGMENTATIONS)}")
+        if self.beta_max <= self.beta_min or self.sigma_max <= self.sigma_min:
+            raise ValueError("need beta_min < beta_max and sigma_min < sigma_max")
+        if self.c_noise == "timestep" and self.sde != "ddpm":
+            raise ValueError("c_noise 'timestep' needs sde 'ddpm'")
+        if self.time_sampling == "discrete" and self.sde != "ddpm":
+            raise ValueError("time_sampling 'discrete' (DDPM's L_simple) needs sde 'ddpm'")
+        needs = {  # loss -> (field, the value it needs, why)
+            "hybrid": (("sde", "ddpm", "L_vlb on the discrete schedule's timesteps"),
+                       ("time_sampling", "discrete", "integer timesteps"),
+                       ("learn_variance", True, "L_vlb trains the variance channels"),
+                       ("dequantize", False, "its decoder term scores the integer levels")),
+            "flow_matching": (("sde", "flow", None), ("time_sampling", "uniform", "t ~ U(t_eps, T)")),
+        }
+        for name, value, why in needs.get(self.loss, ()):
+            if getattr(self, name) != value:
+                want = f"{name}={value}" if isinstance(value, bool) else f"{name} {value!r}"
+                got = "" if isinstance(value, bool) else f", got {getattr(self, name)!r}"
+                raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
+        if self.precision == "bf16" and self.device != "auto" and torch.device(self.device).type != "cuda":
+            raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
+
+    def to_dict(self) -> dict:
+        """JSON-serializable fields."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        d["net_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.net_options.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+def build_sde(config: TrainConfig) -> AffineSDE:
+    """The forward process named by config.sde, with the config's schedule parameters (SDE_TABLE)."""
+    _, _, params = SDE_TABLE[config.sde]
+    return make_sde(config.sde, **{name: getattr(config, name) for name in params})
+
+
+def build_unet_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig:
+    """The U-Net configuration of a run: config.net's preset with net_options, for images of `shape`
+    (C, H, W) with `num_classes` labels (None: unlabelled data)."""
+    C, H, W = shape
+    if H != W:
+        raise ValueError(f"the UNet needs square images, got {H}x{W}")
+    if config.conditional and num_classes is None:
+        raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
+    return preset(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
+                                 "num_classes": num_classes if config.conditional else None,
+                                 "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
+
+
+def check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
+    """Refuse to resume the run of checkpoint `path` (configuration `saved`) under a different `config`
+    in any field but RESUMABLE_CHANGES."""
+    a, b = saved.to_dict(), config.to_dict()
+    diff = sorted(k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES)
+    if diff:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: configuration differs in {detail}; "
+                         f"only {sorted(RESUMABLE_CHANGES)} may change (or use a new out_dir)")

@@ -1,0 +1,384 @@
+"""Training by denoising score matching, Improved DDPM's hybrid loss or flow matching, on one device
+or many (DDP launched by torchrun).
+
+    from scoresde.train import TrainConfig, train
+    res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
+    res.model.eps(x, t)                                  # ScoreModel over the EMA weights
+
+What a run writes to `out_dir` (rank 0 only):
+
+- `checkpoint.safetensors`, every `ckpt_every` steps and at the end, written to a temporary file
+  and renamed over the previous one (an interrupted write leaves the previous checkpoint intact).
+  It holds the weights, their EMA, the optimizer state and the hybrid loss's timestep history, with
+  the step and the configurations (scoresde.training.checkpoints). Loading reads tensors and JSON only.
+- `config.json`, a readable copy of that configuration and step (never read back).
+- `metrics.jsonl`, one JSON object per `log_every` steps: step, loss (mean over the interval and
+  over ranks), lr, grad_norm, images_per_s.
+- `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
+
+Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
+step (training times, noise, label dropout, flips, augmentations, dequantization and dropout) is drawn from
+generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
+function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state
+(the hybrid loss's timestep history, the only other state a step depends on, is checkpointed
+too): a resumed run repeats the uninterrupted run's losses and weights exactly (same device,
+world size, `compile` and `optimizer_impl`: compiled and fused kernels may round differently, and
+inductor may draw dropout masks with its own random kernels). The caller's global RNG state is
+saved and restored around training.
+
+Optimizer details: Adam or AdamW, learning rate warmed up linearly over `warmup_steps`, gradients
+clipped to global norm `grad_clip`, EMA with decay min(ema_decay, (1 + n) / (10 + n)) after n
+updates (the warm-up of Song et al.'s `ExponentialMovingAverage`). On CUDA: TF32 matmuls and
+convolutions (`tf32`), bf16 autocast (`precision="bf16"`), channels_last (`channels_last`).
+
+Speed (docs/gpu.md): `optimizer_impl` "auto" takes PyTorch's fused Adam on CUDA and the foreach
+(multi-tensor) implementation elsewhere or when the update is compiled. `compile` "net" runs the network's forward and backward
+through torch.compile; "step" also compiles what follows the backward pass (gradient clipping, the
+optimizer step and the EMA update) into one function, with the learning rate and the EMA decay
+held in device tensors so that warm-up does not recompile. The loss's random draws stay eager
+(dynamo does not trace torch.Generator arguments). A step makes no host synchronization: the loss
+and gradient norm are read once per log interval. Checkpoints hold the uncompiled modules' state
+(no `_orig_mod.` prefixes), so a run may resume with a different `compile` or `optimizer_impl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import data as datasets
+from ..augment import augment
+from ..files import atomic_write
+from ..losses import LossHistory
+from ..nn import UNet, UNetConfig
+from ..param import ScoreModel
+from ..sde import AffineSDE
+from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_config
+from .config import TrainConfig, build_sde, build_unet_config, check_resume
+from .samples import write_samples
+from .step import ParameterUpdate, compute_loss, make_optimizer
+
+__all__ = ["METRICS", "TrainResult", "setup_distributed", "train"]
+
+METRICS = "metrics.jsonl"  # in out_dir
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+def setup_distributed() -> tuple[int, int]:
+    """Join the process group described by torchrun's environment; returns (rank, world_size).
+
+    Without torchrun (no WORLD_SIZE, or 1) nothing happens and (0, 1) comes back. Backend: NCCL
+    with one device per process (LOCAL_RANK) when CUDA is available, else gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or (dist.is_available() and dist.is_initialized()):
+        return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _step_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """Seed of random stream `stream` (0: loss and augmentation, 1: dropout) of one step on one rank.
+
+    Distinct for every (seed < 2^11, rank < 2^10, stream < 4, step < 2^40).
+    """
+    return ((((seed * 1024 + rank) * 4 + stream) << 40) + step) & ((1 << 63) - 1)
+
+
+def _record_losses(history: LossHistory, steps: Tensor, vlb: Tensor, world: int) -> None:
+    """Record every rank's (timestep, L_vlb) pairs in rank order, so that all ranks keep the same history."""
+    if world > 1:
+        all_steps, all_vlb = [torch.empty_like(steps) for _ in range(world)], [torch.empty_like(vlb) for _ in range(world)]
+        dist.all_gather(all_steps, steps.contiguous())
+        dist.all_gather(all_vlb, vlb.contiguous())
+        steps, vlb = torch.cat(all_steps), torch.cat(all_vlb)
+    history.record(steps, vlb)
+
+
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# --- a run ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns: the step reached, the last logged loss (None if none), the raw and EMA
+    networks (unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling."""
+
+    step: int
+    loss: float | None
+    net: UNet
+    ema: UNet
+    model: ScoreModel
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed while a run trains: its setting, data (on the device) and modules.
+
+    net, ema: the raw and EMA U-Nets (checkpointed); ddp: net wrapped for DDP and torch.compile (the
+    one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step.
+    """
+
+    config: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    unet_config: UNetConfig
+    sde: AffineSDE
+    images: Tensor
+    labels: Tensor | None
+    levels: int
+    net: UNet
+    ema: UNet
+    ddp: nn.Module
+    opt: torch.optim.Optimizer
+    update: ParameterUpdate
+    history: LossHistory | None
+    start: int
+
+    def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
+        """A ScoreModel over `net` with the run's SDE and parameterization."""
+        c = self.config
+        return ScoreModel(net, self.sde, c.prediction, c_noise=c.c_noise, learned_variance=c.learn_variance)
+
+
+def _init_weights(net: nn.Module, ema: nn.Module, unet_config: UNetConfig, path: Path) -> None:
+    """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    if ckpt.unet_config != unet_config:
+        a, b = ckpt.unet_config.to_dict(), unet_config.to_dict()
+        diff = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k])
+        raise ValueError(f"init_from {path}: its U-Net configuration differs from this run's in {diff}")
+    net.load_state_dict(ckpt.net)
+    ema.load_state_dict(ckpt.ema)
+
+
+def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.Module, ema: nn.Module,
+             opt: torch.optim.Optimizer, history: LossHistory | None) -> int:
+    """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set;
+    returns the step to continue from."""
+    if not path.is_file():
+        if config.init_from is not None:
+            _init_weights(net, ema, unet_config, Path(config.init_from))
+        return 0
+    ckpt = load_checkpoint(path)
+    check_resume(ckpt.config, config, path)
+    net.load_state_dict(ckpt.net)
+    ema.load_state_dict(ckpt.ema)
+    state = opt.state_dict()
+    state["state"] = ckpt.opt
+    opt.load_state_dict(state)
+    if history is not None:
+        history.load_state_dict(ckpt.loss_history)
+    return ckpt.step
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after `step` (by a run killed after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def _setup(config: TrainConfig, data: datasets.ImageData, sde: AffineSDE, unet_config: UNetConfig, rank: int,
+           world: int, device: torch.device) -> _Run:
+    """Build the networks, optimizer and loss history on `device`, restored from out_dir's checkpoint
+    (resumption) or config.init_from, and wrap the network for DDP and torch.compile."""
+    torch.manual_seed(config.seed)  # the initial weights (same on every rank)
+    net = UNet(unet_config)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    net.to(device, memory_format=memory_format)
+    ema.to(device, memory_format=memory_format).eval()
+    opt = make_optimizer(config, net, device)
+    history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
+    out = Path(config.out_dir)
+    start = _restore(config, out / CHECKPOINT, unet_config, net, ema, opt, history)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(out / METRICS, start)
+    ddp = net
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile != "none":
+        ddp = torch.compile(ddp, backend=config.compile_backend)  # checkpoints keep saving `net`
+    update = ParameterUpdate(net, ema, opt, grad_clip=config.grad_clip, compiled=config.compile == "step",
+                             backend=config.compile_backend)
+    return _Run(
+        config=config, rank=rank, world=world, device=device, out=out, unet_config=unet_config, sde=sde,
+        images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
+        levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
+    )
+
+
+@contextlib.contextmanager
+def _tf32() -> Iterator[None]:
+    """TF32 matmuls and convolutions inside; the previous settings are restored on leaving."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def _batches(sampler: torch.utils.data.DistributedSampler, per_rank: int, start: int, steps: int,
+             device: torch.device) -> Iterator[Tensor]:
+    """Indices (per_rank,) of the batches of steps start, ..., steps - 1: with E full batches per
+    epoch, step s takes batch s mod E of epoch s // E, in the sampler's order for that epoch."""
+    per_epoch = len(sampler) // per_rank
+    epoch, order = -1, None
+    for step in range(start, steps):
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler), dtype=torch.long, device=device)
+        i = step % per_epoch
+        yield order[i * per_rank:(i + 1) * per_rank]
+
+
+def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    """Step `step` on the images idx (per_rank,): returns the loss and gradient norm (0-d, on the device) and lr."""
+    config = run.config
+    gen.manual_seed(_step_seed(config.seed, run.rank, step, 0))
+    torch.manual_seed(_step_seed(config.seed, run.rank, step, 1))  # dropout
+    batch = run.images[idx]
+    if config.augment_p > 0:  # the network is told each image's transformation (non-leaking)
+        batch, aug = augment(batch, config.augment, config.augment_p, max_shift=config.augment_max_shift, generator=gen)
+        model = run.score_model(functools.partial(run.ddp, augment_labels=aug))
+    x0 = datasets.to_model_input(batch, run.levels, flip=config.flip, dequantize=config.dequantize, generator=gen)
+    if config.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    y = None if run.labels is None else run.labels[idx]
+    loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.unet_config.num_classes, levels=run.levels,
+                                history=run.history, generator=gen)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+    grad_norm = run.update(lr, min(config.ema_decay, (1 + step) / (10 + step)))
+    if hybrid is not None:
+        _record_losses(run.history, hybrid.step, hybrid.vlb, run.world)
+    return loss, grad_norm, lr
+
+
+class _Log:
+    """The mean loss and images/s of each log interval, appended to metrics.jsonl (rank 0) and shown
+    on the progress bar. Losses add up on the device; reading them is one host sync per interval."""
+
+    def __init__(self, run: _Run, bar):
+        self.run, self.bar = run, bar
+        self.loss_sum = torch.zeros((), device=run.device)
+        self.n, self.t, self.last_loss = 0, time.perf_counter(), None
+
+    def add(self, loss: Tensor) -> None:
+        self.loss_sum += loss.detach()
+        self.n += 1
+
+    def restart_clock(self) -> None:
+        self.t = time.perf_counter()
+
+    def write(self, step: int, lr: float, grad_norm: Tensor) -> None:
+        run = self.run
+        if run.world > 1:
+            dist.all_reduce(self.loss_sum)
+            self.loss_sum /= run.world
+        self.last_loss = float(self.loss_sum) / self.n  # host sync, once per log interval
+        now = time.perf_counter()
+        record = {"step": step, "loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm),
+                  "images_per_s": self.n * run.config.batch_size / max(now - self.t, 1e-9)}
+        if run.rank == 0:
+            with open(run.out / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        self.loss_sum.zero_()
+        self.n, self.t = 0, now
+
+
+def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple[int, float | None]:
+    """Train from run.start to config.steps, logging, checkpointing and drawing samples on the way;
+    returns the step reached and the last logged loss (None if none)."""
+    config, gen = run.config, torch.Generator(run.device)
+    model, ema_model = run.score_model(run.ddp), run.score_model(run.ema)
+    log, step = _Log(run, bar), run.start
+    run.net.train()
+    for idx in _batches(sampler, config.batch_size // run.world, run.start, config.steps, run.device):
+        loss, grad_norm, lr = _train_step(run, model, idx, step, gen)
+        step += 1
+        log.add(loss)
+        if step % config.log_every == 0 or step == config.steps:
+            log.write(step, lr, grad_norm)
+        if bar is not None:
+            bar.update(1)
+        if run.rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
+            save_checkpoint(run.out / CHECKPOINT, step=step, config=config, unet_config=run.unet_config, sde=run.sde,
+                            net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history)
+            write_run_config(run.out, step=step, config=config, unet_config=run.unet_config, sde=run.sde)
+        if run.rank == 0 and config.sample_every and step % config.sample_every == 0:
+            write_samples(ema_model, run.unet_config, config, step, run.out, run.device)
+            log.restart_clock()  # keep images/s about training
+    return step, log.last_loss
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or resume) as configured; see the module docstring. Call `setup_distributed` first under torchrun."""
+    rank, world = _rank_world()
+    device = _resolve_device(config)
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError(f"precision 'bf16' is for CUDA only; running on {device} (use precision 'fp32')")
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the world size {world}")
+    data = datasets.load(config.data, root=config.data_root, image_size=config.image_size,
+                         channels=config.channels, class_subfolders=config.conditional and config.data == "folder")
+    sde = build_sde(config)
+    unet_config = build_unet_config(config, data.shape, data.num_classes)
+    sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=config.seed, drop_last=True)
+    if len(sampler) // (config.batch_size // world) == 0:
+        raise ValueError(f"{data.source}: {len(data)} images give no full batch of {config.batch_size // world} per rank")
+
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []), contextlib.ExitStack() as stack:
+        if cuda and config.tf32:
+            stack.enter_context(_tf32())
+        run = _setup(config, data, sde, unet_config, rank, world, device)
+        bar = None
+        if rank == 0 and config.progress and run.start < config.steps:
+            from tqdm.auto import tqdm
+            bar = stack.enter_context(tqdm(total=config.steps, initial=run.start, unit="step", dynamic_ncols=True))
+        step, loss = _loop(run, sampler, bar)
+    run.net.eval()
+    return TrainResult(step=step, loss=loss, net=run.net, ema=run.ema, model=run.score_model(run.ema))
