@@ -1,0 +1,240 @@
+"""`log_likelihood` and `bits_per_dim`: validation at the boundary, probe and dequantization draws, results.
+
+Both run one core, `_estimate`: `log_likelihood(model, x, **options)` is `bits_per_dim(model, x,
+levels=None, repeats=1, **options)`, and bits_per_dim takes log_likelihood's keyword options (its
+signature shows them with their defaults).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+from solvers import grids
+from solvers.protocol import GeneratorArg, Model
+from solvers.validate import check_int, check_name, check_number
+
+from ..sde import DiscreteVPSDE
+from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
+from .fixed_budget import EXPONENTIAL_METHOD, integrate_exponential
+from .ode import ADAPTIVE_METHODS, FIXED_METHODS, VARIABLES, integrate_torchdiffeq
+from .results import Likelihood, bpd_from_logp, check_levels, checked, dequantize, levels_of, standard_error
+
+__all__ = ["METHODS", "bits_per_dim", "log_likelihood"]
+
+METHODS = ADAPTIVE_METHODS + FIXED_METHODS + (EXPONENTIAL_METHOD,)
+
+
+def _check_x(x) -> None:
+    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {shape}")
+    if x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+
+
+def _check_estimator(model, x: Tensor, y, divergence, probe, n_probes) -> None:
+    """The divergence estimator's options, and a label y that the model's methods must accept."""
+    check_name("divergence", divergence, DIVERGENCES)
+    check_name("probe", probe, PROBES)
+    check_int("n_probes", n_probes, 1)
+    if divergence != "hutchinson" and n_probes != 1:
+        raise ValueError(f"n_probes={n_probes} applies to divergence='hutchinson' only; {divergence!r} is exact")
+    if divergence == "analytic" and not callable(getattr(model, "pf_divergence", None)):
+        raise ValueError(
+            f"divergence='analytic' needs a model with pf_divergence(x, t) (the analytic models have it); "
+            f"{type(model).__name__} has none: use 'exact' or 'hutchinson'"
+        )
+    if y is not None:
+        if isinstance(y, Tensor) and (y.ndim == 0 or y.shape[0] != x.shape[0]):
+            raise ValueError(f"y must have one label per sample, shape ({x.shape[0]}, ...), got {tuple(y.shape)}")
+        methods = ["score"] + (["pf_divergence"] if divergence == "analytic" else [])
+        for name in methods:
+            if "y" not in inspect.signature(getattr(model, name)).parameters:
+                raise ValueError(f"a label y was given but {type(model).__name__}.{name} takes no y")
+
+
+def _check_solver(method: str, rtol, atol, steps, grid) -> None:
+    """Tolerances for the adaptive methods, steps and grid for the others."""
+    if method in ADAPTIVE_METHODS:
+        if steps is not None:
+            raise ValueError(f"steps applies to fixed-grid methods {list(FIXED_METHODS) + [EXPONENTIAL_METHOD]}; "
+                             f"{method!r} is adaptive (set rtol, atol)")
+        check_number("rtol", rtol, 0, low_open=True)
+        check_number("atol", atol, 0, low_open=True)
+        return
+    checked(check_int, "steps", steps, 1, message=f"method {method!r} needs steps, an integer >= 1, got {steps!r}")
+    if method == EXPONENTIAL_METHOD and steps < 2:
+        raise ValueError(f"method {EXPONENTIAL_METHOD!r} needs steps >= 2, got {steps!r}")
+    check_name("grid", grid, sorted(grids.GRIDS))
+
+
+def _variable(sde, method: str, variable: str | None) -> str:
+    """The integration variable, "t" or "lambda"; None picks the method's or the schedule's default."""
+    if method == EXPONENTIAL_METHOD:
+        if variable is not None:
+            raise ValueError(
+                f"variable applies to the torchdiffeq methods; {EXPONENTIAL_METHOD!r} always steps in lambda"
+            )
+        return "lambda"
+    if variable is None:
+        # the discrete schedule's drift jumps at each of its N knots in t, but not in lambda
+        return "lambda" if isinstance(sde, DiscreteVPSDE) else "t"
+    if variable not in VARIABLES:
+        raise ValueError(f"unknown variable {variable!r}; choose one of {list(VARIABLES)} or None")
+    return variable
+
+
+def _check_settings(
+    model, x, *, y, method, rtol, atol, steps, grid, variable, t_eps, divergence, probe, n_probes
+) -> dict:
+    """Validate every option; returns the settings dict of the result (None where an option does not apply)."""
+    _check_x(x)
+    check_name("method", method, METHODS)
+    _check_estimator(model, x, y, divergence, probe, n_probes)
+    _check_solver(method, rtol, atol, steps, grid)
+    sde = model.sde
+    variable = _variable(sde, method, variable)
+    t_eps = float(sde.t_eps_likelihood) if t_eps is None else t_eps
+    checked(check_number, "t_eps", t_eps, 0, sde.T, low_open=True, high_open=True,
+            message=f"t_eps must be a number in (0, T={sde.T}), got {t_eps!r}")
+    adaptive, hutch = method in ADAPTIVE_METHODS, divergence == "hutchinson"
+    return {
+        "method": method,
+        "rtol": rtol if adaptive else None,
+        "atol": atol if adaptive else None,
+        "steps": None if adaptive else steps,
+        "grid": None if adaptive else grid,
+        "variable": variable,
+        "t_eps": float(t_eps),
+        "T": float(sde.T),
+        "divergence": divergence,
+        "probe": probe if hutch else None,
+        "n_probes": n_probes if hutch else None,
+    }
+
+
+def _logp_draws(model, x, *, y, settings: dict, generator: GeneratorArg) -> tuple[Tensor, Tensor, int]:
+    """log p(x) estimates, one per probe (B, K), the latent z (B, *D) and the NFE."""
+    hutch = settings["divergence"] == "hutchinson"
+    probes = draw_probes(x, settings["n_probes"], settings["probe"], generator) if hutch else None
+    n_div = settings["n_probes"] if hutch else 1
+    common = dict(y=y, steps=settings["steps"], grid=settings["grid"], t_eps=settings["t_eps"],
+                  divergence=settings["divergence"], probes=probes, n_div=n_div)
+    with torch.no_grad():
+        if settings["method"] == EXPONENTIAL_METHOD:
+            z, delta, nfe = integrate_exponential(model, x, **common)
+        else:
+            z, delta, nfe = integrate_torchdiffeq(
+                model, x, method=settings["method"], rtol=settings["rtol"], atol=settings["atol"],
+                variable=settings["variable"], **common
+            )
+        logp = model.sde.prior_logp(z)[:, None] + delta
+    return logp, z, nfe
+
+
+def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, **options) -> Likelihood:
+    """bits_per_dim with every option given; log_likelihood is its case levels=None, repeats=1."""
+    if levels is not None:
+        check_levels(levels)
+    check_int("repeats", repeats, 1)
+    settings = _check_settings(model, x, y=y, **options)
+    if levels is not None:
+        levels_of(x, levels)  # raise before any integration when x is off the grid
+    d = x[0].numel()
+    rounds, z, nfe = [], None, 0
+    for _ in range(repeats):
+        x_r = x if levels is None else dequantize(x, levels, generator=generator)
+        draws, z_r, nfe_r = _logp_draws(model, x_r, y=y, settings=settings, generator=generator)
+        rounds.append(draws)
+        z = z_r if z is None else z
+        nfe += nfe_r
+    offset_nats = 0.0 if levels is None else d * math.log(2.0 / levels)
+    all_draws = torch.stack(rounds, 1)  # (B, repeats, K)
+    logp = all_draws.mean((1, 2)) + offset_nats
+    if levels is not None:
+        se = standard_error(all_draws.mean(2))
+    elif settings["divergence"] == "hutchinson":
+        se = standard_error(all_draws.flatten(1))
+    else:
+        se = torch.zeros_like(logp)
+    settings.update(levels=levels, repeats=repeats, dequantization=None if levels is None else "uniform")
+    return Likelihood(logp=logp, bpd=bpd_from_logp(logp, d), z=z, nfe=nfe, logp_se=se,
+                      bpd_se=se / (d * math.log(2.0)), settings=MappingProxyType(settings))
+
+
+def log_likelihood(
+    model: Model,
+    x: Tensor,
+    *,
+    y=None,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    steps: int | None = None,
+    grid: str = "uniform_lambda",
+    variable: str | None = None,
+    t_eps: float | None = None,
+    divergence: Divergence = "hutchinson",
+    probe: Probe = "rademacher",
+    n_probes: int = 1,
+    generator: GeneratorArg = None,
+) -> Likelihood:
+    """Log-likelihood log p_{t_eps}(x) of continuous data x through the probability-flow ODE.
+
+    x: (B, *D) data (for images, in [-1, 1]), any float dtype and device; the ODE runs in that
+    dtype on that device. y: label passed to model.score (conditional models). Returns logp (B,)
+    in nats, bpd (B,) = -logp / (d ln 2) with no dequantization offset, the latent z (B, *D), NFE,
+    standard errors and the settings.
+
+    method: adaptive torchdiffeq solver (ADAPTIVE_METHODS; rtol, atol), fixed-grid torchdiffeq
+    solver (FIXED_METHODS; `steps` intervals of the solvers.grids grid `grid`, uniform in
+    log-SNR by default) or "dpm_solver" (fixed budget: steps + 1 evaluations, see module doc).
+    t_eps: start time, default model.sde.t_eps_likelihood. divergence: "hutchinson" (n_probes
+    probes of kind `probe`, averaged; drawn from `generator`, one torch.Generator or one per
+    sample), "exact" (autograd, d backward passes per evaluation) or "analytic" (model.pf_divergence).
+    """
+    return _estimate(
+        model, x, levels=None, repeats=1, y=y, method=method, rtol=rtol, atol=atol, steps=steps, grid=grid,
+        variable=variable, t_eps=t_eps, divergence=divergence, probe=probe, n_probes=n_probes, generator=generator,
+    )
+
+
+def bits_per_dim(model: Model, x: Tensor, *, levels: int | None = 256, repeats: int = 1, **options) -> Likelihood:
+    """Bits per dimension of data x (B, *D) in [-1, 1] quantized to `levels` levels.
+
+    levels = K (256 for 8-bit images, 17 for scikit-learn digits): x must lie on the grid
+    {-1 + 2k/(K-1)}; each of `repeats` rounds draws a uniform dequantization (`dequantize`) and
+    probes from `generator`, in that order, and integrates the ODE. Returned logp (B,) is the
+    lower bound mean_r log p(x + u_r) + d log(2/K) on the log-probability of the discrete data,
+    in nats, so bpd = mean_r[-log2 p(x + u_r)] / d + log2(K/2) (`dequantization_offset`).
+    levels=None: continuous data, no dequantization and no offset (log_likelihood averaged over
+    `repeats` probe draws). The other options are those of `log_likelihood`; z is that of the
+    first round, nfe counts all rounds, and the standard error spans probes and dequantization
+    (NaN with a single dequantization draw).
+    """
+    try:  # log_likelihood's keyword options, with its defaults
+        bound = _LOG_LIKELIHOOD.bind(model, x, **options)
+    except TypeError as err:  # a keyword that neither function takes
+        raise TypeError(f"bits_per_dim() {err}") from None
+    bound.apply_defaults()
+    return _estimate(**bound.arguments, levels=levels, repeats=repeats)
+
+
+def _with_options(func, options_from) -> inspect.Signature:
+    """func's signature with its **options replaced by the keyword-only parameters of options_from."""
+    sig = inspect.signature(func)
+    own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    options = [p for p in inspect.signature(options_from).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return sig.replace(parameters=[*own, *options])
+
+
+_LOG_LIKELIHOOD = inspect.signature(log_likelihood)
+# help() and inspect show bits_per_dim's options by name, with log_likelihood's defaults
+bits_per_dim.__signature__ = _with_options(bits_per_dim, log_likelihood)
