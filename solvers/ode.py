@@ -3,27 +3,36 @@
 dx/dt = f(x, t) - g(t)^2 score(x, t) / 2, integrated from ts[0] down to ts[-1] with
 `torchdiffeq.odeint` (Chen et al. 2018). One drift evaluation is one model evaluation.
 
-- Adaptive methods (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) integrate from ts[0] to
-  ts[-1] only, with tolerances rtol / atol; the inner grid points are not used. torchdiffeq is told
-  to step exactly onto ts[-1] (`step_t`) so that no step overshoots beyond it (the model is not
-  defined below t = 0). The callback is called once, after the last step.
 - Fixed-grid one-step methods (euler, midpoint, heun2, heun3, rk4) take one step per interval of
-  ts, and the callback is called after each.
-- Fixed-grid multistep methods (explicit_adams, implicit_adams, fixed_adams) walk ts in one call
-  (they need their history), and the callback is called once at the end. torchdiffeq's Adams
+  ts through the base loop (`step`: one odeint call per interval), and the callback is called
+  after each.
+- Adaptive methods (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun) integrate from ts[0] to
+  ts[-1] only, in one odeint call, with tolerances rtol / atol; the inner grid points are not used.
+  torchdiffeq is told to step exactly onto the end (`step_t`) so that no step overshoots beyond it
+  (the model is not defined below t = 0). The callback is called once, after the last step.
+- Fixed-grid multistep methods (explicit_adams, implicit_adams, fixed_adams) walk ts in one odeint
+  call (they need their history), and the callback is called once at the end. torchdiffeq's Adams
   coefficients assume equal steps: on a uniform-lambda VP grid they converge at order 2, not the
   declared 4 (measured), and explicit Adams diverged on VE (32-256 uniform steps). Prefer rk4.
+
+With a hook, adaptive and multistep methods, too, walk the grid through the base loop: each interval
+of ts is one odeint call (adaptive: from its start to its end, with `step_t` at the end; multistep:
+restarting its history every interval, so at the lower order of its first steps), the hook applies
+at every grid time and the callback is called after each interval.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS  # torchdiffeq's own method table
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
-from .base import Callback, Sampler, report
+from .base import Callback, Hook, Solver, State, report
 from .protocol import CountedModel, GeneratorArg, pf_drift, time_like
+from .validate import check_name, check_number
 
 ADAPTIVE: tuple[str, ...] = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "fehlberg2")
 # one-step fixed-grid methods -> drift evaluations per step
@@ -31,6 +40,7 @@ FIXED_STAGES: dict[str, int] = {"euler": 1, "heun2": 2, "heun3": 3, "midpoint": 
 MULTISTEP: tuple[str, ...] = ("explicit_adams", "fixed_adams", "implicit_adams")
 # methods that use rtol / atol: step-size control, or implicit Adams' corrector iteration
 WITH_TOLERANCES: tuple[str, ...] = (*ADAPTIVE, "fixed_adams", "implicit_adams")
+# torchdiffeq's own method table, less scipy_solver
 METHODS: tuple[str, ...] = tuple(m for m in _TORCHDIFFEQ_SOLVERS if m != "scipy_solver")
 
 
@@ -51,13 +61,36 @@ class ProbabilityFlowDrift:
         return pf_drift(self.model.sde, x, t_b, self.model.score(x, t_b))
 
 
-class ProbabilityFlowODE(Sampler):
+def pf_odeint(drift: ProbabilityFlowDrift, x: Tensor, ts: Tensor, method: str, tol: dict[str, float]) -> Tensor:
+    """x (B, *D) carried from ts[0] to ts[-1] (float64, decreasing) in one odeint call of `method`.
+
+    Fixed one-step methods step on ts; adaptive ones go from ts[0] to ts[-1] with step-size control
+    and land exactly on ts[-1]; multistep ones walk ts with their history. `tol` (rtol, atol) goes
+    to the methods that use it.
+    """
+    if method in FIXED_STAGES:
+        return odeint(drift, x, ts, method=method)[-1]
+    if method in ADAPTIVE:
+        ends = ts[[0, -1]]
+        return odeint(drift, x, ends, method=method, options={"step_t": ends[1:]}, **tol)[-1]
+    return odeint(drift, x, ts, method=method, **tol)[-1]
+
+
+@dataclass(frozen=True)
+class ODEState(State):
+    """The state x (B, *D) and the probability-flow drift of the run (its probe clamped to the grid)."""
+
+    drift: ProbabilityFlowDrift | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbabilityFlowODE(Solver):
     """Probability-flow ODE with any torchdiffeq method (except scipy_solver).
 
-    `order` and `nfe_per_step` on an instance are those of the method (nfe_per_step = 0 when the
-    count varies: adaptive and multistep methods). rtol / atol (default 1e-5 each, as in Song et al.)
-    apply to adaptive methods and to implicit Adams' corrector iteration (WITH_TOLERANCES); the other
-    methods refuse them.
+    Options: `method` (default dopri5), rtol / atol, `denoise_final`. `order` and `nfe_per_step` on
+    an instance are those of the method (nfe_per_step = 0 when the count varies: adaptive and
+    multistep methods). rtol / atol (default 1e-5 each, as in Song et al.) apply to adaptive methods
+    and to implicit Adams' corrector iteration (WITH_TOLERANCES); the other methods refuse them.
     """
 
     name = "ode"
@@ -66,44 +99,51 @@ class ProbabilityFlowODE(Sampler):
     stochastic = False
     nfe_per_step = 0
 
-    def __init__(
-        self, *, method: str = "dopri5", rtol: float | None = None, atol: float | None = None, denoise_final: bool = False
-    ):
-        super().__init__(denoise_final=denoise_final)
-        if method == "scipy_solver":
+    method: str = "dopri5"
+    rtol: float | None = None
+    atol: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method == "scipy_solver":
             raise ValueError("method 'scipy_solver' is not supported: it leaves torch and needs its own options; "
                              f"choose one of {sorted(METHODS)}")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-        if method not in WITH_TOLERANCES and (rtol is not None or atol is not None):
-            raise ValueError(f"rtol and atol apply to the methods {sorted(WITH_TOLERANCES)}, not to {method!r}")
-        for key, value in (("rtol", rtol), ("atol", atol)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1):
-                raise ValueError(f"{key} must be a number in (0, 1), got {value!r}")
-        self.method = method
-        self.rtol = None if rtol is None else float(rtol)
-        self.atol = None if atol is None else float(atol)
-        self.order = _TORCHDIFFEQ_SOLVERS[method].order
-        self.nfe_per_step = FIXED_STAGES.get(method, 0)
+        check_name("method", self.method, sorted(METHODS))
+        if self.method not in WITH_TOLERANCES and (self.rtol is not None or self.atol is not None):
+            raise ValueError(f"rtol and atol apply to the methods {sorted(WITH_TOLERANCES)}, not to {self.method!r}")
+        for key in ("rtol", "atol"):
+            if getattr(self, key) is not None:
+                self._set(**{key: check_number(key, getattr(self, key), 0, 1, low_open=True, high_open=True)})
+        self._set(order=_TORCHDIFFEQ_SOLVERS[self.method].order, nfe_per_step=FIXED_STAGES.get(self.method, 0))
 
-    def options(self) -> dict:
-        return {k: v for k, v in super().options().items() if k not in ("order", "nfe_per_step")}
+    def tolerances(self) -> dict[str, float]:
+        """rtol and atol as odeint takes them (1e-5 each unless given)."""
+        return {"rtol": 1e-5 if self.rtol is None else self.rtol, "atol": 1e-5 if self.atol is None else self.atol}
 
     def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
+        self,
+        model: CountedModel,
+        x: Tensor,
+        ts: Tensor,
+        *,
+        generator: GeneratorArg = None,
+        callback: Callback | None = None,
+        hook: Hook | None = None,
     ) -> Tensor:
+        """The base loop for one-step methods and whenever a hook is given; otherwise one odeint call over ts."""
+        if hook is not None or self.method in FIXED_STAGES:
+            return super().integrate(model, x, ts, generator=generator, callback=callback, hook=hook)
         drift = ProbabilityFlowDrift(model, ts.min(), ts.max())
-        tol = {"rtol": 1e-5 if self.rtol is None else self.rtol, "atol": 1e-5 if self.atol is None else self.atol}
         ts = ts.to(torch.float64)
-        if self.method in FIXED_STAGES:
-            for i in range(len(ts) - 1):
-                x = odeint(drift, x, ts[i : i + 2], method=self.method)[-1]
-                report(callback, i, ts[i + 1], x, None, model)
-            return x
-        if self.method in ADAPTIVE:
-            ends = ts[[0, -1]]
-            x = odeint(drift, x, ends, method=self.method, options={"step_t": ends[1:]}, **tol)[-1]
-        else:
-            x = odeint(drift, x, ts, method=self.method, **tol)[-1]
+        x = pf_odeint(drift, x, ts, self.method, self.tolerances())
         report(callback, len(ts) - 2, ts[-1], x, None, model)
         return x
+
+    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> ODEState:
+        return ODEState(x=x, drift=ProbabilityFlowDrift(model, ts.min(), ts.max()))
+
+    def step(
+        self, model: CountedModel, state: ODEState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> ODEState:
+        interval = torch.stack([s, t]).to(torch.float64)
+        return replace(state, x=pf_odeint(state.drift, state.x, interval, self.method, self.tolerances()))

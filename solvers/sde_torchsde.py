@@ -10,8 +10,9 @@ an Itô SDE with diagonal noise (g is the same on every coordinate). The data (B
 space-time Lévy area, which the Brownian interval then provides. g does not depend on x, so
 Milstein's correction vanishes and `milstein` gives the same samples as `euler` (tested).
 
-Grid: each interval of ts is exactly one solver step (one `sdeint` call per interval, all sharing one
-Brownian path), so non-uniform grids are walked as given. Randomness: a torchsde BrownianInterval
+Grid: each interval of ts is exactly one solver step (`step`: one `sdeint` call per interval, all
+sharing the one Brownian path that `init` builds over the whole grid), so non-uniform grids are
+walked as given and a hook applies at every grid time. Randomness: a torchsde BrownianInterval
 seeded with an integer drawn from `generator`; with a list of per-sample generators, one Brownian
 interval per sample, each seeded from its own generator, so that a sample does not depend on its
 batch. With generator=None the path is seeded from fresh entropy.
@@ -23,13 +24,15 @@ step, so the NFE counts distinct evaluations: 1 per step for euler and milstein,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .base import Callback, Sampler, report
+from .base import Hook, Solver, State
 from .protocol import CountedModel, GeneratorArg, reverse_drift, time_like
+from .validate import check_name
 
 if TYPE_CHECKING:
     import torchsde
@@ -127,7 +130,7 @@ def brownian(
 ) -> torchsde.BaseBrownian | PerSampleBrownian:
     """A Brownian path on [s[0], s[-1]] for the flattened state y (B, d), seeded from generator."""
     torchsde = import_torchsde()
-    common = dict(t0=s[0], t1=s[-1], dtype=y.dtype, device=y.device, levy_area_approximation=levy_area)
+    common = {"t0": s[0], "t1": s[-1], "dtype": y.dtype, "device": y.device, "levy_area_approximation": levy_area}
     if generator is None or isinstance(generator, torch.Generator):
         return torchsde.BrownianInterval(size=tuple(y.shape), entropy=_entropy(generator), **common)
     gens = list(generator)
@@ -138,12 +141,24 @@ def brownian(
     )
 
 
-class TorchSDE(Sampler):
+@dataclass(frozen=True)
+class TorchSDEState(State):
+    """The state x (B, *D) with what the run fixes once: the reverse SDE for torchsde (`ReverseSDE`), the
+    Brownian path `bm` over the whole grid in s = -t, and the step cap `dt` (longer than every interval)."""
+
+    sde: ReverseSDE | None = None
+    bm: object = None
+    dt: Tensor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchSDE(Solver):
     """Reverse-time SDE through torchsde.sdeint, one fixed step per grid interval.
 
-    Options: method in ("euler", "milstein", "srk"). `nfe_per_step` on an instance is the method's
-    (METHOD_NFE); `order` is the weak order 1 of Euler–Maruyama and Milstein (SRK's strong order 1.5
-    does not show on this additive-noise problem's weak error beyond the score's accuracy).
+    Options: method in ("euler", "milstein", "srk"), `denoise_final`. `nfe_per_step` on an instance is
+    the method's (METHOD_NFE); `order` is the weak order 1 of Euler–Maruyama and Milstein (SRK's
+    strong order 1.5 does not show on this additive-noise problem's weak error beyond the score's
+    accuracy).
     """
 
     name = "torchsde"
@@ -154,29 +169,28 @@ class TorchSDE(Sampler):
     default_steps = 1000
     default_grid = "uniform_t"
 
-    def __init__(self, *, method: str = "euler", denoise_final: bool = False):
-        super().__init__(denoise_final=denoise_final)
+    method: str = "euler"
+
+    def __post_init__(self):
+        super().__post_init__()
         import_torchsde()  # fail here, not after the grid is built
-        if method not in METHOD_NFE:
-            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_NFE)}")
-        self.method = method
-        self.nfe_per_step = METHOD_NFE[method]
+        check_name("method", self.method, sorted(METHOD_NFE))
+        self._set(nfe_per_step=METHOD_NFE[self.method])
 
-    def options(self) -> dict:
-        return {k: v for k, v in super().options().items() if k != "nfe_per_step"}
-
-    def integrate(
-        self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg, callback: Callback | None
-    ) -> Tensor:
-        torchsde = import_torchsde()
-        sde = ReverseSDE(model, tuple(x.shape))
-        y = x.flatten(1)
+    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> TorchSDEState:
         s = (-ts).to(dtype=x.dtype, device=x.device)  # increasing
         levy_area = "space-time" if self.method == "srk" else "none"
-        bm = brownian(s, y, levy_area, generator)
+        bm = brownian(s, x.flatten(1), levy_area, generator)
         dt = 2 * (s[-1] - s[0])  # longer than every interval: torchsde clamps the step to the interval's end
-        for i in range(len(ts) - 1):
-            sde.memo.clear()
-            y = torchsde.sdeint(sde, y, s[i : i + 2], bm=bm, method=self.method, dt=dt)[-1]
-            report(callback, i, ts[i + 1], y.reshape(x.shape), None, model)
-        return y.reshape(x.shape)
+        return TorchSDEState(x=x, sde=ReverseSDE(model, tuple(x.shape)), bm=bm, dt=dt)
+
+    def step(
+        self, model: CountedModel, state: TorchSDEState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> TorchSDEState:
+        torchsde = import_torchsde()
+        x = state.x
+        interval = torch.stack([-s, -t]).to(dtype=x.dtype, device=x.device)  # [s, t] in torchsde's time -t
+        state.sde.memo.clear()
+        # Song et al. 2021, Eq. (6) in -t: one step of `method` on the shared Brownian path
+        y = torchsde.sdeint(state.sde, x.flatten(1), interval, bm=state.bm, method=self.method, dt=state.dt)[-1]
+        return replace(state, x=y.reshape(x.shape))
