@@ -19,7 +19,7 @@ import pkgutil
 __version__ = "0.1.0"
 
 __all__ = [
-    "AffineSDE", "AnalyticModel", "DiscreteVPSDE", "FlowSDE", "Gaussian", "GaussianMixture", "ScoreModel",
+    "SDE", "AnalyticModel", "DiscreteVPSDE", "FlowSDE", "Gaussian", "GaussianMixture", "ScoreModel",
     "Samples", "SubVPSDE", "VESDE", "VLB", "VPSDE", "param", "sample", "vlb_bits_per_dim",
     "Likelihood", "bits_per_dim", "log_likelihood", "default_model", "load_pretrained",
     # networks and training (docs/training.md)
@@ -33,7 +33,7 @@ __all__ = [
 
 # public name -> the submodule that defines it
 _NAMES = {
-    "AffineSDE": "sde", "DiscreteVPSDE": "sde", "FlowSDE": "sde", "SubVPSDE": "sde", "VESDE": "sde", "VPSDE": "sde",
+    "SDE": "sde", "DiscreteVPSDE": "sde_discrete", "FlowSDE": "sde", "SubVPSDE": "sde", "VESDE": "sde", "VPSDE": "sde",
     "AnalyticModel": "analytic", "ConditionalAnalyticModel": "analytic", "CorrelatedGaussian": "analytic",
     "CorrelatedGaussianModel": "analytic", "Gaussian": "analytic", "GaussianMixture": "analytic",
     "ScoreModel": "param",
@@ -54,7 +54,17 @@ def _submodules() -> set[str]:
     return {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 
 
+# names before version 0.2 -> the name now (docs/conventions.md)
+_DEPRECATED = {"AffineSDE": "SDE"}
+
+
 def __getattr__(name: str):
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"scoresde.{name} is deprecated; use scoresde.{new}", DeprecationWarning, stacklevel=2)
+        return __getattr__(new)
     if name in _NAMES:
         return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
     if name in _submodules():  # as scoresde.metrics; importing it also makes it an attribute of the package

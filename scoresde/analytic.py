@@ -25,7 +25,7 @@ from solvers.validate import check_int
 
 from .analytic_base import DataLaw, ExactModel, floating
 from .analytic_correlated import CorrelatedGaussian, CorrelatedGaussianModel
-from .sde import AffineSDE
+from .sde import SDE
 
 __all__ = [
     "AnalyticModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel", "Gaussian",
@@ -211,7 +211,7 @@ class ConditionalAnalyticModel(AnalyticModel):
     log p(y | x_t) (B, K), for classifier guidance.
     """
 
-    def __init__(self, data: GaussianMixture, sde: AffineSDE):
+    def __init__(self, data: GaussianMixture, sde: SDE):
         super().__init__(data, sde)
         self.num_classes = data.means.shape[0]
         self.null_label = self.num_classes

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from solvers.protocol import bcast
 
-from .sde import AffineSDE
+from .sde import SDE
 
 __all__ = ["DataLaw", "ExactModel", "floating"]
 
@@ -57,7 +57,7 @@ class ExactModel:
     _data_type: type = DataLaw
     _data_name: str = "data law"
 
-    def __init__(self, data: DataLaw, sde: AffineSDE):
+    def __init__(self, data: DataLaw, sde: SDE):
         if not isinstance(data, self._data_type):
             raise ValueError(f"data must be a {self._data_name}, got {type(data).__name__}")
         self.data = data

@@ -209,7 +209,7 @@ def cmd_bpd(args: argparse.Namespace) -> int:
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     import solvers
 
-    from .sde import SDE_NAMES
+    from .sde_names import SDE_NAMES
 
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
@@ -242,7 +242,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
-    from .sde import SDE_NAMES
+    from .sde_names import SDE_NAMES
 
     p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
     p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")

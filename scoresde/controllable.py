@@ -5,8 +5,8 @@ included), with a fresh sample of their forward marginal,
 
     x_t[known] <- alpha(t) x_known + sigma(t) z,    z ~ N(0, I) drawn anew at every step,
 
-and letting an unchanged base sampler move the whole state one grid interval (a predictor–corrector
-sampler also replaces after its predictor and after each corrector step). The output carries the
+and letting an unchanged base solver move the whole state one grid interval (a predictor–corrector
+solver also replaces after its predictor and after each corrector step). The output carries the
 known values exactly. Colorization is the same in the orthonormal colour basis
 z = COLOR_BASIS x (per pixel, over the channel dimension 1), where the gray channel is known:
 the basis is orthogonal, so z_t = alpha z_0 + sigma (COLOR_BASIS eps) has the same Gaussian noise
@@ -43,7 +43,7 @@ import solvers
 from solvers.protocol import GeneratorArg, bcast, randn_like, time_like
 from solvers.validate import check_name
 
-from .sampling import Samples, build_sampler, make_generators, run_settings
+from .sampling import Samples, build_solver, make_generators, run_settings
 
 __all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "Replacement", "replace_known", "to_basis"]
 
@@ -110,7 +110,7 @@ def inpaint(
     known: Tensor,
     mask: Tensor,
     *,
-    solver: str | solvers.Sampler = "pc",
+    solver: str | solvers.Solver = "pc",
     steps: int | None = None,
     grid: str | None = None,
     basis: Tensor | None = None,
@@ -136,11 +136,11 @@ def inpaint(
     """
     mask, basis = _check_problem(known, mask, basis)
     sde = model.sde
-    sampler = build_sampler(solver, solver_options, sde)
+    solver = build_solver(solver, solver_options, sde)
     device = known.device
     gen = make_generators(seed, generator, device)
-    steps = sampler.default_steps if steps is None else steps
-    grid_name = sampler.default_grid if grid is None else grid
+    steps = solver.default_steps if steps is None else steps
+    grid_name = solver.default_grid if grid is None else grid
     ts = solvers.grids.make(grid_name, sde, steps).to(device)
     if x_T is None:
         x = sde.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
@@ -152,11 +152,11 @@ def inpaint(
 
     start = time.perf_counter()
     with torch.no_grad():
-        sol = sampler(model, x, ts, generator=gen, callback=callback, hook=hook)
+        sol = solver(model, x, ts, generator=gen, callback=callback, hook=hook)
         one = torch.ones(1, dtype=known.dtype, device=device)
         x = replace_known(sol.x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
     seconds = time.perf_counter() - start
-    settings = run_settings(sampler, steps, grid_name, ts, sde, seed, known, device)
+    settings = run_settings(solver, steps, grid_name, ts, sde, seed, known, device)
     settings["conditioning"] = "replacement" if basis is None else "replacement in a channel basis"
     settings["replacement_noise"] = noise
     return Samples(x=x, nfe=sol.nfe, ts=ts.cpu(), seconds=seconds, settings=settings)

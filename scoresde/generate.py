@@ -240,7 +240,7 @@ def load_shards(out_dir: str | os.PathLike) -> Generated:
 # --- torchrun entry point ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from .sde import SDE_NAMES
+    from .sde_names import SDE_NAMES
 
     p = argparse.ArgumentParser(
         prog="python -m scoresde.generate",

@@ -51,7 +51,8 @@ from solvers.protocol import Model, bcast
 from solvers.validate import check_int, check_name, check_number
 
 from .param import has_learned_variance
-from .sde import AffineSDE, DiscreteVPSDE
+from .sde import SDE
+from .sde_discrete import DiscreteVPSDE
 from .vlb import discretized_gaussian_log_prob, gaussian_kl, learned_variance, posterior_coefficients
 
 __all__ = [
@@ -70,13 +71,13 @@ def rand(n: int, *, generator: torch.Generator | None = None, device=None) -> Te
     return torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64).to(device)
 
 
-def likelihood_weight(sde: AffineSDE, t: Tensor) -> Tensor:
+def likelihood_weight(sde: SDE, t: Tensor) -> Tensor:
     """w(t) = g(t)^2 / sigma(t)^2, the likelihood weighting on the eps loss, (B,)."""
     return sde.g2(t) / sde.sigma(t) ** 2
 
 
 def sample_t(
-    sde: AffineSDE,
+    sde: SDE,
     n: int,
     *,
     time_sampling: TimeSampling = "uniform",
@@ -170,7 +171,7 @@ def dsm_loss(
 
 # --- flow matching -------------------------------------------------------------------------------
 
-def flow_matching_weight(sde: AffineSDE, t: Tensor) -> Tensor:
+def flow_matching_weight(sde: SDE, t: Tensor) -> Tensor:
     """(sigma' - alpha' sigma / alpha)^2 = sigma^2 lambda'^2, the flow-matching loss as a weight on the
     eps loss, (B,); 1 / (1 - t)^2 on FlowSDE."""
     alpha, sigma = sde.alpha(t), sde.sigma(t)

@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from .files import atomic_write, read_safetensors
 from .guidance import ClassifierGuidedModel
 from .nn.layers import PositionalEmbedding, group_norm
-from .sde import AffineSDE, sde_from_config
+from .sde import SDE
+from .sde_names import sde_from_config
 
 __all__ = [
     "ASSETS", "FORMAT", "SHIPPED", "NoisyClassifier", "NoisyClassifierConfig", "NoisyClassifierNet", "NoisyTrainConfig",
@@ -198,10 +199,10 @@ class NoisyClassifier(nn.Module):
     to the network's parameter dtype and the logits returned in x's dtype. Differentiable in x_t.
     """
 
-    def __init__(self, config: NoisyClassifierConfig = NoisyClassifierConfig(), sde: AffineSDE | None = None):
+    def __init__(self, config: NoisyClassifierConfig = NoisyClassifierConfig(), sde: SDE | None = None):
         super().__init__()
-        if not isinstance(sde, AffineSDE):
-            raise ValueError(f"sde must be a scoresde AffineSDE (VPSDE, SubVPSDE, VESDE, ...), got {sde!r}")
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE, ...), got {sde!r}")
         self.config = config
         self.sde = sde
         self.net = NoisyClassifierNet(config)
@@ -229,7 +230,7 @@ def classifier_guidance(model, classifier: NoisyClassifier, y, scale: float) -> 
         raise ValueError(f"classifier must be a NoisyClassifier, got {type(classifier).__name__}; "
                          "use ClassifierGuidedModel directly for other classifiers")
     model_sde = getattr(model, "sde", None)
-    if not isinstance(model_sde, AffineSDE) or model_sde.config() != classifier.sde.config():
+    if not isinstance(model_sde, SDE) or model_sde.config() != classifier.sde.config():
         raise ValueError(f"the classifier was trained for {classifier.sde!r} but the model's process is {model_sde!r}; "
                          "train a classifier for that process (examples/train_noisy_classifier.py --sde ...)")
     return ClassifierGuidedModel(model, classifier, y, scale, c_noise="t")
@@ -237,7 +238,7 @@ def classifier_guidance(model, classifier: NoisyClassifier, y, scale: float) -> 
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-def time_at_sigma(sde: AffineSDE, sigma: float) -> float:
+def time_at_sigma(sde: SDE, sigma: float) -> float:
     """The time t in [0, T] with sigma(t) = sigma (sigma increases with t), by bisection in float64."""
     lo, hi = torch.zeros(1, dtype=torch.float64), torch.full((1,), sde.T, dtype=torch.float64)
     s_lo, s_hi = float(sde.sigma(lo)), float(sde.sigma(hi))
@@ -286,7 +287,7 @@ def noisy_cross_entropy(classifier: NoisyClassifier, x0: Tensor, labels: Tensor,
 
 
 def train_noisy_classifier(
-    sde: AffineSDE, *, config: NoisyClassifierConfig = NoisyClassifierConfig(), train: NoisyTrainConfig = NoisyTrainConfig(),
+    sde: SDE, *, config: NoisyClassifierConfig = NoisyClassifierConfig(), train: NoisyTrainConfig = NoisyTrainConfig(),
     x0: Tensor | None = None, labels: Tensor | None = None, device: str | torch.device = "cpu",
     progress: bool = False, losses: list | None = None,
 ) -> NoisyClassifier:
@@ -298,8 +299,8 @@ def train_noisy_classifier(
     `losses` when given. Returns the classifier in eval mode on `device`; the same seed gives the
     same weights on the same device and thread count.
     """
-    if not isinstance(sde, AffineSDE):
-        raise ValueError(f"sde must be a scoresde AffineSDE, got {sde!r}")
+    if not isinstance(sde, SDE):
+        raise ValueError(f"sde must be a scoresde SDE, got {sde!r}")
     if (x0 is None) != (labels is None):
         raise ValueError("give both x0 and labels, or neither (the digits train split)")
     if x0 is None:

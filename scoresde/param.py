@@ -35,7 +35,8 @@ from solvers.conversions import (
 from solvers.protocol import PREDICTIONS
 from solvers.validate import check_bool, check_name
 
-from .sde import AffineSDE, DiscreteVPSDE
+from .sde import SDE
+from .sde_discrete import DiscreteVPSDE
 
 __all__ = [
     "C_NOISE", "NATIVE_PREDICTIONS", "ScoreModel", "check_c_noise", "convert", "eps_from_flow", "eps_from_score",
@@ -47,29 +48,29 @@ __all__ = [
 NATIVE_PREDICTIONS = (*PREDICTIONS, "flow")
 
 
-def _c_noise_t(sde: AffineSDE, t: Tensor) -> Tensor:
+def _c_noise_t(sde: SDE, t: Tensor) -> Tensor:
     return t
 
 
-def _c_noise_999t(sde: AffineSDE, t: Tensor) -> Tensor:
+def _c_noise_999t(sde: SDE, t: Tensor) -> Tensor:
     return 999.0 * t
 
 
-def _c_noise_timestep(sde: AffineSDE, t: Tensor) -> Tensor:
+def _c_noise_timestep(sde: SDE, t: Tensor) -> Tensor:
     if not isinstance(sde, DiscreteVPSDE):
         raise ValueError(f"c_noise='timestep' needs a DiscreteVPSDE, got {type(sde).__name__}")
     return sde.timestep(t)
 
 
-def _c_noise_log_noise(sde: AffineSDE, t: Tensor) -> Tensor:
+def _c_noise_log_noise(sde: SDE, t: Tensor) -> Tensor:
     return -sde.lambda_(t)  # log(sigma / alpha)
 
 
-def _c_noise_sigma(sde: AffineSDE, t: Tensor) -> Tensor:
+def _c_noise_sigma(sde: SDE, t: Tensor) -> Tensor:
     return sde.sigma(t)
 
 
-C_NOISE: dict[str, Callable[[AffineSDE, Tensor], Tensor]] = {
+C_NOISE: dict[str, Callable[[SDE, Tensor], Tensor]] = {
     "t": _c_noise_t,
     "999t": _c_noise_999t,
     "timestep": _c_noise_timestep,
@@ -78,7 +79,7 @@ C_NOISE: dict[str, Callable[[AffineSDE, Tensor], Tensor]] = {
 }
 
 
-def check_c_noise(c_noise, sde: AffineSDE | None = None):
+def check_c_noise(c_noise, sde: SDE | None = None):
     """c_noise itself if it names a C_NOISE map ("timestep" only with a DiscreteVPSDE, when `sde` is
     given) or is a callable t -> (B,); raise ValueError otherwise."""
     if isinstance(c_noise, str):
@@ -91,7 +92,7 @@ def check_c_noise(c_noise, sde: AffineSDE | None = None):
     return c_noise
 
 
-def noise_input(c_noise: str | Callable[[Tensor], Tensor], sde: AffineSDE, t: Tensor) -> Tensor:
+def noise_input(c_noise: str | Callable[[Tensor], Tensor], sde: SDE, t: Tensor) -> Tensor:
     """A network's time input for continuous times t (B,): the C_NOISE map named c_noise, or c_noise(t)."""
     if isinstance(c_noise, str):
         return C_NOISE[c_noise](sde, t)
@@ -127,7 +128,7 @@ class ScoreModel:
     def __init__(
         self,
         net: Callable[..., Tensor],
-        sde: AffineSDE,
+        sde: SDE,
         prediction: str = "eps",
         *,
         c_noise: str | Callable = "t",

@@ -14,7 +14,8 @@ import solvers
 from solvers.base import Callback, Step
 
 from .guidance import CFGModel, check_labels
-from .sde import SDE_NAMES, AffineSDE, make_sde
+from .sde_names import SDE_NAMES, make_sde
+from .sde import SDE
 
 __all__ = ["SDES", "Samples", "make_generators", "make_sde", "sample"]
 
@@ -38,34 +39,34 @@ class Samples:
     settings: dict = field(default_factory=dict)
 
 
-def _sde_config(process) -> dict | str:
-    return process.config() if hasattr(process, "config") else repr(process)
+def _sde_config(sde) -> dict | str:
+    return sde.config() if hasattr(sde, "config") else repr(sde)
 
 
-def build_sampler(solver: str | solvers.Sampler, solver_options: dict, process) -> solvers.Sampler:
-    """The sampler named `solver` built with `solver_options` (or a built one), checked against process."""
+def build_solver(solver: str | solvers.Solver, solver_options: dict, sde) -> solvers.Solver:
+    """The solver named `solver` built with `solver_options` (or a built one), checked against sde."""
     if isinstance(solver, str):
-        sampler = solvers.get(solver, **solver_options)
-    elif isinstance(solver, solvers.Sampler):
+        built = solvers.get(solver, **solver_options)
+    elif isinstance(solver, solvers.Solver):
         if solver_options:
-            raise ValueError(f"solver options {sorted(solver_options)} given with a built sampler; fix them when building it")
-        sampler = solver
+            raise ValueError(f"solver options {sorted(solver_options)} given with a built solver; fix them when building it")
+        built = solver
     else:
-        raise ValueError(f"solver must be a name in {sorted(solvers.available())} or a solvers.Sampler, got {solver!r}")
-    sampler.check_supported(process)
-    return sampler
+        raise ValueError(f"solver must be a name in {solvers.names()} or a solvers.Solver, got {solver!r}")
+    built.check_supported(sde)
+    return built
 
 
-def run_settings(sampler, steps: int, grid_name: str, ts: Tensor, process, seed, x: Tensor, device) -> dict:
+def run_settings(solver, steps: int, grid_name: str, ts: Tensor, sde, seed, x: Tensor, device) -> dict:
     """What reproduces a sampling run: solver and options, grid, SDE, seed, batch, dtype, device."""
     return {
-        "solver": sampler.name,
-        "options": sampler.options(),
+        "solver": solver.name,
+        "options": solver.options(),
         "steps": steps,
         "grid": grid_name,
         "t_start": float(ts[0]),
         "t_end": float(ts[-1]),
-        "sde": _sde_config(process),
+        "sde": _sde_config(sde),
         "seed": seed if not isinstance(seed, Sequence) else list(seed),
         "batch": int(x.shape[0]),
         "dtype": str(x.dtype).removeprefix("torch."),
@@ -94,8 +95,8 @@ def make_generators(
 def sample(
     model=None,
     *,
-    sde: str | AffineSDE | None = None,
-    solver: str | solvers.Sampler = "pc",
+    sde: str | SDE | None = None,
+    solver: str | solvers.Solver = "pc",
     steps: int | None = None,
     grid: str | Tensor | None = None,
     n: int | None = None,
@@ -118,7 +119,7 @@ def sample(
 
     model: a Model (e.g. `ScoreModel`, `AnalyticModel`); its `sde` is used, and `sde`, if given,
     must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
-    ``snr=0.16``) or a built sampler. steps: grid steps (the solver's `default_steps` when None);
+    ``snr=0.16``) or a built solver. steps: grid steps (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
@@ -155,7 +156,7 @@ def sample(
         raise ValueError("guidance_scale and null_label need class labels y")
     process = model.sde
 
-    sampler = build_sampler(solver, solver_options, process)
+    solver = build_solver(solver, solver_options, process)
 
     if x_T is not None:
         if n is not None or shape is not None:
@@ -181,8 +182,8 @@ def sample(
         ts, grid_name = grid.detach().to(device="cpu", dtype=torch.float64), "custom"
         steps = ts.numel() - 1
     else:
-        steps = sampler.default_steps if steps is None else steps
-        grid_name = sampler.default_grid if grid is None else grid
+        steps = solver.default_steps if steps is None else steps
+        grid_name = solver.default_grid if grid is None else grid
         ts = solvers.grids.make(grid_name, process, steps, t_start=t_start, t_end=t_end)
     if x_T is None:
         x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
@@ -193,7 +194,7 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(ts) - 1, desc=sampler.name, unit="step")
+        bar = tqdm(total=len(ts) - 1, desc=solver.name, unit="step")
 
     def on_step(step: Step) -> None:
         if bar is not None:
@@ -205,12 +206,12 @@ def sample(
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            sol = sampler(model, x_T, ts.to(device), generator=gen, callback=on_step)
+            sol = solver(model, x_T, ts.to(device), generator=gen, callback=on_step)
     finally:
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
-    settings = run_settings(sampler, steps, grid_name, ts, process, seed, x_T, device)
+    settings = run_settings(solver, steps, grid_name, ts, process, seed, x_T, device)
     if grid_name == "custom":
         settings["ts"] = ts.tolist()
     if y is not None:
@@ -219,3 +220,6 @@ def sample(
             "net_calls": model.net_calls, "net_rows": model.net_rows,
         }
     return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+
+
+build_sampler = build_solver  # the name before version 0.2

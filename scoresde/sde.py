@@ -1,4 +1,4 @@
-"""Forward diffusion processes: VP (linear, cosine), sub-VP, VE and a discrete DDPM schedule.
+"""Forward diffusion processes: VP (linear, cosine), sub-VP, VE, flow, and a discrete DDPM schedule.
 
 Every process here is affine, x_t = alpha(t) x_0 + sigma(t) eps with eps ~ N(0, I), and solves the
 linear SDE dx = a(t) x dt + g(t) dw with a(t) = d log alpha / dt and
@@ -7,6 +7,10 @@ g(t)^2 = d sigma^2 / dt - 2 a(t) sigma^2 (the moment equations of a linear SDE).
 A subclass supplies `log_alpha`, `sigma`, `dlog_alpha_dt`, `g2`, `t_of_lambda`; everything else
 (lambda, drift, prior, perturbation, reverse and probability-flow drifts) is shared. Times are float
 tensors of shape (B,) in [0, T]; results are (B,) unless noted. See docs/sde.md for the math.
+
+The discrete DDPM schedule (`DiscreteVPSDE`, `ddpm_betas`) lives in `scoresde.sde_discrete` and the
+table of SDE names (`SDE_TABLE`, `make_sde`, `sde_from_config`) in `scoresde.sde_names`; both are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ import torch
 from torch import Tensor
 
 from solvers.protocol import GeneratorArg, bcast, pf_drift, randn, randn_like, reverse_drift
+from solvers.validate import check_number
 
-__all__ = [
-    "SDE_NAMES", "SDE_TABLE", "AffineSDE", "DiscreteVPSDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time",
-    "make_sde", "sde_from_config",
-]
+__all__ = ["SDE", "FlowSDE", "SubVPSDE", "VESDE", "VPSDE", "check_time"]  # and, lazily, the names in _ELSEWHERE
 
 
 def values_checked(t: Tensor) -> bool:
@@ -50,13 +52,7 @@ def check_time(t: Tensor, T: float) -> None:
             raise ValueError(f"t must lie in [0, T={T}], got values in [{lo}, {hi}]")
 
 
-def _positive_finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-class AffineSDE:
+class SDE:
     """Base class: x_t = alpha(t) x_0 + sigma(t) eps, dx = a(t) x dt + g(t) dw.
 
     Attributes: kind ("vp", "subvp", "ve"), T (terminal time), t_eps (default end time of
@@ -190,7 +186,7 @@ def _vp_sigma(log_alpha: Tensor) -> Tensor:
 SCHEDULES = ("linear", "cosine")
 
 
-class VPSDE(AffineSDE):
+class VPSDE(SDE):
     """Variance-preserving SDE dx = -beta(t)/2 x dt + sqrt(beta(t)) dw (Song et al. 2021, Eq. 11).
 
     schedule="linear": beta(t) = beta_min + t (beta_max - beta_min), T = 1 (DDPM in continuous time).
@@ -216,15 +212,15 @@ class VPSDE(AffineSDE):
         if schedule == "linear":
             if s is not None:
                 raise ValueError("s applies to schedule='cosine' only")
-            self.beta_min = 0.1 if beta_min is None else _nonnegative("beta_min", beta_min)
-            self.beta_max = 20.0 if beta_max is None else _positive_finite("beta_max", beta_max)
+            self.beta_min = 0.1 if beta_min is None else check_number("beta_min", beta_min, 0)
+            self.beta_max = 20.0 if beta_max is None else check_number("beta_max", beta_max, 0, low_open=True)
             if not self.beta_min < self.beta_max:
                 raise ValueError(f"need beta_min < beta_max, got beta_min={self.beta_min}, beta_max={self.beta_max}")
             self.T = 1.0
         else:
             if beta_min is not None or beta_max is not None:
                 raise ValueError("beta_min and beta_max apply to schedule='linear' only; the cosine schedule takes s")
-            self.s = 0.008 if s is None else _positive_finite("s", s)
+            self.s = 0.008 if s is None else check_number("s", s, 0, low_open=True)
             self.T = 0.9946
             theta_0 = 0.5 * math.pi * self.s / (1 + self.s)
             self._cos0, self._sin0, self._tan0 = math.cos(theta_0), math.sin(theta_0), math.tan(theta_0)
@@ -278,12 +274,6 @@ class VPSDE(AffineSDE):
         return 2.0 * (1 + self.s) / math.pi * torch.atan2(sin_delta, cos_delta)
 
 
-def _nonnegative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 class SubVPSDE(VPSDE):
     """Sub-VP SDE dx = -beta/2 x dt + sqrt(beta (1 - exp(-2 int_0^t beta))) dw (Song et al. 2021, Eq. 12).
 
@@ -311,7 +301,7 @@ class SubVPSDE(VPSDE):
         return lam + math.log(2.0) - torch.log1p(root)
 
 
-class VESDE(AffineSDE):
+class VESDE(SDE):
     """Variance-exploding SDE dx = sqrt(d sigma^2/dt) dw with sigma(t) = sigma_min (sigma_max/sigma_min)^t
     (Song et al. 2021, Eq. 9); alpha = 1, g = sigma(t) sqrt(2 log(sigma_max/sigma_min)).
 
@@ -322,8 +312,8 @@ class VESDE(AffineSDE):
     t_eps = 1e-5
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        self.sigma_min = _positive_finite("sigma_min", sigma_min)
-        self.sigma_max = _positive_finite("sigma_max", sigma_max)
+        self.sigma_min = check_number("sigma_min", sigma_min, 0, low_open=True)
+        self.sigma_max = check_number("sigma_max", sigma_max, 0, low_open=True)
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"need sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
         self.prior_std = self.sigma_max
@@ -349,7 +339,7 @@ class VESDE(AffineSDE):
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
 
-class FlowSDE(AffineSDE):
+class FlowSDE(SDE):
     """The flow-matching / rectified-flow path x_t = (1 - t) x_0 + t eps (Lipman et al. 2023; Liu et al. 2023).
 
     As an SDE: a(t) = d log alpha/dt = -1/(1 - t) and g(t)^2 = d sigma^2/dt - 2 a sigma^2 = 2t/(1 - t),
@@ -384,175 +374,21 @@ class FlowSDE(AffineSDE):
         return torch.ones_like(t)
 
 
-DISCRETE_SCHEDULES = ("linear", "cosine")
-
-
-def ddpm_betas(schedule: str, num_steps: int = 1000) -> Tensor:
-    """Discrete DDPM betas (float64, (N,)).
-
-    "linear": linspace(1e-4, 0.02, N) (Ho et al. 2020); "cosine": beta_n = min(1 - abar(n+1)/abar(n), 0.999)
-    with abar(n) = cos^2(pi/2 (n/N + s)/(1 + s)), s = 0.008 (Nichol & Dhariwal 2021, Eq. 17).
-    """
-    if schedule not in DISCRETE_SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(DISCRETE_SCHEDULES)}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"num_steps must be an integer >= 2, got {num_steps!r}")
-    if schedule == "linear":
-        return torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64)
-    s = 0.008
-    n = torch.arange(num_steps + 1, dtype=torch.float64)
-    abar = torch.cos(0.5 * math.pi * (n / num_steps + s) / (1 + s)) ** 2
-    return torch.clamp(1 - abar[1:] / abar[:-1], max=0.999)
-
-
-class DiscreteVPSDE(AffineSDE):
-    """A discrete DDPM schedule seen as a continuous-time VP process.
-
-    Give exactly one of `betas` (N,), `alphas_cumprod` (N,) or `schedule` ("linear": 1e-4..0.02,
-    "cosine"; N = num_steps, default 1000). Knots t_n = (n + 1)/N carry log alpha_n = log(abar_n)/2;
-    log alpha is piecewise linear in t between them and through (0, 0), so alpha(0) = 1,
-    alpha(t_n)^2 = abar_n exactly, and T = 1. A network trained on integer timesteps n = 0..N-1
-    sees the continuous index `timestep(t)` = t N - 1 (n at the knots). t_eps = 1/N (the first
-    knot) for sampling and for likelihood.
-    """
-
-    kind = "vp"
-
-    def __init__(
-        self,
-        betas: Tensor | None = None,
-        *,
-        alphas_cumprod: Tensor | None = None,
-        schedule: str | None = None,
-        num_steps: int = 1000,
-    ):
-        given = [name for name, v in (("betas", betas), ("alphas_cumprod", alphas_cumprod), ("schedule", schedule)) if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of betas, alphas_cumprod or schedule, got {given}")
-        if not given:
-            schedule = "linear"
-        if schedule is not None:
-            betas = ddpm_betas(schedule, num_steps)
-        self.schedule = schedule
-        if betas is not None:
-            betas = torch.as_tensor(betas, dtype=torch.float64)
-            if betas.ndim != 1 or betas.numel() < 2:
-                raise ValueError(f"betas must have shape (N,) with N >= 2, got {tuple(betas.shape)}")
-            if not bool(torch.all((betas > 0) & (betas < 1))):
-                raise ValueError("betas must lie in (0, 1)")
-            log_abar = torch.cumsum(torch.log1p(-betas), 0)
-        else:
-            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-            if abar.ndim != 1 or abar.numel() < 2:
-                raise ValueError(f"alphas_cumprod must have shape (N,) with N >= 2, got {tuple(abar.shape)}")
-            if not bool(torch.all((abar > 0) & (abar < 1))) or not bool(torch.all(abar[1:] < abar[:-1])):
-                raise ValueError("alphas_cumprod must lie in (0, 1) and decrease strictly")
-            log_abar = torch.log(abar)
-        self.N = log_abar.numel()
-        self.t_eps = self.t_eps_likelihood = 1.0 / self.N
-        # knots (0, 0), (t_n, log alpha_n); float64 on the CPU, moved to t's device when used
-        self._knots_t = torch.arange(self.N + 1, dtype=torch.float64) / self.N
-        self._knots_log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * log_abar])
-        self._slopes = torch.diff(self._knots_log_alpha) * self.N
-
-    @property
-    def alphas_cumprod(self) -> Tensor:
-        """abar_n, (N,) float64."""
-        return torch.exp(2.0 * self._knots_log_alpha[1:])
-
-    def _config(self) -> dict:
-        if self.schedule is not None:
-            return {"schedule": self.schedule, "num_steps": self.N}
-        return {"alphas_cumprod": self.alphas_cumprod.tolist()}
-
-    def _segment(self, t: Tensor) -> Tensor:
-        # index k of the segment [t_k, t_{k+1}] holding t (k in 0..N-1)
-        return torch.clamp(torch.floor(t.to(torch.float64) * self.N).long(), 0, self.N - 1)
-
-    def _log_alpha(self, t: Tensor) -> Tensor:
-        k = self._segment(t)
-        knots = self._knots_log_alpha.to(t.device)
-        slopes = self._slopes.to(t.device)
-        t0 = k.to(torch.float64) / self.N
-        return (knots[k] + slopes[k] * (t.to(torch.float64) - t0)).to(t.dtype)
-
-    def _sigma(self, t: Tensor) -> Tensor:
-        return _vp_sigma(self._log_alpha(t))
-
-    def _dlog_alpha_dt(self, t: Tensor) -> Tensor:
-        return self._slopes.to(t.device)[self._segment(t)].to(t.dtype)
-
-    def _g2(self, t: Tensor) -> Tensor:
-        return -2.0 * self._dlog_alpha_dt(t)
-
-    def _t_of_lambda(self, lam: Tensor) -> Tensor:
-        return self._t_of_log_alpha(_vp_log_alpha_from_lambda(lam))
-
-    def _t_of_log_alpha(self, log_alpha: Tensor) -> Tensor:
-        # invert the decreasing piecewise-linear log alpha: find the segment, then solve linearly
-        knots = -self._knots_log_alpha.to(log_alpha.device)  # increasing
-        la = log_alpha.to(torch.float64)
-        k = torch.clamp(torch.searchsorted(knots, -la.contiguous()) - 1, 0, self.N - 1)
-        t = k.to(torch.float64) / self.N + (la - self._knots_log_alpha.to(la.device)[k]) / self._slopes.to(la.device)[k]
-        return t.to(log_alpha.dtype)
-
-    def timestep(self, t: Tensor) -> Tensor:
-        """Continuous index t N - 1 of a network trained on integer timesteps 0..N-1, (B,)."""
-        check_time(t, self.T)
-        return t * self.N - 1.0
-
-    def t_of_timestep(self, n: Tensor) -> Tensor:
-        """Inverse of `timestep`: t = (n + 1) / N, (B,) float."""
-        n = torch.as_tensor(n)
-        return (n.to(torch.float64 if not n.is_floating_point() else n.dtype) + 1.0) / self.N
-
-
-# The forward processes by name: `scoresde.sample(sde=...)`, `TrainConfig.sde`, the CLI's --sde.
-# name -> (class, fixed constructor arguments, the schedule parameters a caller may set)
-SDE_TABLE = {
-    "vp": (VPSDE, {}, ("beta_min", "beta_max")),
-    "vp_cosine": (VPSDE, {"schedule": "cosine"}, ()),
-    "subvp": (SubVPSDE, {}, ("beta_min", "beta_max")),
-    "ve": (VESDE, {}, ("sigma_min", "sigma_max")),
-    "ddpm": (DiscreteVPSDE, {}, ()),
-    "flow": (FlowSDE, {}, ()),
+# names defined in the two modules beside this one (imported on first use: they import this one)
+_ELSEWHERE = {
+    "DISCRETE_SCHEDULES": "sde_discrete", "DiscreteVPSDE": "sde_discrete", "ddpm_betas": "sde_discrete",
+    "SDE_NAMES": "sde_names", "SDE_TABLE": "sde_names", "make_sde": "sde_names", "sde_from_config": "sde_names",
 }
-SDE_NAMES = tuple(SDE_TABLE)
 
 
-def make_sde(sde: str | AffineSDE, **schedule: float) -> AffineSDE:
-    """The process named `sde` (one of SDE_NAMES) built with `schedule`, or the instance `sde` itself.
+def __getattr__(name: str):
+    if name == "AffineSDE":
+        import warnings
 
-    schedule: the process's schedule parameters (SDE_TABLE: beta_min, beta_max for "vp" and "subvp";
-    sigma_min, sigma_max for "ve"); those left out keep the class defaults, others raise.
-    """
-    if isinstance(sde, AffineSDE):
-        if schedule:
-            raise ValueError(f"schedule parameters {sorted(schedule)} given with an SDE instance; set them when building it")
-        return sde
-    if sde not in SDE_TABLE:
-        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDE_TABLE)}")
-    cls, fixed, params = SDE_TABLE[sde]
-    unknown = sorted(set(schedule) - set(params))
-    if unknown:
-        raise ValueError(f"sde {sde!r} takes the schedule parameters {list(params)}, got {unknown}")
-    return cls(**fixed, **schedule)
+        warnings.warn("scoresde.AffineSDE is deprecated; use scoresde.SDE", DeprecationWarning, stacklevel=2)
+        return SDE
+    if name in _ELSEWHERE:
+        import importlib
 
-
-def sde_from_config(config: dict) -> AffineSDE:
-    """The process that `AffineSDE.config()` describes: {"type": class name, **constructor arguments}.
-
-    Only the classes of SDE_TABLE are built, from JSON values (DiscreteVPSDE's alphas_cumprod list
-    becomes a float64 tensor): reading a file's recorded SDE runs no code.
-    """
-    classes = {cls.__name__: cls for cls, _, _ in SDE_TABLE.values()}
-    if not isinstance(config, dict) or config.get("type") not in classes:
-        got = config.get("type") if isinstance(config, dict) else config
-        raise ValueError(f"unknown SDE type {got!r}; choose one of {sorted(classes)}")
-    kwargs = {k: v for k, v in config.items() if k != "type"}
-    if "alphas_cumprod" in kwargs:
-        kwargs["alphas_cumprod"] = torch.tensor(kwargs["alphas_cumprod"], dtype=torch.float64)
-    try:
-        return classes[config["type"]](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad arguments {sorted(kwargs)} for {config['type']}: {e}") from e
+        return getattr(importlib.import_module(f"scoresde.{_ELSEWHERE[name]}"), name)
+    raise AttributeError(f"module 'scoresde.sde' has no attribute {name!r}")

@@ -5,7 +5,7 @@ and model files, load_model), `step` (loss, optimizer, EMA), `samples` (progress
 (`train`; its docstring describes a run). This module only re-exports their names.
 """
 
-from .sde import SDE_NAMES as SDES
+from .sde_names import SDE_NAMES as SDES
 from .training.checkpoints import CHECKPOINT, Checkpoint, load_checkpoint, load_model
 from .training.config import COMPILE, OPTIMIZER_IMPLS, TrainConfig, build_sde
 from .training.loop import TrainResult, setup_distributed, train

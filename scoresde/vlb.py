@@ -31,7 +31,8 @@ from solvers.protocol import GeneratorArg, randn_like
 from solvers.validate import check_int, check_name
 
 from .param import has_learned_variance
-from .sde import AffineSDE, DiscreteVPSDE
+from .sde import SDE
+from .sde_discrete import DiscreteVPSDE
 
 __all__ = [
     "VLB", "discretized_gaussian_log_prob", "gaussian_kl", "has_learned_variance", "learned_variance",
@@ -117,7 +118,7 @@ def check_levels(x: Tensor, levels: int) -> None:
         raise ValueError(f"x must lie on the {levels}-level grid -1 + 2k/{levels - 1} of [-1, 1]")
 
 
-def vlb_grid(sde: AffineSDE, steps: int | None) -> Tensor:
+def vlb_grid(sde: SDE, steps: int | None) -> Tensor:
     """Increasing grid t_0 < ... < t_S = T: a DiscreteVPSDE's own knots n/N when steps is None, else
     `steps` intervals uniform in t from sde.t_eps to T (for a DiscreteVPSDE, a stride over its knots)."""
     if steps is None:

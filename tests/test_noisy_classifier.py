@@ -59,7 +59,7 @@ def test_forward_shapes_preconditioning_and_time_conditioning():
         clf(x, t[:2])
     with pytest.raises(ValueError, match=r"expected c_noise of shape \(3,\)"):
         NoisyClassifierNet(TINY)(x, torch.zeros(2))
-    with pytest.raises(ValueError, match="sde must be a scoresde AffineSDE"):
+    with pytest.raises(ValueError, match="sde must be a scoresde SDE"):
         NoisyClassifier(TINY, None)
 
 

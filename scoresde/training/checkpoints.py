@@ -31,7 +31,7 @@ from ..files import atomic_write, read_safetensors, safetensors_format
 from ..losses import LossHistory
 from ..nn import UNet, UNetConfig
 from ..param import ScoreModel
-from ..sde import AffineSDE
+from ..sde import SDE
 from .config import TrainConfig, build_sde
 
 __all__ = [
@@ -83,7 +83,7 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
-                    sde: AffineSDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                    sde: SDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                     loss_history: LossHistory | None = None) -> None:
     """Write a training checkpoint atomically (module docstring)."""
     tensors = {}
@@ -118,7 +118,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
-                     sde: AffineSDE) -> None:
+                     sde: SDE) -> None:
     """Write `config.json` in out_dir (atomic): the run's configurations and step, for people to read."""
     meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(), "sde": sde.config()}
     atomic_write(Path(out_dir) / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))

@@ -16,7 +16,8 @@ from ..augment import check_kinds as check_augment_kinds
 from ..losses import TIME_SAMPLING
 from ..nn import PRESETS, UNetConfig, preset
 from ..param import C_NOISE
-from ..sde import SDE_NAMES, SDE_TABLE, AffineSDE, make_sde
+from ..sde import SDE
+from ..sde_names import SDE_NAMES, SDE_TABLE, make_sde
 from ..speed import COMPILE_BACKENDS
 
 __all__ = [
@@ -264,7 +265,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def build_sde(config: TrainConfig) -> AffineSDE:
+def build_sde(config: TrainConfig) -> SDE:
     """The forward process named by config.sde, with the config's schedule parameters (SDE_TABLE)."""
     _, _, params = SDE_TABLE[config.sde]
     return make_sde(config.sde, **{name: getattr(config, name) for name in params})

@@ -63,7 +63,7 @@ from ..files import atomic_write
 from ..losses import LossHistory
 from ..nn import UNet, UNetConfig
 from ..param import ScoreModel
-from ..sde import AffineSDE
+from ..sde import SDE
 from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_config
 from .config import TrainConfig, build_sde, build_unet_config, check_resume
 from .samples import write_samples
@@ -154,7 +154,7 @@ class _Run:
     device: torch.device
     out: Path
     unet_config: UNetConfig
-    sde: AffineSDE
+    sde: SDE
     images: Tensor
     labels: Tensor | None
     levels: int
@@ -213,7 +213,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
-def _setup(config: TrainConfig, data: datasets.ImageData, sde: AffineSDE, unet_config: UNetConfig, rank: int,
+def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config: UNetConfig, rank: int,
            world: int, device: torch.device) -> _Run:
     """Build the networks, optimizer and loss history on `device`, restored from out_dir's checkpoint
     (resumption) or config.init_from, and wrap the network for DDP and torch.compile."""
