@@ -33,7 +33,6 @@ times inside a step that the hook does not see, and stay first order under repla
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import torch
@@ -43,7 +42,7 @@ import solvers
 from solvers.protocol import GeneratorArg, bcast, randn_like, time_like
 from solvers.validate import check_name
 
-from .sampling import Samples, build_solver, make_generators, run_settings
+from .sampling import Samples, build_solver, make_generators, make_grid, run_settings, run_solver
 
 __all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "Replacement", "replace_known", "to_basis"]
 
@@ -139,9 +138,7 @@ def inpaint(
     solver = build_solver(solver, solver_options, sde)
     device = known.device
     gen = make_generators(seed, generator, device)
-    steps = solver.default_steps if steps is None else steps
-    grid_name = solver.default_grid if grid is None else grid
-    ts = solvers.grids.make(grid_name, sde, steps).to(device)
+    ts, grid_name, steps = make_grid(solver, sde, grid, steps)
     if x_T is None:
         x = sde.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
     elif x_T.shape != known.shape:
@@ -149,13 +146,9 @@ def inpaint(
     else:
         x = x_T.to(device=device, dtype=known.dtype)
     hook = Replacement(known, mask, sde, basis=basis, generator=gen, noise=noise)
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        sol = solver(model, x, ts, generator=gen, callback=callback, hook=hook)
-        one = torch.ones(1, dtype=known.dtype, device=device)
-        x = replace_known(sol.x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
-    seconds = time.perf_counter() - start
+    sol, seconds = run_solver(solver, model, x, ts.to(device), gen, callback, False, hook)
+    one = torch.ones(1, dtype=known.dtype, device=device)
+    x = replace_known(sol.x, known, mask, one, 0 * one, torch.zeros_like(known), basis)  # known part exactly
     settings = run_settings(solver, steps, grid_name, ts, sde, seed, known, device)
     settings["conditioning"] = "replacement" if basis is None else "replacement in a channel basis"
     settings["replacement_noise"] = noise

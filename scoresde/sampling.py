@@ -12,6 +12,7 @@ from torch import Tensor
 
 import solvers
 from solvers.base import Callback, Step
+from solvers.validate import check_int
 
 from .guidance import CFGModel, check_labels
 from .sde_names import SDE_NAMES, make_sde
@@ -139,10 +140,37 @@ def sample(
     batched network calls; settings["guidance"] records the labels, the scale, and the network
     calls and rows actually used (docs/guidance.md).
     """
+    model, image_shape, null_label = _resolve_model(model, sde, y, guidance_scale, null_label, device)
+    process = model.sde
+    solver = build_solver(solver, solver_options, process)
+    n, shape, device = _batch(model, x_T, n, shape, image_shape, y, device)
+    gen = make_generators(seed, generator, device)
+    if y is not None:
+        check_labels(model.y, n if x_T is None else x_T.shape[0])
+    ts, grid_name, steps = make_grid(solver, process, grid, steps, t_start, t_end)
+    if x_T is None:
+        x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
+    else:
+        x_T = x_T.to(device)
+
+    sol, seconds = run_solver(solver, model, x_T, ts.to(device), gen, callback, progress)
+    settings = run_settings(solver, steps, grid_name, ts, process, seed, x_T, device)
+    if grid_name == "custom":
+        settings["ts"] = ts.tolist()
+    if y is not None:
+        settings["guidance"] = {
+            "y": model.y.tolist(), "scale": model.scale, "null_label": null_label,
+            "net_calls": model.net_calls, "net_rows": model.net_rows,
+        }
+    return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+
+
+def _resolve_model(model, sde, y, guidance_scale, null_label, device):
+    """(model, its image_shape, null_label): the shipped model when None, wrapped in CFGModel for labels y."""
     if isinstance(sde, str) and sde not in SDES:
         raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDES)}")
     if model is None:
-        from .pretrained import default_model  # loaded lazily: it reads package files
+        from .training.checkpoints import default_model  # loaded lazily: it reads package files
 
         model = default_model("vp" if sde is None else sde, conditional=y is not None, device=device)
     elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
@@ -154,42 +182,40 @@ def sample(
         model = CFGModel(model, y, 1.0 if guidance_scale is None else guidance_scale, null_label=null_label)
     elif guidance_scale is not None or null_label is not None:
         raise ValueError("guidance_scale and null_label need class labels y")
-    process = model.sde
+    return model, image_shape, null_label
 
-    solver = build_solver(solver, solver_options, process)
 
+def _batch(model, x_T, n, shape, image_shape, y, device) -> tuple[int | None, tuple | None, torch.device]:
+    """(n, shape, device) of the batch: from x_T, or from n (default 64, or one per label) and shape."""
     if x_T is not None:
         if n is not None or shape is not None:
             raise ValueError("give x_T or (n, shape), not both")
-        device = x_T.device if device is None else torch.device(device)
-    else:
-        if n is None:  # one sample per label when labels (B,) are given
-            n = model.y.numel() if y is not None and model.y.numel() > 1 else 64
-        shape = image_shape if shape is None else shape
-        if shape is None:
-            raise ValueError("give x_T, or shape (excluding the batch dimension): this model records no image_shape")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        device = torch.device("cpu") if device is None else torch.device(device)
-    gen = make_generators(seed, generator, device)
-    if y is not None:
-        check_labels(model.y, n if x_T is None else x_T.shape[0])
+        return None, None, x_T.device if device is None else torch.device(device)
+    if n is None:  # one sample per label when labels (B,) are given
+        n = model.y.numel() if y is not None and model.y.numel() > 1 else 64
+    shape = image_shape if shape is None else shape
+    if shape is None:
+        raise ValueError("give x_T, or shape (excluding the batch dimension): this model records no image_shape")
+    check_int("n", n, 1)
+    return n, shape, torch.device("cpu") if device is None else torch.device(device)
 
+
+def make_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, int]:
+    """(ts, grid name, steps): a grid tensor as given ("custom"), or the grid `grid` (the solver's
+    default_grid when None) of `steps` steps (its default_steps when None) from t_start to t_end."""
     if isinstance(grid, Tensor):
         # a grid of times (e.g. from solvers.fit_grid) brings its own steps and ends
         if steps is not None or t_start is not None or t_end is not None:
             raise ValueError("a grid tensor fixes steps, t_start and t_end itself; omit them")
-        ts, grid_name = grid.detach().to(device="cpu", dtype=torch.float64), "custom"
-        steps = ts.numel() - 1
-    else:
-        steps = solver.default_steps if steps is None else steps
-        grid_name = solver.default_grid if grid is None else grid
-        ts = solvers.grids.make(grid_name, process, steps, t_start=t_start, t_end=t_end)
-    if x_T is None:
-        x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
-    else:
-        x_T = x_T.to(device)
+        ts = grid.detach().to(device="cpu", dtype=torch.float64)
+        return ts, "custom", ts.numel() - 1
+    steps = solver.default_steps if steps is None else steps
+    grid_name = solver.default_grid if grid is None else grid
+    return solvers.grids.make(grid_name, sde, steps, t_start=t_start, t_end=t_end), grid_name, steps
 
+
+def run_solver(solver, model, x_T: Tensor, ts: Tensor, gen, callback, progress: bool, hook=None):
+    """(Solution, seconds): the solver under torch.no_grad(), with a tqdm bar when `progress`."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -206,20 +232,11 @@ def sample(
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            sol = solver(model, x_T, ts.to(device), generator=gen, callback=on_step)
+            sol = solver(model, x_T, ts, generator=gen, callback=on_step, hook=hook)
     finally:
         if bar is not None:
             bar.close()
-    seconds = time.perf_counter() - start
-    settings = run_settings(solver, steps, grid_name, ts, process, seed, x_T, device)
-    if grid_name == "custom":
-        settings["ts"] = ts.tolist()
-    if y is not None:
-        settings["guidance"] = {
-            "y": model.y.tolist(), "scale": model.scale, "null_label": null_label,
-            "net_calls": model.net_calls, "net_rows": model.net_rows,
-        }
-    return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+    return sol, time.perf_counter() - start
 
 
 build_sampler = build_solver  # the name before version 0.2
