@@ -297,8 +297,13 @@ class SubVPSDE(VPSDE):
 
     def _log_alpha_from_lambda(self, lam: Tensor) -> Tensor:
         # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^(2 lam)))
-        root = torch.exp(0.5 * torch.logaddexp(torch.zeros_like(lam), 2.0 * lam + math.log(4.0)))
-        return lam + math.log(2.0) - torch.log1p(root)
+        #                                       = 2 / (e^-lam + sqrt(e^(-2 lam) + 4))  for lam > 0, where
+        # the first form gives inf - inf at lam = inf (t = 0); each form sees only its half of the line
+        neg, pos = lam.clamp(max=0.0), lam.clamp(min=0.0)
+        root = torch.exp(0.5 * torch.logaddexp(torch.zeros_like(neg), 2.0 * neg + math.log(4.0)))
+        e = torch.exp(-pos)
+        high = math.log(2.0) - torch.log(e + torch.sqrt(e**2 + 4.0))
+        return torch.where(lam > 0, high, neg + math.log(2.0) - torch.log1p(root))
 
 
 class VESDE(SDE):

@@ -25,11 +25,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .protocol import SDE
+from .protocol import SDE, coef
 
 __all__ = [
     "LOWER_ORDER_FINAL_STEPS", "StepCoefficients", "grid_time", "marginal", "phis", "step_coefficients",
-    "step_order",
+    "step_order", "zero_noise_limit",
 ]
 
 # lower_order_final applies on grids with fewer steps than this (as in Lu et al.'s reference code,
@@ -43,6 +43,18 @@ def phis(z: Tensor, n: int) -> list[Tensor]:
     for k in range(1, n):
         out.append((out[-1] - 1.0 / math.factorial(k)) / z)
     return out
+
+
+def zero_noise_limit(x_t: Tensor, x0_s: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+    """x_t, except where the step ends at sigma_t = 0 (lambda_t = +inf, e.g. t_end = 0 on VP): there alpha_t x0_s.
+
+    At sigma_t = 0 the exponential-integrator weights are inf * 0 (h = inf), but the exact limit of
+    the step as lambda_t -> inf is finite: both forms tend to x_t = alpha_t x0_s, the data prediction at
+    the step's start (e.g. sigma_t h phi_1(h) = alpha_t sigma_s / alpha_s - sigma_t in the noise form).
+    x_t, x0_s (B, *D); alpha_t, sigma_t float64 (1,) or (B,). A `torch.where`, so no host sync.
+    """
+    limit = coef(alpha_t, x0_s) * x0_s
+    return torch.where(coef(sigma_t, x_t) == 0, limit.to(x_t.dtype), x_t)
 
 
 class StepCoefficients(NamedTuple):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import Callback, Hook, Solver, State, report
-from .coefficients import LOWER_ORDER_FINAL_STEPS, grid_time, marginal, phis, step_order
+from .coefficients import LOWER_ORDER_FINAL_STEPS, grid_time, marginal, phis, step_order, zero_noise_limit
 from .controllers import LogSNRController, StepSizeOptions
 from .conversions import x0_from_eps
 from .protocol import CountedModel, GeneratorArg, coef, time_like
@@ -112,7 +112,8 @@ def dpm_solver_singlestep(
 
     Returns x_t, the embedded lower-order result from the same evaluations (DPM-Solver-1 inside
     DPM-Solver-2, DPM-Solver-2 with r1 inside DPM-Solver-3; None for order 1), and the data
-    prediction at s.
+    prediction at s. A step ending at sigma_t = 0 returns the exact limit alpha_t x0_s for both
+    (`solvers.coefficients.zero_noise_limit`).
     """
     sde = model.sde
     alpha_s, sigma_s, lam_s = marginal(sde, s)
@@ -120,21 +121,29 @@ def dpm_solver_singlestep(
     h = lam_t - lam_s
     eps_s = model.eps(x_s, time_like(s, x_s))
     x0_s = x0_from_eps(x_s, eps_s, alpha_s, sigma_s)
+    higher, lower = _dpm_solver_stages(model, x_s, eps_s, s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2)
+    end = lambda x: None if x is None else zero_noise_limit(x, x0_s, alpha_t, sigma_t)  # noqa: E731
+    return end(higher), end(lower), x0_s
+
+
+def _dpm_solver_stages(model, x_s, eps_s, s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2):
+    """(x_t, the embedded lower-order x_t or None) of a DPM-Solver-`order` step; order - 1 more evaluations."""
+    sde = model.sde
     x_1 = dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_t, sigma_t, h)
     if order == 1:
-        return x_1, None, x0_s
+        return x_1, None
     s1 = sde.t_of_lambda(lam_s + r1 * h)
     alpha_s1, sigma_s1, _ = marginal(sde, s1)
     u1 = dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_s1, sigma_s1, r1 * h)
     eps_s1 = model.eps(u1, time_like(s1, x_s))
     x_2 = dpm_solver_2_step(x_s, eps_s, eps_s1, alpha_s, alpha_t, sigma_t, h, r1)
     if order == 2:
-        return x_2, x_1, x0_s
+        return x_2, x_1
     s2 = sde.t_of_lambda(lam_s + r2 * h)
     alpha_s2, sigma_s2, _ = marginal(sde, s2)
     u2 = dpm_solver_3_mid(x_s, eps_s, eps_s1, alpha_s, alpha_s2, sigma_s2, h, r1, r2)
     eps_s2 = model.eps(u2, time_like(s2, x_s))
-    return dpm_solver_3_step(x_s, eps_s, eps_s2, alpha_s, alpha_t, sigma_t, h, r2), x_2, x0_s
+    return dpm_solver_3_step(x_s, eps_s, eps_s2, alpha_s, alpha_t, sigma_t, h, r2), x_2
 
 
 def default_rs(order: int, r1: float | None, r2: float | None) -> tuple[float | None, float | None]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .base import Hook, Solver, State
-from .coefficients import marginal, phis, step_order
+from .coefficients import marginal, phis, step_order, zero_noise_limit
 from .protocol import CountedModel, GeneratorArg, coef, randn_like, time_like
 from .validate import check_bool, check_choice
 
@@ -212,10 +212,12 @@ class DPMSolverPP(Solver):
         if self.solver_type == "singlestep":
             p = step_order(self.order, state.i, state.steps, warmup=None, lower_order_final=self.lower_order_final)
             x_t = self._singlestep(model, x, x0_s, s, lam_s, sigma_s, alpha_t, sigma_t, h, p)
+            x_t = zero_noise_limit(x_t, x0_s, alpha_t, sigma_t)  # a step to sigma_t = 0 (t_end = 0 on VP)
             return MultistepState(x=x_t, x0=x0_s, i=state.i + 1, steps=state.steps)
         warmup = len(state.hist) + 1
         p = step_order(self.order, state.i, state.steps, warmup=warmup, lower_order_final=self.lower_order_final)
         x_t = dpm_solver_pp_multistep(x, x0_s, lam_s, state.hist, sigma_s, alpha_t, sigma_t, h, p)
+        x_t = zero_noise_limit(x_t, x0_s, alpha_t, sigma_t)  # a step to sigma_t = 0 (t_end = 0 on VP)
         hist = (*state.hist, (lam_s, x0_s))[-2:]
         return MultistepState(x=x_t, x0=x0_s, hist=hist, i=state.i + 1, steps=state.steps)
 

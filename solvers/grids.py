@@ -41,6 +41,11 @@ def uniform_lambda(sde: SDE, steps: int, *, t_start: float | None = None, t_end:
     t0, t1 = _ends(sde, steps, t_start, t_end)
     ends = torch.tensor([t0, t1], dtype=torch.float64)
     lam = sde.lambda_(ends)
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(
+            f"grid 'uniform_lambda' needs a finite log-SNR at both ends, got lambda={lam.tolist()} at "
+            f"t_start={t0}, t_end={t1} (sigma(t) = 0 at t = 0 on VP and sub-VP): use t_end > 0 or another grid"
+        )
     ts = sde.t_of_lambda(torch.linspace(float(lam[0]), float(lam[1]), steps + 1, dtype=torch.float64))
     ts[0], ts[-1] = t0, t1  # remove round-off at the ends
     return ts

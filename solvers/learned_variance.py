@@ -52,9 +52,9 @@ def learned_variance_update(
     # Ho et al. 2020 (arXiv:2006.11239), Eq. (7): posterior mean with x0 predicted
     mean = bcast(alpha_t / alpha_s * torch.exp(-2 * h), x_s) * x_s + bcast(alpha_t * r, x_s) * x0
     # Nichol & Dhariwal 2021, Eq. (15): log Sigma = v log beta + (1 - v) log beta_tilde
-    log_beta = bcast(torch.log(r) + 2 * torch.log(sigma_s), x_s)
-    log_beta_tilde = bcast(torch.log(r) + 2 * torch.log(sigma_t), x_s)
-    log_var = v * log_beta + (1 - v) * log_beta_tilde
+    # as log r + v log sigma_s^2 + (1 - v) log sigma_t^2 with xlogy (0 log 0 = 0): v = 1 at sigma_t = 0
+    # (a step to t = 0 on VP) gives Sigma = beta, not 0 * log 0 = NaN
+    log_var = bcast(torch.log(r), x_s) + torch.xlogy(v, bcast(sigma_s**2, x_s)) + torch.xlogy(1 - v, bcast(sigma_t**2, x_s))
     return mean + torch.exp(0.5 * log_var) * z, x0
 
 

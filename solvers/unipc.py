@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .base import Hook, Solver, State
-from .coefficients import grid_time, marginal, phis, step_order
+from .coefficients import grid_time, marginal, phis, step_order, zero_noise_limit
 from .conversions import x0_from_eps
 from .protocol import CountedModel, GeneratorArg, coef, time_like
 from .validate import check_bool, check_choice
@@ -156,6 +156,7 @@ class UniPC(Solver):
         # predictor UniP-p
         x_t = unipc_step(x, m_s, D1s, a_p, ratio, c_t, h_phi_1, B_h)
         x0_s = m_s if data else x0_from_eps(x, m_s, alpha_s, sigma_s)
+        x_t = zero_noise_limit(x_t, x0_s, alpha_t, sigma_t)  # a step to sigma_t = 0 (t_end = 0 on VP)
         following = {"x0": x0_s, "i": state.i + 1, "steps": state.steps}
         if state.i == state.steps - 1 and not self.final_corrector:
             return UniPCState(x=x_t, hist=hist, **following)
@@ -164,6 +165,6 @@ class UniPC(Solver):
         if self.corrector:
             # corrector UniC-p: the nodes gain r = 1 with D1 = m_t - m_s
             a_c = unipc_coefficients(torch.cat(rks + [torch.ones_like(h)]), hh, B_h)
-            x_t = unipc_step(x, m_s, D1s + [m_t - m_s], a_c, ratio, c_t, h_phi_1, B_h)
+            x_t = zero_noise_limit(unipc_step(x, m_s, D1s + [m_t - m_s], a_c, ratio, c_t, h_phi_1, B_h), x0_s, alpha_t, sigma_t)
         hist = (*hist, (lam_t, m_t))[-self.order :]
         return UniPCState(x=x_t, hist=hist, **following)

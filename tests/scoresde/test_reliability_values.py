@@ -1,0 +1,75 @@
+"""Issue 17, reliability of values: no silent NaN, bad input refused with a ValueError saying what is valid."""
+
+import pytest
+import torch
+
+import scoresde
+import solvers
+from scoresde import VPSDE, AnalyticModel, Gaussian, SubVPSDE
+from solvers.learned_variance import learned_variance_update
+
+GRIDS_TO_ZERO = ["uniform_t", "quadratic_t", "karras"]  # uniform_lambda refuses t_end = 0 (lambda = inf)
+EXPONENTIAL = {  # id -> (solver, options); each step ending at sigma = 0 must return alpha_t x0_s
+    "dpm_solver": ("dpm_solver", {}), "dpm_solver_1": ("dpm_solver", {"order": 1}),
+    "dpm_solver_2": ("dpm_solver", {"order": 2}), "dpm_solver++": ("dpm_solver++", {}),
+    "dpm_solver++_3m": ("dpm_solver++", {"order": 3}), "dpm_solver++_2s": ("dpm_solver++", {"solver_type": "singlestep"}),
+    "dpm_solver++_3s": ("dpm_solver++", {"solver_type": "singlestep", "order": 3}),
+    "unipc": ("unipc", {}), "unipc_eps": ("unipc", {"prediction": "eps"}),
+    "unipc_final_corrector": ("unipc", {"final_corrector": True}),
+}
+
+
+def _model(sde=None):
+    return AnalyticModel(Gaussian(torch.zeros(2, dtype=torch.float64)), sde or VPSDE())
+
+
+@pytest.mark.parametrize("grid", GRIDS_TO_ZERO)
+@pytest.mark.parametrize("name", sorted(EXPONENTIAL))
+@pytest.mark.parametrize("sde", [VPSDE, SubVPSDE])
+@pytest.mark.parametrize("steps", [5, 12])  # 12: the last step at full order (no lower_order_final)
+def test_exponential_integrators_reach_t0_with_the_exact_limit(name, grid, sde, steps):
+    steps_seen = []
+    solver = solvers.get(EXPONENTIAL[name][0], **EXPONENTIAL[name][1])
+    res = scoresde.sample(
+        _model(sde()), solver=solver, grid=grid, t_end=0.0, steps=steps, n=4, shape=(2,), seed=0,
+        dtype=torch.float64, callback=steps_seen.append,
+    )
+    assert torch.isfinite(res.x).all()
+    last = steps_seen[-1]
+    # alpha(0) = 1: the last step returns the data prediction at its start
+    torch.testing.assert_close(res.x, last.x0)
+
+
+@pytest.mark.parametrize("grid", GRIDS_TO_ZERO)
+def test_every_solver_is_finite_at_t_end_0(grid):
+    model = _model()
+    for name in solvers.names():
+        if name == "ddpm_learned":
+            continue  # needs eps_and_variance: test_ddpm_learned_v1_at_t0_is_finite
+        res = scoresde.sample(model, solver=name, grid=grid, t_end=0.0, steps=5, n=4, shape=(2,), seed=0,
+                              dtype=torch.float64)
+        assert torch.isfinite(res.x).all(), (name, grid)
+
+
+def test_subvp_t_of_lambda_reaches_t0_at_infinite_log_snr():
+    sde = SubVPSDE()
+    lam = torch.tensor([float("inf"), 8.0, 1.0, 0.0, -1.0, -4.0], dtype=torch.float64)
+    t = sde.t_of_lambda(lam)
+    assert t[0] == 0.0
+    torch.testing.assert_close(sde.lambda_(t[1:]), lam[1:])
+
+
+def test_uniform_lambda_refuses_t_end_0_saying_why():
+    with pytest.raises(ValueError, match="finite log-SNR"):
+        solvers.grids.uniform_lambda(VPSDE(), 5, t_end=0.0)
+
+
+def test_ddpm_learned_v1_at_t0_is_finite():
+    """v = 1 (Sigma = beta) on a step to sigma_t = 0: log beta_tilde = -inf must not give 0 * -inf."""
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps, z = torch.zeros_like(x), torch.ones_like(x)
+    one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    alpha_s, sigma_s, alpha_t, sigma_t, h = one(0.6), one(0.8), one(1.0), one(0.0), one(float("inf"))
+    for v, std in ((1.0, 0.8), (0.0, 0.0), (0.5, 0.0)):  # beta = sigma_s^2 (1 - e^{-2h}) = sigma_s^2; beta_tilde = 0
+        x_t, x0 = learned_variance_update(x, eps, torch.full_like(x, v), alpha_s, sigma_s, alpha_t, sigma_t, h, z)
+        torch.testing.assert_close(x_t, x0 + std)
