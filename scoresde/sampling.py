@@ -108,7 +108,7 @@ def sample(
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     progress: bool = False,
     callback: Callback | None = None,
     y: int | Tensor | None = None,
@@ -128,7 +128,9 @@ def sample(
     (default 64, or one per label when y holds several) and `shape` (D, without the batch; default: the model's `image_shape`, which
     shipped and trained models record). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
-    torch.no_grad(). Returns `Samples` (x, nfe, ts, seconds, settings).
+    torch.no_grad(). dtype: the dtype sampling runs in; None (default) means float32 when the prior
+    is drawn and x_T's own dtype when x_T is given (an explicit dtype casts x_T to it). x_T must be a
+    finite float tensor (NaN or inf raise ValueError). Returns `Samples` (x, nfe, ts, seconds, settings).
 
     Class-conditional models: y (an int or labels (n,)) samples those classes with classifier-free
     guidance of scale guidance_scale = w (default 1: plain conditional sampling): guided
@@ -140,6 +142,8 @@ def sample(
     batched network calls; settings["guidance"] records the labels, the scale, and the network
     calls and rows actually used (docs/guidance.md).
     """
+    _check_x_T(x_T)
+    _check_dtype(dtype)
     model, image_shape, null_label = _resolve_model(model, sde, y, guidance_scale, null_label, device)
     process = model.sde
     solver = build_solver(solver, solver_options, process)
@@ -149,9 +153,9 @@ def sample(
         check_labels(model.y, n if x_T is None else x_T.shape[0])
     ts, grid_name, steps = make_grid(solver, process, grid, steps, t_start, t_end)
     if x_T is None:
-        x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=dtype)
+        x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=torch.float32 if dtype is None else dtype)
     else:
-        x_T = x_T.to(device)
+        x_T = x_T.to(device=device, dtype=x_T.dtype if dtype is None else dtype)
 
     sol, seconds = run_solver(solver, model, x_T, ts.to(device), gen, callback, progress)
     settings = run_settings(solver, steps, grid_name, ts, process, seed, x_T, device)
@@ -163,6 +167,22 @@ def sample(
             "net_calls": model.net_calls, "net_rows": model.net_rows,
         }
     return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+
+
+def _check_x_T(x_T) -> None:
+    """Raise ValueError unless x_T is None or a finite float tensor (B, *D) (one host read, at the boundary)."""
+    if x_T is None:
+        return
+    if not isinstance(x_T, Tensor) or x_T.ndim < 1 or not x_T.is_floating_point():
+        shape = tuple(x_T.shape) if isinstance(x_T, Tensor) else type(x_T).__name__
+        raise ValueError(f"x_T must be a float tensor of shape (B, *D), got {shape}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or infinite values")
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be None or a floating torch.dtype (e.g. torch.float64), got {dtype!r}")
 
 
 def _resolve_model(model, sde, y, guidance_scale, null_label, device):

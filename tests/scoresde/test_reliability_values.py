@@ -73,3 +73,28 @@ def test_ddpm_learned_v1_at_t0_is_finite():
     for v, std in ((1.0, 0.8), (0.0, 0.0), (0.5, 0.0)):  # beta = sigma_s^2 (1 - e^{-2h}) = sigma_s^2; beta_tilde = 0
         x_t, x0 = learned_variance_update(x, eps, torch.full_like(x, v), alpha_s, sigma_s, alpha_t, sigma_t, h, z)
         torch.testing.assert_close(x_t, x0 + std)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_sample_refuses_a_non_finite_x_T(bad):
+    x_T = torch.zeros(4, 2, dtype=torch.float64)
+    x_T[1, 0] = bad
+    with pytest.raises(ValueError, match="x_T contains NaN or infinite values"):
+        scoresde.sample(_model(), solver="ddim", steps=3, x_T=x_T)
+
+
+def test_sample_refuses_a_non_float_x_T():
+    with pytest.raises(ValueError, match="x_T must be a float tensor"):
+        scoresde.sample(_model(), solver="ddim", steps=3, x_T=torch.zeros(4, 2, dtype=torch.long))
+
+
+def test_sample_dtype_follows_x_T_or_casts_it_when_given():
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))  # float32
+    model = _model()
+    assert scoresde.sample(model, solver="ddim", steps=3, x_T=x_T).x.dtype == torch.float32
+    res = scoresde.sample(model, solver="ddim", steps=3, x_T=x_T, dtype=torch.float64)
+    assert res.x.dtype == torch.float64 and res.settings["dtype"] == "float64"
+    assert scoresde.sample(model, solver="ddim", steps=3, x_T=x_T.double()).x.dtype == torch.float64
+    assert scoresde.sample(model, solver="ddim", steps=3, n=2, shape=(2,), seed=0).x.dtype == torch.float32
+    with pytest.raises(ValueError, match="dtype must be None or a floating torch.dtype"):
+        scoresde.sample(model, solver="ddim", steps=3, x_T=x_T, dtype=torch.int64)
