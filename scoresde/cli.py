@@ -17,18 +17,45 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
+MAX_INT = 2**31 - 1  # counts and sizes (--n, --batch-size, ...): beyond this torch overflows
+MAX_STEPS = 1_000_000  # grid steps
+MAX_SEED = 2**63 - 1  # seeds: 0..2**63-1, what torch.Generator.manual_seed takes as a signed 64-bit int
+
+
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (`prog: error: message`) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded_int(text: str, low: int, high: int) -> int:
+    """An integer in low..high from `text`, else an ArgumentTypeError naming the range."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value} (valid range {low}..{high})")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"expected an integer <= {high}, got {value} (valid range {low}..{high})")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _bounded_int(text, 1, MAX_INT)
+
+
+def _steps(text: str) -> int:
+    return _bounded_int(text, 1, MAX_STEPS)
+
+
+def _seed(text: str) -> int:
+    return _bounded_int(text, 0, MAX_SEED)
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -52,6 +79,28 @@ def _labels(text: str) -> list[int]:
     if any(v < 0 for v in labels):
         raise argparse.ArgumentTypeError(f"labels must be >= 0, got {text!r}")
     return labels
+
+
+def _check_device(device: str, purpose: str) -> str:
+    from .devices import check_device
+
+    check_device(device, purpose=purpose)  # a ValueError naming the valid devices
+    return device
+
+
+def _check_labels(labels: list[int], model) -> None:
+    """--y against the model's classes 0..K-1 (K, its null label, means no class)."""
+    k = getattr(model, "null_label", None)
+    if k is None:
+        raise UsageError(f"--y {','.join(map(str, labels))}: this model is not class-conditional (it has no classes)")
+    bad = [v for v in labels if not 0 <= v <= k]
+    if bad:
+        raise UsageError(f"--y {bad[0]}: labels must lie in 0..{k - 1} (the model's {k} classes), or be {k} for no class")
+
+
+def _check_out_dir(path: str, flag: str) -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path!r} is a file, not a folder; choose a folder (it is created if missing)")
 
 
 def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False):
@@ -78,7 +127,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.guidance_scale is not None and args.y is None:
         raise UsageError("--guidance-scale needs class labels --y")
+    _check_device(args.device, "sampling")
+    for flag, path in (("--out", args.out), ("--save", args.save)):
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{flag} {path!r} is a folder; give a file name")
+    if args.save is not None and not args.save.endswith((".npz", ".pt")):
+        raise UsageError(f"--save {args.save!r}: use a .npz or .pt file name")
     model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None)
+    if args.y is not None:
+        _check_labels(args.y, model)
     shape = None if args.shape is None else tuple(args.shape)  # None: the model's image_shape
     options = dict(args.option or [])
     guidance = {}
@@ -94,10 +151,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.save is not None:
         if args.save.endswith(".npz"):
             np.savez(args.save, x=x.cpu().numpy())
-        elif args.save.endswith(".pt"):
+        else:  # .pt, checked above
             torch.save(x.cpu(), args.save)
-        else:
-            raise UsageError(f"--save {args.save!r}: use a .npz or .pt file name")
     print(f"wrote {args.out} ({x.shape[0]} samples); NFE {res.nfe}, {res.seconds:.2f} s")
     print("settings: " + json.dumps(res.settings, default=str))
     return 0
@@ -163,6 +218,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**fields)  # checks every value and names the valid choices
+    if config.device != "auto":
+        _check_device(config.device, "training")
+    _check_out_dir(config.out_dir, "--out-dir")
     ckpt = Path(config.out_dir) / "checkpoint.safetensors"
     if ckpt.exists() and not args.resume:
         raise UsageError(f"{ckpt} exists; pass --resume to continue it or choose another --out-dir")
@@ -182,8 +240,18 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     from . import data as data_mod
     from .likelihood import bits_per_dim
 
+    _check_device(args.device, "bits/dim")
     model = _load_model(args.model, args.sde, args.device)
-    images = data_mod.load(args.data, root=args.data_root, split=args.split)
+    image_size, channels = args.image_size, 3
+    if args.data == "folder":  # images resized to the model's size and channels unless --image-size says otherwise
+        shape = getattr(model, "image_shape", None)
+        if image_size is None and shape is None:
+            raise UsageError("--data folder: this model does not record its image size; pass --image-size")
+        channels = 3 if shape is None else shape[0]
+        image_size = shape[-1] if image_size is None else image_size
+    elif image_size is not None:
+        raise UsageError(f"--image-size is for --data folder only (data {args.data!r} has a fixed size)")
+    images = data_mod.load(args.data, root=args.data_root, split=args.split, image_size=image_size, channels=channels)
     n = len(images) if args.n is None else min(args.n, len(images))
     x_int = images.images[:n]
     x = data_mod.to_model_input(x_int, images.levels, dtype=torch.float32).to(args.device)
@@ -215,11 +283,11 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="pc", help="a name from `scoresde solvers` (default: pc)")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
-    p.add_argument("--steps", type=_positive_int, help="grid steps (default: the solver's)")
+    p.add_argument("--steps", type=_steps, help=f"grid steps, 1..{MAX_STEPS} (default: the solver's)")
     p.add_argument("--grid", choices=sorted(solvers.grids.GRIDS), help="time grid (default: the solver's)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--shape", type=_positive_int, nargs="+", metavar="DIM", help="sample shape without the batch")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--out", default="samples.png", help="PNG grid to write (default: samples.png)")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default: 4)")
@@ -248,16 +316,17 @@ def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--data", default="digits", choices=["digits", "cifar10", "folder"], help="data set (default: digits)")
     p.add_argument("--data-root", help="folder of the data (cifar10, folder)")
+    p.add_argument("--image-size", type=_positive_int, help="--data folder: resize images to this size (default: the model's)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split (default: test)")
     p.add_argument("--n", type=_positive_int, help="first n images only (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="images per ODE solve (default: 128)")
     p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes (default: 1)")
     p.add_argument("--repeats", type=_positive_int, default=1, help="dequantization repeats (default: 1)")
     p.add_argument("--method", default="dopri5", help="torchdiffeq method, or dpm_solver for the fixed budget (default: dopri5)")
-    p.add_argument("--steps", type=_positive_int, help="steps of a fixed-grid or fixed-budget method")
+    p.add_argument("--steps", type=_steps, help=f"steps of a fixed-grid or fixed-budget method, 1..{MAX_STEPS}")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: 1e-5)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default: 1e-5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of probes and dequantization (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of probes and dequantization, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_bpd)
 
@@ -278,13 +347,23 @@ COMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or only of `command` (the other commands then take no arguments:
     what their arguments' choices need, torch included, is not imported)."""
-    parser = argparse.ArgumentParser(prog="scoresde", description="Score-based diffusion models in continuous time.")
+    parser = _Parser(prog="scoresde", description="Score-based diffusion models in continuous time.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_line, add_arguments) in COMMANDS.items():
         p = sub.add_parser(name, help=help_line)
         if command is None or command == name:
             add_arguments(p)
     return parser
+
+
+# What a bad flag value or file raises once parsed: validators raise ValueError (TypeError for a
+# value of the wrong type, e.g. a --option literal), files OSError. Anything else is a bug and keeps
+# its traceback.
+USER_ERRORS = (UsageError, ValueError, TypeError, OSError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
-    except (UsageError, ValueError, FileNotFoundError) as e:
-        print(f"scoresde {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"scoresde {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     if args.command != "solvers":
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cli import parse_option
+from .cli import USER_ERRORS, _one_line, _Parser, _steps, parse_option
 from .files import atomic_write
 
 __all__ = ["Generated", "generate_shard", "load_shards", "sample_seeds", "shard_indices", "shard_path"]
@@ -242,7 +242,7 @@ def load_shards(out_dir: str | os.PathLike) -> Generated:
 def build_parser() -> argparse.ArgumentParser:
     from .sde_names import SDE_NAMES
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m scoresde.generate",
         description="Draw a large sample set, one shard per torchrun rank (module docstring of scoresde.generate).",
     )
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
     p.add_argument("--solver", default="dpm_solver++", help="a name from `scoresde solvers` (default: dpm_solver++)")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
-    p.add_argument("--steps", type=int, help="grid steps (default: the solver's)")
+    p.add_argument("--steps", type=_steps, help="grid steps (default: the solver's)")
     p.add_argument("--grid", help="time grid (default: the solver's)")
     p.add_argument("--total", type=int, required=True, help="number of samples over all ranks")
     p.add_argument("--shape", type=int, nargs="+", metavar="DIM", help="sample shape without the batch (default: the model's)")
@@ -266,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     args = build_parser().parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before any work
+        print(f"scoresde.generate: error: --out {args.out!r} is a file, not a folder; choose a folder "
+              "(it is created if missing)", file=sys.stderr)
+        return 2
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # set by torchrun
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -298,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {run.x.shape[0]} samples {tuple(run.x.shape[1:])} in {run.world_size} shard(s) to {args.out}")
         else:
             print(f"rank {rank}: wrote {path}", file=sys.stderr)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scoresde.generate: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"scoresde.generate: error: {_one_line(e)}", file=sys.stderr)
         return 2
     finally:
         if distributed:
