@@ -132,6 +132,8 @@ def score(x: torch.Tensor, y: torch.Tensor, clean, fd: bool, dequantized: bool) 
 
 def run_row(kind: str, scale: float, solver: str, steps: int | None, model, y, args, clean, classifier=None) -> dict:
     shape = model.image_shape
+    adaptive = solvers.get(solver).grid_ends_only  # e.g. "ode" with dopri5: chooses its own steps, refuses `steps`
+    steps = None if adaptive else steps
     start = time.perf_counter()
     if kind == "cfg":
         res = scoresde.sample(model, solver=solver, steps=steps, n=len(y), shape=shape, seed=args.seed,
@@ -143,7 +145,6 @@ def run_row(kind: str, scale: float, solver: str, steps: int | None, model, y, a
         res = scoresde.sample(guided, solver=solver, steps=steps, n=len(y), shape=shape, seed=args.seed, device=args.device)
         rows, calls = guided.net_calls, guided.classifier_calls  # B rows per model call; classifier passes
     seconds = time.perf_counter() - start
-    adaptive = solvers.get(solver).nfe_per_step == 0  # e.g. "ode" with dopri5: steps only set the output grid
     row = {"kind": kind, "scale": scale, "solver": solver, "steps": "adaptive" if adaptive else res.settings["steps"], "nfe": res.nfe,
            "rows_per_sample": rows, "calls": calls, "seconds": seconds}
     row.update(score(res.x, y, clean, not args.no_fd, trained_dequantized(model)))

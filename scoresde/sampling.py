@@ -124,7 +124,9 @@ def sample(
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
-    settings["ts"] the times). Give the batch as `x_T` (B, *D) or as `n`
+    settings["ts"] the times). Adaptive solvers (`grid_ends_only`: "ode" with an adaptive method,
+    "dpm_solver_adaptive") choose their own steps between t_start and t_end: they refuse steps and grid
+    names, and settings record grid "ends" and steps None. Give the batch as `x_T` (B, *D) or as `n`
     (default 64, or one per label when y holds several) and `shape` (D, without the batch; default: the model's `image_shape`, which
     shipped and trained models record). seed: an int, or a list of n ints for one generator per sample
     (a sample then does not depend on the batch); or pass `generator`(s). Runs under
@@ -151,7 +153,10 @@ def sample(
     gen = make_generators(seed, generator, device)
     if y is not None:
         check_labels(model.y, n if x_T is None else x_T.shape[0])
-    ts, grid_name, steps = make_grid(solver, process, grid, steps, t_start, t_end)
+    if solver.grid_ends_only and not isinstance(grid, Tensor):
+        ts, grid_name, steps = adaptive_grid(solver, process, grid, steps, t_start, t_end)
+    else:
+        ts, grid_name, steps = make_grid(solver, process, grid, steps, t_start, t_end)
     if x_T is None:
         x_T = process.prior_sample((n, *shape), generator=gen, device=device, dtype=torch.float32 if dtype is None else dtype)
     else:
@@ -232,6 +237,17 @@ def make_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tenso
     steps = solver.default_steps if steps is None else steps
     grid_name = solver.default_grid if grid is None else grid
     return solvers.grids.make(grid_name, sde, steps, t_start=t_start, t_end=t_end), grid_name, steps
+
+
+def adaptive_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, None]:
+    """(ts, "ends", None): the (2,) grid [t_start, t_end] of an adaptive solver (`grid_ends_only`), which
+    chooses its own steps; an explicit steps or grid name would be ignored, so it is refused."""
+    if steps is not None or grid is not None:
+        raise ValueError(
+            f"solver {solver.name!r} is adaptive: it chooses its own steps and uses only the grid's ends "
+            f"t_start and t_end; omit steps and grid (got steps={steps!r}, grid={grid!r})"
+        )
+    return solvers.grids.uniform_t(sde, 1, t_start=t_start, t_end=t_end), "ends", None
 
 
 def run_solver(solver, model, x_T: Tensor, ts: Tensor, gen, callback, progress: bool, hook=None):

@@ -109,7 +109,8 @@ class Solver:
     deterministic part: global order for ODE solvers, weak order for SDE samplers); `stochastic`;
     `nfe_per_step` (model evaluations per grid step, 0 when adaptive); `kinds` (SDE kinds it
     supports) and `why_unsupported` (said when refused); `default_steps` and `default_grid` (what
-    `scoresde.sample` uses unless told otherwise).
+    `scoresde.sample` uses unless told otherwise); `grid_ends_only` (True for adaptive solvers, which
+    without a hook use only ts[0] and ts[-1]: `scoresde.sample` then refuses steps and grid names).
     """
 
     name: ClassVar[str] = "solver"
@@ -121,6 +122,7 @@ class Solver:
     why_unsupported: ClassVar[str] = ""
     default_steps: ClassVar[int] = 100  # what scoresde.sample uses when no step count is given
     default_grid: ClassVar[str] = "uniform_t"  # a name in solvers.grids.GRIDS
+    grid_ends_only: ClassVar[bool] = False  # adaptive: only the grid's ends are used (without a hook)
 
     denoise_final: bool = False
 

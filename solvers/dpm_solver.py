@@ -246,6 +246,7 @@ class DPMSolverAdaptive(Solver, StepSizeOptions):
     description = "Adaptive DPM-Solver-12/23 with log-SNR step-size control (Lu et al. 2022)"
     stochastic = False
     nfe_per_step = 0
+    grid_ends_only = True
     default_steps = 1  # only the ends of the grid are used
     default_grid = "uniform_lambda"
 

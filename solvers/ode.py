@@ -114,7 +114,8 @@ class ProbabilityFlowODE(Solver):
         for key in ("rtol", "atol"):
             if getattr(self, key) is not None:
                 self._set(**{key: check_number(key, getattr(self, key), 0, 1, low_open=True, high_open=True)})
-        self._set(order=_TORCHDIFFEQ_SOLVERS[self.method].order, nfe_per_step=FIXED_STAGES.get(self.method, 0))
+        self._set(order=_TORCHDIFFEQ_SOLVERS[self.method].order, nfe_per_step=FIXED_STAGES.get(self.method, 0),
+                  grid_ends_only=self.method in ADAPTIVE)
 
     def tolerances(self) -> dict[str, float]:
         """rtol and atol as odeint takes them (1e-5 each unless given)."""

@@ -98,3 +98,20 @@ def test_sample_dtype_follows_x_T_or_casts_it_when_given():
     assert scoresde.sample(model, solver="ddim", steps=3, n=2, shape=(2,), seed=0).x.dtype == torch.float32
     with pytest.raises(ValueError, match="dtype must be None or a floating torch.dtype"):
         scoresde.sample(model, solver="ddim", steps=3, x_T=x_T, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("solver, options", [("ode", {}), ("ode", {"method": "bosh3"}), ("dpm_solver_adaptive", {})])
+def test_adaptive_solvers_refuse_steps_and_grid_names_and_record_the_ends(solver, options):
+    model = _model()
+    for bad in ({"steps": 10}, {"grid": "uniform_t"}, {"steps": 5, "grid": "karras"}):
+        with pytest.raises(ValueError, match="uses only the grid's ends t_start and t_end; omit steps and grid"):
+            scoresde.sample(model, solver=solver, n=2, shape=(2,), seed=0, **bad, **options)
+    res = scoresde.sample(model, solver=solver, n=2, shape=(2,), seed=0, t_start=0.9, t_end=0.01, **options)
+    assert res.settings["grid"] == "ends" and res.settings["steps"] is None
+    assert (res.settings["t_start"], res.settings["t_end"]) == (0.9, 0.01)
+    assert torch.isfinite(res.x).all()
+
+
+def test_fixed_grid_ode_methods_still_take_steps():
+    res = scoresde.sample(_model(), solver="ode", method="rk4", steps=4, n=2, shape=(2,), seed=0)
+    assert res.settings["steps"] == 4 and res.settings["grid"] == "uniform_t" and res.ts.shape == (5,)
