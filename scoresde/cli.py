@@ -58,6 +58,11 @@ def _seed(text: str) -> int:
     return _bounded_int(text, 0, MAX_SEED)
 
 
+def _count(text: str) -> int:
+    """An integer field of a config (a count or size; the config checks its least value)."""
+    return _bounded_int(text, 0, MAX_INT)
+
+
 def parse_option(text: str) -> tuple[str, object]:
     """KEY=VALUE, VALUE parsed as a Python literal (number, bool, string, tuple) when it is one."""
     if "=" not in text:
@@ -191,9 +196,11 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             kwargs.update(choices=list(typing.get_args(hint)))
         elif hint is bool:
             kwargs.update(action=argparse.BooleanOptionalAction)
-        elif hint in (int, float, str):
+        elif hint in (int, int | None):  # bounded, so that no value overflows torch's 64-bit integers
+            kwargs.update(type=_seed if f.name == "seed" else _count)
+        elif hint in (float, str):
             kwargs.update(type=hint)
-        elif hint in (int | None, float | None, str | None):
+        elif hint in (float | None, str | None):
             kwargs.update(type=typing.get_args(hint)[0])
         elif hint == tuple[str, ...]:  # comma-separated names, e.g. --augment xflip,translate: the config splits them
             kwargs.update(type=str)

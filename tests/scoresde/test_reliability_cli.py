@@ -159,3 +159,19 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     # a file where a folder is expected: NotADirectoryError, an OSError other than FileNotFoundError
     (tmp_path / "f").write_text("")
     assert_usage_error([*SAMPLE, "--out", str(tmp_path / "f" / "s.png")], "Not a directory", capsys)
+
+
+@pytest.mark.parametrize(
+    "flag, value, match",
+    [
+        ("--seed", str(10**30), "argument --seed: expected an integer <= 9223372036854775807"),
+        ("--seed", "-1", "argument --seed: expected an integer >= 0, got -1"),
+        ("--batch-size", str(10**30), "argument --batch-size: expected an integer <= 2147483647"),
+        ("--image-size", str(10**30), "argument --image-size: expected an integer <= 2147483647"),
+    ],
+)
+def test_train_integer_flags_name_the_range(flag, value, match, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert_usage_error(["train", "--steps", "1", "--device", "cpu", "--out-dir", str(run), "--no-progress",
+                        flag, value], match, capsys)
+    assert not run.exists()
