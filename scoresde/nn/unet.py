@@ -38,6 +38,11 @@ from solvers.validate import check_bool, check_int, check_name, check_number
 from .layers import AttnBlock, FourierEmbedding, PositionalEmbedding, ResBlock, group_norm, zero_
 
 EMBEDDINGS = ("positional", "fourier")
+# Bounds on what a configuration (e.g. one read from a file) may ask for: far above any sensible net
+# (DDPM++ CIFAR-10: image_size 32, ch 128, 4 levels, 4 blocks), far below what exhausts memory.
+LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "ch": 2048, "levels": 12, "ch_mult": 64,
+          "num_res_blocks": 32, "num_classes": 1_000_000, "augment_dim": 4096}
+MAX_PARAMETERS = 2_000_000_000  # implied by a file's configuration (checked before building the net)
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,16 @@ class UNetConfig:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         for name in ("image_size", "in_channels", "ch"):
-            check_int(name, getattr(self, name), 1)
-        check_int("num_res_blocks", self.num_res_blocks, 0)
+            check_int(name, getattr(self, name), 1, LIMITS[name])
+        check_int("num_res_blocks", self.num_res_blocks, 0, LIMITS["num_res_blocks"])
         if self.out_channels is not None:
-            check_int("out_channels", self.out_channels, 1)
-        if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive integers, got {self.ch_mult!r}")
+            check_int("out_channels", self.out_channels, 1, LIMITS["out_channels"])
+        if not self.ch_mult or any(not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= LIMITS["ch_mult"]
+                                   for m in self.ch_mult) or len(self.ch_mult) > LIMITS["levels"]:
+            raise ValueError(f"ch_mult must be a non-empty tuple of at most {LIMITS['levels']} integers in "
+                             f"[1, {LIMITS['ch_mult']}], got {self.ch_mult!r}"[:300])
+        if any(not isinstance(r, int) or isinstance(r, bool) for r in self.attn_resolutions):
+            raise ValueError(f"attn_resolutions must be integers, got {self.attn_resolutions!r}"[:300])
         levels = len(self.ch_mult)
         if self.image_size % 2 ** (levels - 1):
             raise ValueError(
@@ -98,9 +107,9 @@ class UNetConfig:
         check_name("embedding", self.embedding, EMBEDDINGS)
         check_number("embedding_scale", self.embedding_scale, 0, low_open=True)
         if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1)
+            check_int("num_classes", self.num_classes, 1, LIMITS["num_classes"])
         check_bool("learn_variance", self.learn_variance)
-        check_int("augment_dim", self.augment_dim, 0)
+        check_int("augment_dim", self.augment_dim, 0, LIMITS["augment_dim"])
 
     @property
     def output_channels(self) -> int:

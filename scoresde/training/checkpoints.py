@@ -20,6 +20,7 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write, read_safetensors, safetensors_format
+from ..files import atomic_write, read_safetensors, safetensors_format, write_safetensors
 from ..losses import LossHistory
 from ..nn import UNet, UNetConfig
+from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
 from .config import TrainConfig, build_sde
@@ -58,11 +60,117 @@ def _metadata(fmt: str, step: int, config: TrainConfig, unet_config: UNetConfig,
 
 
 def _write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str], *, mode: int | None = None) -> Path:
-    from safetensors.torch import save_file
+    """Write atomically, with a SHA-256 digest of tensors and metadata (checked by `read_safetensors`)."""
+    return write_safetensors(path, tensors, meta, mode=mode)
 
-    path = Path(path)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=mode)
-    return path
+
+# --- reading what a file claims, before trusting it ------------------------------------------------
+
+MAX_JSON_CHARS = 1_000_000  # per metadata entry
+MAX_JSON_DEPTH = 16  # nesting of [ and { (the configs nest 2 deep)
+MAX_STEP = 10**15
+
+
+def _json_depth(text: str) -> int:
+    """Greatest nesting of [ and { in JSON text, outside strings (a linear scan: no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _meta_json(path, meta: dict[str, str], key: str, kind: type = dict):
+    """The JSON object in metadata entry `key`, or ValueError naming the file and the entry."""
+    if key not in meta:
+        raise ValueError(f"{path}: metadata lacks {key!r}")
+    text = meta[key]
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{path}: metadata {key!r} is {len(text)} characters (at most {MAX_JSON_CHARS})")
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"{path}: metadata {key!r} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({_one_line(e)})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: metadata {key!r} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _meta_step(path, meta: dict[str, str]) -> int:
+    text = meta.get("step")
+    if text is None:
+        raise ValueError(f"{path}: metadata lacks 'step'")
+    if not (text.isascii() and text.isdigit() and len(text) <= 16) or int(text) > MAX_STEP:
+        raise ValueError(f"{path}: metadata 'step' must be an integer in [0, {MAX_STEP}], got {text[:40]!r}")
+    return int(text)
+
+
+def _meta_configs(path, meta: dict[str, str]) -> tuple[TrainConfig, UNetConfig, dict]:
+    """(TrainConfig, UNetConfig, SDE JSON) of a file's metadata, each checked, errors naming the file."""
+    configs = []
+    for key, cls in (("config", TrainConfig), ("unet_config", UNetConfig)):
+        d = _meta_json(path, meta, key)
+        try:
+            configs.append(cls.from_dict(d))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: metadata {key!r}: {_one_line(e)}") from None
+    return configs[0], configs[1], _meta_json(path, meta, "sde")
+
+
+def _check_weights(path, unet_config: UNetConfig, state: dict[str, Tensor], what: str) -> None:
+    """Refuse weights that do not fit `unet_config` (names, shapes, count) or are not finite, before any
+    network is built: the expected shapes come from a network on the meta device (no memory)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in UNet(unet_config).state_dict().items()}
+    count = sum(math.prod(s) for s in expected.values())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{path}: unet_config implies {count:,} parameters (at most {MAX_PARAMETERS:,})")
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{path}: {what} weights do not match unet_config: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}" + (" ..." if len(missing) > 5 or len(extra) > 5 else ""))
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(f"{path}: {what} weight {k!r} has shape {tuple(state[k].shape)}, "
+                             f"unet_config implies {shape}")
+    _check_finite(path, state, what)
+
+
+def _check_finite(path, tensors: dict[str, Tensor], what: str) -> None:
+    for k, v in tensors.items():
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{path}: {what} tensor {k!r} holds non-finite values (NaN or inf)")
+
+
+def _split_opt(path, tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]:
+    """Optimizer state by parameter index from tensors named "opt.<i>.<key>"."""
+    opt: dict[int, dict[str, Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            parts = k.split(".", 2)
+            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 9) or not parts[2]:
+                raise ValueError(f"{path}: tensor name {k[:80]!r} is not of the form 'opt.<index>.<name>'")
+            opt.setdefault(int(parts[1]), {})[parts[2]] = v
+    return opt
 
 
 # --- training checkpoints ------------------------------------------------------------------------
@@ -102,19 +210,21 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
+    step = _meta_step(path, meta)
+    config, unet_config, sde_config = _meta_configs(path, meta)
     net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    opt: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            opt.setdefault(int(i), {})[name] = v
+    opt = _split_opt(path, tensors)
     history = {k[len("loss_history."):]: v for k, v in tensors.items() if k.startswith("loss_history.")}
-    return Checkpoint(
-        step=int(meta["step"]), config=TrainConfig.from_dict(json.loads(meta["config"])),
-        unet_config=UNetConfig.from_dict(json.loads(meta["unet_config"])), sde_config=json.loads(meta["sde"]),
-        net=net, ema=ema, opt=opt, loss_history=history,
-    )
+    unknown = sorted(k for k in tensors if not k.startswith(("net.", "ema.", "opt.", "loss_history.")))
+    if unknown:
+        raise ValueError(f"{path}: unexpected tensor(s) {[k[:80] for k in unknown[:5]]} in a checkpoint")
+    _check_weights(path, unet_config, net, "net")
+    _check_weights(path, unet_config, ema, "ema")
+    _check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
+    _check_finite(path, history, "loss_history")
+    return Checkpoint(step=step, config=config, unet_config=unet_config, sde_config=sde_config,
+                      net=net, ema=ema, opt=opt, loss_history=history)
 
 
 def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
@@ -156,10 +266,12 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     class-conditional model, None otherwise.
     """
     tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
+    step = _meta_step(path, meta)
+    config, unet_config, _ = _meta_configs(path, meta)
+    _check_weights(path, unet_config, tensors, "model")
     state = {k: v.to(torch.float32) for k, v in tensors.items()}
-    config = TrainConfig.from_dict(json.loads(meta["config"]))
-    model = _score_model(state, config, UNetConfig.from_dict(json.loads(meta["unet_config"])), device)
-    model.step = int(meta["step"])
+    model = _score_model(state, config, unet_config, device)
+    model.step = step
     return model
 
 

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from .. import data as datasets
 from ..augment import augment
-from ..files import atomic_write
+from ..files import atomic_write, clean_stale_tmp
 from ..losses import LossHistory
 from ..nn import UNet, UNetConfig
 from ..param import ScoreModel
@@ -205,11 +205,28 @@ def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.M
     return ckpt.step
 
 
+def _metrics_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line, None if it is not a JSON object with an integer step."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after `step` (by a run killed after its last checkpoint)."""
+    """Drop metrics logged after `step` (by a run killed after its last checkpoint), and a torn last
+    line (killed mid-write); any other unreadable line raises ValueError naming the file and line."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    keep = []
+    for n, (i, line) in enumerate(lines):
+        s = _metrics_step(line)
+        if s is None and n < len(lines) - 1:
+            raise ValueError(f"{path}: line {i} is not a JSON object with an integer 'step'")
+        if s is not None and s <= step:
+            keep.append(line)
     atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
@@ -226,6 +243,8 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config:
     opt = make_optimizer(config, net, device)
     history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
     out = Path(config.out_dir)
+    if rank == 0:
+        clean_stale_tmp(out)  # left by a run killed mid-write
     start = _restore(config, out / CHECKPOINT, unet_config, net, ema, opt, history)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
