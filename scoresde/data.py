@@ -81,8 +81,11 @@ def to_model_input(
     """Integer levels (B, C, H, W) -> floats in [-1, 1] of `dtype`, optionally flipped and dequantized.
 
     See the module docstring for the two scalings. Random draws (flip, then dequantization noise)
-    come from `generator` on its device and are moved to the images' device.
+    come from `generator` on its device and are moved to the images' device. levels: an integer
+    >= 2; images: integer values in [0, levels) (ValueError otherwise; the values are read only for
+    CPU tensors, so that a training loop on an accelerator does not synchronize).
     """
+    check_images_levels(images, levels)
     x = images.to(dtype)
     if flip:
         gen_device = images.device if generator is None else generator.device
@@ -94,6 +97,23 @@ def to_model_input(
         u = torch.rand(x.shape, generator=generator, device=gen_device, dtype=dtype).to(images.device)
         return 2.0 * (x + u) / levels - 1.0
     return 2.0 * x / (levels - 1) - 1.0
+
+
+def check_images_levels(images: Tensor, levels: int) -> None:
+    """Raise ValueError unless levels is an integer >= 2 and images (B, ...) hold integers in [0, levels).
+
+    A float tensor must hold whole numbers. The values are read only on the CPU (no device sync).
+    """
+    check_int("levels", levels, 2)
+    if not isinstance(images, Tensor) or images.is_complex() or images.dtype == torch.bool:
+        raise ValueError(f"images must be an integer (or whole-number float) tensor, got {getattr(images, 'dtype', type(images).__name__)}")
+    if images.device.type != "cpu" or images.numel() == 0:
+        return
+    if images.is_floating_point() and not bool((images == images.round()).all()):  # NaN and inf fail too
+        raise ValueError("images must hold integer levels in [0, levels); got non-integer values (NaN, inf or fractions)")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < 0 or hi >= levels:
+        raise ValueError(f"images must hold integer levels in [0, levels) = [0, {levels}), got values in [{lo}, {hi}]")
 
 
 def to_levels(x: Tensor, levels: int, *, dequantized: bool = False) -> Tensor:
@@ -149,25 +169,195 @@ class _BatchUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a CIFAR batch)")
 
 
+# Bounds on a CIFAR batch's pickle, checked on its opcodes before anything is built (a real batch:
+# ~31 MB, a dict of 4 entries, two lists of 10,000 items, nesting 4 deep).
+MAX_CIFAR_FILE_BYTES = 256 * 2**20
+MAX_PICKLE_DEPTH = 8
+MAX_PICKLE_NODES = 1_000_000  # objects the pickle would build, shared references counted each time
+MAX_KEY_NODES = 8  # a dict key: a string, or _codecs.encode(string, "latin1") in protocol-2 files
+_PICKLE_LEAVES = {
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "NONE", "NEWTRUE", "NEWFALSE", "FLOAT",
+    "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+    "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
+}
+_NUMPY_DTYPES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8", "b1"}
+
+
+class _Node:
+    """What one pickled object would be: its children (shared nodes are shared) and, for short
+    strings, the value (to check globals and dtypes)."""
+
+    __slots__ = ("children", "value")
+
+    def __init__(self, children=(), value=None):
+        self.children, self.value = list(children), value
+
+
+def _since_mark(stack: list, marks: list) -> list:
+    if not marks:
+        raise ValueError("an opcode needs a MARK and there is none")
+    m = marks.pop()
+    items = stack[m:]
+    del stack[m:]
+    return items
+
+
+def _pickle_graph(raw: bytes) -> _Node:
+    """The object graph of a pickle, built from its opcodes alone (nothing is constructed or called);
+    ValueError for opcodes or globals a CIFAR batch does not use."""
+    import pickletools
+
+    stack: list[_Node] = []
+    marks: list[int] = []
+    memo: dict[int, _Node] = {}
+    for op, arg, _ in pickletools.genops(raw):
+        name = op.name
+        if name in ("PROTO", "FRAME", "STOP"):
+            continue
+        if name in _PICKLE_LEAVES:
+            short = isinstance(arg, (str, bytes)) and len(arg) <= 64
+            stack.append(_Node(value=(arg.decode("latin1") if isinstance(arg, bytes) else arg) if short else None))
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE"):
+            stack.append(_Node())
+        elif name in ("LIST", "TUPLE", "DICT"):
+            items = _since_mark(stack, marks)
+            if name == "DICT":
+                _check_keys(items[0::2])
+            stack.append(_Node(items))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = stack[-n:]
+            del stack[-n:]
+            stack.append(_Node(items))
+        elif name in ("APPEND", "BUILD"):
+            item = stack.pop()
+            stack[-1].children.append(item)
+        elif name == "APPENDS":
+            items = _since_mark(stack, marks)
+            stack[-1].children.extend(items)
+        elif name in ("SETITEM", "SETITEMS"):
+            items = stack[-2:] if name == "SETITEM" else _since_mark(stack, marks)
+            if name == "SETITEM":
+                del stack[-2:]
+            _check_keys(items[0::2])
+            stack[-1].children.extend(items)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[int(arg)])
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            if name == "GLOBAL":
+                module, attr = arg.split(" ", 1)
+            else:
+                module, attr = (n.value for n in stack[-2:])
+                del stack[-2:]
+            if (module, attr) not in _BatchUnpickler._ALLOWED:
+                raise ValueError(f"refusing to load {str(module)[:60]}.{str(attr)[:60]} (not part of a CIFAR batch)")
+            stack.append(_Node(value=f"{module}.{attr}"))
+        elif name == "REDUCE":
+            args, func = stack.pop(), stack.pop()
+            if func.value == "numpy.dtype" and (not args.children or args.children[0].value not in _NUMPY_DTYPES):
+                raise ValueError("refusing a numpy dtype other than a plain number type")
+            stack.append(_Node([func, args]))
+        elif name in ("POP", "DUP", "POP_MARK"):
+            if name == "POP":
+                stack.pop()
+            elif name == "DUP":
+                stack.append(stack[-1])
+            else:
+                _since_mark(stack, marks)
+        else:
+            raise ValueError(f"refusing pickle opcode {name} (not part of a CIFAR batch)")
+    if len(stack) != 1:
+        raise ValueError("the pickle does not leave exactly one object")
+    return stack[0]
+
+
+def _check_keys(keys: list[_Node]) -> None:
+    for k in keys:
+        if _graph_size(k, MAX_KEY_NODES, MAX_PICKLE_DEPTH)[0] > MAX_KEY_NODES:
+            raise ValueError(f"a dict key of more than {MAX_KEY_NODES} objects (CIFAR keys are strings)")
+
+
+def _graph_size(root: _Node, max_nodes: int, max_depth: int) -> tuple[int, int]:
+    """(objects, depth) of the tree the graph unfolds to, counting up to just past max_nodes; ValueError
+    for a cycle or a depth over max_depth. Iterative, linear in the graph's size."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    todo = [(root, False)]
+    while todo:
+        node, done = todo.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            kids = node.children
+            size[key] = min(max_nodes + 1, 1 + sum(size[id(c)] for c in kids))
+            depth[key] = 1 + max((depth[id(c)] for c in kids), default=0)
+            if depth[key] > max_depth:
+                raise ValueError(f"objects nested more than {max_depth} deep")
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise ValueError("a pickled object contains itself")
+        on_path.add(key)
+        todo.append((node, True))
+        todo.extend((c, False) for c in node.children if id(c) not in size)
+    return size[id(root)], depth[id(root)]
+
+
+def _check_cifar_pickle(raw: bytes) -> None:
+    """Refuse, from the opcodes alone, a pickle that would build more than a CIFAR batch holds."""
+    n, _ = _graph_size(_pickle_graph(raw), MAX_PICKLE_NODES, MAX_PICKLE_DEPTH)
+    if n > MAX_PICKLE_NODES:
+        raise ValueError(f"the pickle would build more than {MAX_PICKLE_NODES:,} objects")
+
+
+def _cifar_labels(path: Path, labels, n: int) -> np.ndarray:
+    """Labels as int64 (n,), from a list of Python ints or an integer array; nothing is converted."""
+    if isinstance(labels, np.ndarray):
+        ok = labels.dtype.kind in "iu" and labels.shape == (n,)
+    else:
+        ok = isinstance(labels, list) and len(labels) == n and all(type(v) is int for v in labels)
+    if not ok:
+        if isinstance(labels, np.ndarray):
+            got = f"array {labels.dtype} {labels.shape}"
+        elif isinstance(labels, list):
+            got = f"list of {len(labels)} ({', '.join(sorted({type(v).__name__ for v in labels}))})"
+        else:
+            got = type(labels).__name__
+        raise ValueError(f"{path}: expected {n} integer labels in 0..9, got {got}"[:300])
+    out = np.asarray(labels, dtype=np.int64) if isinstance(labels, list) else labels.astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() > 9):
+        raise ValueError(f"{path}: expected {n} labels in 0..9, got values in {out.min()}..{out.max()}")
+    return out
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    size = path.stat().st_size
+    if size > MAX_CIFAR_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than a CIFAR-10 batch (at most {MAX_CIFAR_FILE_BYTES})")
     try:
-        with open(path, "rb") as f:
-            batch = _BatchUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        raw = path.read_bytes()
+        _check_cifar_pickle(raw)
+        batch = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:
-        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        detail = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {detail})") from e
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {type(batch).__name__}")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
-        raise ValueError(f"{path}: expected keys b'data' and b'labels', got {sorted(map(str, batch))}")
-    data = np.asarray(data)
-    labels = np.asarray(labels)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
-        raise ValueError(f"{path}: expected data of shape (N, 3072) uint8, got {data.shape} {data.dtype}")
-    if labels.shape != (data.shape[0],) or labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{path}: expected {data.shape[0]} labels in 0..9, got shape {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+        keys = sorted(str(k)[:40] for k in list(batch)[:20])
+        raise ValueError(f"{path}: expected keys b'data' and b'labels', got {keys}")
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        got = f"{data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: expected data of shape (N, 3072) uint8, got {got}")
+    return data.reshape(-1, 3, 32, 32), _cifar_labels(path, labels, data.shape[0])
 
 
 def cifar10(root: str | os.PathLike, split: str = "train") -> ImageData:

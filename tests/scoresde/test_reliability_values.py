@@ -115,3 +115,30 @@ def test_adaptive_solvers_refuse_steps_and_grid_names_and_record_the_ends(solver
 def test_fixed_grid_ode_methods_still_take_steps():
     res = scoresde.sample(_model(), solver="ode", method="rk4", steps=4, n=2, shape=(2,), seed=0)
     assert res.settings["steps"] == 4 and res.settings["grid"] == "uniform_t" and res.ts.shape == (5,)
+
+
+@pytest.mark.parametrize("levels", [1, 0, -3, float("nan"), 2.5, True, "256"])
+def test_to_model_input_refuses_levels_that_are_not_integers_of_at_least_2(levels):
+    from scoresde.data import to_model_input
+
+    with pytest.raises(ValueError, match="levels must be an integer >= 2"):
+        to_model_input(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), levels)
+
+
+@pytest.mark.parametrize("bad", [17, 255, -1])
+def test_to_model_input_refuses_pixel_values_outside_the_levels(bad):
+    from scoresde.data import to_model_input
+
+    images = torch.zeros(2, 1, 2, 2, dtype=torch.int64)
+    images[1, 0, 1, 1] = bad
+    with pytest.raises(ValueError, match=r"integer levels in \[0, levels\) = \[0, 17\)"):
+        to_model_input(images, 17)
+    with pytest.raises(ValueError, match="non-integer"):
+        to_model_input(torch.full((1, 1, 2, 2), 0.5), 17)
+
+
+def test_to_model_input_maps_the_levels_onto_minus_one_to_one():
+    from scoresde.data import to_model_input
+
+    x = to_model_input(torch.tensor([0, 8, 16], dtype=torch.uint8).reshape(1, 1, 1, 3), 17, dtype=torch.float64)
+    torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
