@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cli import USER_ERRORS, _one_line, _Parser, _steps, parse_option
+from .cli import USER_ERRORS, _one_line, _Parser, _positive_int, _steps, parse_option
 from .files import atomic_write
 
 __all__ = ["Generated", "generate_shard", "load_shards", "sample_seeds", "shard_indices", "shard_path"]
@@ -253,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_steps, help="grid steps (default: the solver's)")
     p.add_argument("--grid", help="time grid (default: the solver's)")
     p.add_argument("--total", type=int, required=True, help="number of samples over all ranks")
-    p.add_argument("--shape", type=int, nargs="+", metavar="DIM", help="sample shape without the batch (default: the model's)")
+    p.add_argument("--shape", type=_positive_int, nargs="+", metavar="DIM", help="sample shape without the batch (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--batch", type=int, default=500, help="samples per batch on each rank (default: 500)")
+    p.add_argument("--batch", type=_positive_int, default=500, help="samples per batch on each rank (default: 500)")
     p.add_argument("--out", required=True, help="folder of the shards")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -175,3 +175,12 @@ def test_train_integer_flags_name_the_range(flag, value, match, tmp_path, capsys
     assert_usage_error(["train", "--steps", "1", "--device", "cpu", "--out-dir", str(run), "--no-progress",
                         flag, value], match, capsys)
     assert not run.exists()
+
+
+@pytest.mark.parametrize("flag", ["--shape", "--batch"])
+def test_generate_sizes_name_the_range(flag, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--total", "1", "--steps", "1", "--out", str(tmp_path / "g"), flag, str(10**30), "--quiet"])
+    assert e.value.code == 2
+    assert f"argument {flag}: expected an integer <= 2147483647" in one_error_line(capsys)
+    assert not (tmp_path / "g").exists()
