@@ -230,3 +230,92 @@ def test_a_broken_metrics_line_before_the_end_is_one_value_error(tmp_path):
     metrics.write_text("\n".join(["{torn", *lines]) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 1 is not a JSON object"):
         train(replace(cfg, steps=3))
+
+
+# --- 5. crafted CIFAR-10 pickles -------------------------------------------------------------------
+
+def _cifar_folder(tmp_path, payload: bytes) -> Path:
+    """A train folder whose data_batch_1 is `payload` (the others are never reached)."""
+    import pickle
+
+    import numpy as np
+
+    good = pickle.dumps({b"labels": [1, 2], b"data": np.zeros((2, 3072), np.uint8)})
+    for i in range(1, 6):
+        (tmp_path / f"data_batch_{i}").write_bytes(payload if i == 1 else good)
+    return tmp_path
+
+
+def _shared_rows() -> bytes:
+    """~10 KB: 1000 references to a list of 1000 references to one row of 3072 ints (24 GB as int64)."""
+    import pickle
+
+    row = [0] * 3072
+    mid = [row] * 1000
+    return pickle.dumps({b"labels": [0] * 1000, b"data": [mid] * 1000}, protocol=2)
+
+
+def _deep_tuple_key(depth=27) -> bytes:
+    """144 bytes: a dict key t_27 with t_{i+1} = (t_i, t_i); hashing it visits 2^27 tuples."""
+    ops = [b"\x80\x02}", b")q\x00"]  # PROTO 2, EMPTY_DICT, EMPTY_TUPLE, BINPUT 0
+    for i in range(depth):
+        ops.append(b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]))  # GET, GET, TUPLE2, PUT
+    ops.append(b"K\x01s.")  # BININT1 1, SETITEM, STOP
+    return b"".join(ops)
+
+
+def _deep_lists(depth=5000) -> bytes:
+    return b"\x80\x02" + b"(" * depth + b"l" * depth + b"."  # MARK ... LIST, nested `depth` deep
+
+
+def _float_labels() -> bytes:
+    import pickle
+
+    import numpy as np
+
+    return pickle.dumps({b"labels": [1.7, 2.2], b"data": np.zeros((2, 3072), np.uint8)})
+
+
+def _set_key() -> bytes:
+    import pickle
+
+    return pickle.dumps({b"labels": [0], b"data": {frozenset([1])}})
+
+
+@pytest.mark.parametrize("payload,match", [
+    (_shared_rows(), "more than 1,000,000 objects"),
+    (_deep_tuple_key(), "dict key of more than|nested more than"),
+    (_deep_lists(), "nested more than"),
+    (_float_labels(), r"expected 2 integer labels in 0..9, got list of 2 \(float\)"),
+    (_set_key(), "refusing pickle opcode"),
+], ids=["shared_rows", "deep_tuple_key", "deep_lists", "float_labels", "set"])
+def test_crafted_cifar_batches_are_refused_quickly_in_little_memory(tmp_path, payload, match):
+    import tracemalloc
+
+    from scoresde import data
+
+    assert len(payload) < 1_000_000
+    root = _cifar_folder(tmp_path, payload)
+    tracemalloc.start()
+    try:
+        refused(lambda p: data.cifar10(p, "train"), root, f"data_batch_1: .*{match}")
+        assert tracemalloc.get_traced_memory()[1] < 2**30
+    finally:
+        tracemalloc.stop()
+
+
+def test_cifar_check_accepts_protocol_2_and_4_batches_with_filenames(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from scoresde import data
+
+    arr = np.arange(4 * 3072, dtype=np.int64).astype(np.uint8).reshape(4, 3072)
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [0, 9, 3, 3], b"data": arr,
+             b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    for proto in (2, 4):
+        for i in range(1, 6):
+            (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=proto))
+        ds = data.cifar10(tmp_path, "train")
+        assert ds.labels.tolist() == [0, 9, 3, 3] * 5 and np.array_equal(ds.images[:4].numpy().reshape(4, -1), arr)
