@@ -184,3 +184,18 @@ def test_generate_sizes_name_the_range(flag, tmp_path, capsys):
     assert e.value.code == 2
     assert f"argument {flag}: expected an integer <= 2147483647" in one_error_line(capsys)
     assert not (tmp_path / "g").exists()
+
+
+def test_null_label_is_accepted(tmp_path, capsys):
+    assert main([*SAMPLE, "--solver", "ddim", "--y", "10", "--out", str(tmp_path / "s.png")]) == 0
+    assert '"y": [10]' in capsys.readouterr().out
+
+
+def test_labels_for_an_unconditional_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--net-options", "{'ch': 8, 'num_res_blocks': 1, 'ch_mult': (1, 2), 'attn_resolutions': (4,)}",
+                 "--batch-size", "4", "--steps", "1", "--warmup-steps", "1", "--out-dir", str(run), "--device", "cpu",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert_usage_error([*SAMPLE, "--model", str(run / "checkpoint.safetensors"), "--y", "3",
+                        "--out", str(tmp_path / "s.png")], "--y 3: this model is not class-conditional", capsys)
