@@ -50,6 +50,8 @@ _INTEGERS = {  # field -> its least value
     "augment_max_shift": 1, "warmup_steps": 0, "batch_size": 1, "steps": 0, "seed": 0, "ckpt_every": 1,
     "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1,
 }
+# the largest seed: training's per-step RNG seeds (loop._step_seed) are distinct for seeds below 2^12
+MAX_SEED = 2**12 - 1
 _POSITIVE, _NONNEGATIVE = (0.0, math.inf, "()"), (0.0, math.inf, "[)")
 _NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" and ")" open
     "p_uncond": (0.0, 1.0, "[]"), "augment_p": (0.0, 1.0, "[]"), "beta_min": _POSITIVE, "beta_max": _POSITIVE,
@@ -193,6 +195,8 @@ class TrainConfig:
             _check_flag(name, getattr(self, name))
         for name, lo in _INTEGERS.items():
             _check_integer(name, getattr(self, name), lo)
+        if self.seed > MAX_SEED:  # larger seeds would repeat the per-step noise of smaller ones
+            raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         for name, interval in _NUMBERS.items():
             _check_number(name, getattr(self, name), *interval)
         if self.image_size is not None:

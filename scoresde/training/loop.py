@@ -100,9 +100,29 @@ def _rank_world() -> tuple[int, int]:
 def _step_seed(seed: int, rank: int, step: int, stream: int) -> int:
     """Seed of random stream `stream` (0: loss and augmentation, 1: dropout) of one step on one rank.
 
-    Distinct for every (seed < 2^11, rank < 2^10, stream < 4, step < 2^40).
+    Distinct for every (seed < 2^12 = config.MAX_SEED + 1, rank < 2^10, stream < 4, step < 2^40): the
+    fields fill all 64 bits that torch seeds take (seeds below 2^11 give the values they gave when the
+    top bit was masked off, so their runs are unchanged).
     """
-    return ((((seed * 1024 + rank) * 4 + stream) << 40) + step) & ((1 << 63) - 1)
+    return ((((seed * 1024 + rank) * 4 + stream) << 40) + step) & ((1 << 64) - 1)
+
+
+def _cpu_seed(value: int) -> int:
+    """The seed for a CPU generator that stands for the 64-bit `_step_seed` value.
+
+    torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, which `_step_seed` fills with
+    the step alone: seed, rank and stream would not reach it. This mixes all 64 bits into the low 32
+    (the splitmix64 finalizer); accelerator generators (Philox) take the 64-bit value as it is.
+    """
+    z = value & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def _seed_generator(gen: torch.Generator, value: int) -> torch.Generator:
+    """gen seeded with the `_step_seed` value (mixed into 32 bits on the CPU, `_cpu_seed`)."""
+    return gen.manual_seed(_cpu_seed(value) if gen.device.type == "cpu" else value)
 
 
 def _record_losses(history: LossHistory, steps: Tensor, vlb: Tensor, world: int) -> None:
@@ -292,8 +312,10 @@ def _batches(sampler: torch.utils.data.DistributedSampler, per_rank: int, start:
 def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
     """Step `step` on the images idx (per_rank,): returns the loss and gradient norm (0-d, on the device) and lr."""
     config = run.config
-    gen.manual_seed(_step_seed(config.seed, run.rank, step, 0))
-    torch.manual_seed(_step_seed(config.seed, run.rank, step, 1))  # dropout
+    _seed_generator(gen, _step_seed(config.seed, run.rank, step, 0))
+    dropout_seed = _step_seed(config.seed, run.rank, step, 1)
+    torch.manual_seed(dropout_seed)  # dropout: the accelerators' default generators take all 64 bits,
+    _seed_generator(torch.default_generator, dropout_seed)  # the CPU's only 32 (_cpu_seed)
     batch = run.images[idx]
     if config.augment_p > 0:  # the network is told each image's transformation (non-leaking)
         batch, aug = augment(batch, config.augment, config.augment_p, max_shift=config.augment_max_shift, generator=gen)

@@ -142,3 +142,29 @@ def test_to_model_input_maps_the_levels_onto_minus_one_to_one():
 
     x = to_model_input(torch.tensor([0, 8, 16], dtype=torch.uint8).reshape(1, 1, 1, 3), 17, dtype=torch.float64)
     torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
+
+
+def test_training_seeds_0_and_2048_draw_different_step_noise():
+    from scoresde.training.loop import _seed_generator, _step_seed
+
+    def first_step_noise(seed, stream=0, rank=0, step=0):
+        gen = _seed_generator(torch.Generator(), _step_seed(seed, rank, step, stream))
+        return torch.randn(8, generator=gen)
+
+    # CPU generators keep only 32 bits of a seed: seed, rank and stream must still reach them
+    for a, b in [((0,), (2048,)), ((0,), (1,)), ((0, 0), (0, 1)), ((0, 0, 0), (0, 0, 1)), ((7,), (7 + 2048,))]:
+        assert not torch.equal(first_step_noise(*a), first_step_noise(*b)), (a, b)
+    torch.testing.assert_close(first_step_noise(3), first_step_noise(3), rtol=0, atol=0)
+    # the 64-bit values (what accelerator generators take) are those of before for seeds below 2048
+    assert _step_seed(5, 3, 17, 1) == (((5 * 1024 + 3) * 4 + 1) << 40) + 17
+    seen = {_step_seed(seed, rank, step, stream) for seed in (0, 1, 2047, 2048, 4095)
+            for rank in (0, 1023) for step in (0, 1, 2**40 - 1) for stream in range(4)}
+    assert len(seen) == 5 * 2 * 3 * 4
+
+
+def test_train_config_refuses_seeds_that_would_alias():
+    from scoresde.training.config import MAX_SEED, TrainConfig
+
+    TrainConfig(seed=MAX_SEED)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4095\]"):
+        TrainConfig(seed=MAX_SEED + 1)
