@@ -223,6 +223,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     _check_weights(path, unet_config, ema, "ema")
     _check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
     _check_finite(path, history, "loss_history")
+    counters = {**{f"opt.{i}.step": d["step"] for i, d in opt.items() if "step" in d},
+                **{f"loss_history.{k}": v for k, v in history.items() if k == "count"}}
+    for k, v in counters.items():
+        if v.numel() and bool((v < 0).any()):
+            raise ValueError(f"{path}: counter {k!r} is negative")
     return Checkpoint(step=step, config=config, unet_config=unet_config, sde_config=sde_config,
                       net=net, ema=ema, opt=opt, loss_history=history)
 

@@ -182,6 +182,12 @@ def test_non_finite_weights_are_refused(run, tmp_path, value, name):
     refused(load_checkpoint, bad, f"'{name.split('.', 1)[1] if not name.startswith('opt') else name}'.*non-finite")
 
 
+def test_negative_optimizer_step_is_refused(run, tmp_path):
+    bad = rewrite(run / "checkpoint.safetensors", tmp_path / "bad.safetensors",
+                  tensors=lambda t: {**t, "opt.0.step": torch.tensor(-5.0)})
+    refused(load_checkpoint, bad, "counter 'opt.0.step' is negative")
+
+
 # --- 4. stale temporaries and torn metrics ---------------------------------------------------------
 
 def _dead_pid() -> int:
