@@ -59,17 +59,28 @@ def check_scale(name: str, scale) -> float:
     return check_number(name, scale, 0)
 
 
-def check_labels(y, batch: int | None = None) -> Tensor:
-    """Labels as a 1-D integer tensor: an int becomes shape (1,) (it broadcasts over the batch)."""
+def check_labels(y, batch: int | None = None, *, classes: int | None = None) -> Tensor:
+    """Labels as a 1-D integer tensor: an int becomes shape (1,) (it broadcasts over the batch).
+
+    classes: the model's class count K where known; labels must then lie in 0..K (K: no class, the
+    null label of a U-Net with K classes). Negative labels are always refused. Values are read only
+    for CPU labels (no device sync).
+    """
     if isinstance(y, bool):
         raise ValueError(f"y must be an int or a 1-D integer tensor of labels, got {y!r}")
     if isinstance(y, int):
-        return torch.tensor([y], dtype=torch.long)
+        y = torch.tensor([y], dtype=torch.long)
     if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, Tensor) else repr(y)
         raise ValueError(f"y must be an int or a 1-D integer tensor of labels, got {got}")
     if batch is not None:
         _check_label_count(y, batch)
+    if y.device.type == "cpu" and y.numel() > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or (classes is not None and hi > classes):
+            valid = "labels must be >= 0" if classes is None else (
+                f"labels must lie in 0..{classes - 1} (the model's {classes} classes), or be {classes} for no class")
+            raise ValueError(f"y: {valid}; got {lo if lo < 0 else hi}")
     return y
 
 
@@ -139,10 +150,12 @@ class CFGModel(_Guided):
         if not _takes_labels(model.eps):
             raise ValueError(f"{type(model).__name__}.eps takes no labels y: classifier-free guidance needs a "
                              "class-conditional model, eps(x, t, y=None) (e.g. ScoreModel, ConditionalAnalyticModel)")
-        self.y = check_labels(y)
         self.scale = check_scale("guidance scale", scale)
         if null_label is not None and (isinstance(null_label, bool) or not isinstance(null_label, int)):
             raise ValueError(f"null_label must be None or an int, got {null_label!r}")
+        # the class count K where known: the null label (K for the U-Net), else the model's num_classes
+        classes = null_label if null_label is not None else getattr(model, "num_classes", None)
+        self.y = check_labels(y, classes=classes if isinstance(classes, int) and not isinstance(classes, bool) else None)
         super().__init__(model)
         self.null_label = null_label
         self.net_calls = 0

@@ -106,8 +106,18 @@ class SDE:
         """Exact inverse of `lambda_`: the time whose half log-SNR is lam, (B,)."""
         if not isinstance(lam, Tensor) or lam.ndim != 1 or not lam.is_floating_point():
             raise ValueError(f"lam must be a 1-D float tensor, got {getattr(lam, 'shape', type(lam).__name__)}")
-        if values_checked(lam) and bool(torch.isnan(lam).any()):
-            raise ValueError("lam contains NaN")
+        if values_checked(lam):
+            if bool(torch.isnan(lam).any()):
+                raise ValueError("lam contains NaN")
+            # valid: [lambda(T), lambda(0)], widened by round-off (lambda(0) = inf where sigma(0) = 0)
+            ends = self.lambda_(torch.tensor([self.T, 0.0], dtype=torch.float64))
+            lo, hi = float(ends[0]), float(ends[1])
+            tol = 8 * torch.finfo(lam.dtype).eps
+            lam_min, lam_max = float(lam.detach().min()), float(lam.detach().max())
+            if lam_min < lo - tol * max(1.0, abs(lo)) or lam_max > hi + tol * max(1.0, abs(hi)):
+                raise ValueError(
+                    f"lam must lie in [lambda(T), lambda(0)] = [{lo}, {hi}], got values in [{lam_min}, {lam_max}]"
+                )
         return self._t_of_lambda(lam)
 
     def dlog_alpha_dt(self, t: Tensor) -> Tensor:

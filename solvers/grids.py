@@ -17,8 +17,8 @@ from .validate import check_int, check_name, check_number
 
 def _ends(sde: SDE, steps: int, t_start: float | None, t_end: float | None) -> tuple[float, float]:
     check_int("steps", steps, 1)
-    t0 = float(sde.T if t_start is None else t_start)
-    t1 = float(sde.t_eps if t_end is None else t_end)
+    t0 = float(sde.T) if t_start is None else check_number("t_start", t_start)
+    t1 = float(sde.t_eps) if t_end is None else check_number("t_end", t_end)
     if not (0.0 <= t1 < t0 <= sde.T):
         raise ValueError(f"need 0 <= t_end < t_start <= T={sde.T}, got t_start={t0}, t_end={t1}")
     return t0, t1

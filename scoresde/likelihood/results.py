@@ -87,10 +87,18 @@ def dequantize(x: Tensor, levels: int, *, generator: GeneratorArg = None) -> Ten
     return -1.0 + 2.0 * (k + u) / levels
 
 
+# the most levels bits_per_dim takes: with more, the grid spacing 2 / (levels - 1) falls under the
+# tolerance of the on-grid check (1e-3 of a level) only in name: at 2**40 any float data passes it
+MAX_LEVELS = 2**16
+
+
 def check_levels(levels) -> None:
-    """ValueError unless levels is an integer >= 2."""
+    """ValueError unless levels is an integer in [2, MAX_LEVELS = 2**16]."""
     message = f"levels must be an integer >= 2 (256 for 8-bit data, 17 for digits) or None, got {levels!r}"
     checked(check_int, "levels", levels, 2, message=message)
+    if levels > MAX_LEVELS:
+        raise ValueError(f"levels must be at most {MAX_LEVELS} (16-bit data), got {levels!r}: with more, "
+                         "the check that x lies on the grid of levels would pass for any data")
 
 
 def levels_of(x: Tensor, levels: int) -> Tensor:
