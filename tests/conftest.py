@@ -1,31 +1,14 @@
-import pytest
-import torch
+"""Settings for every test: tests/solvers (the `solvers` package, without `scoresde`) and tests/scoresde (the rest).
 
-from scoresde import VESDE, VPSDE, DiscreteVPSDE, FlowSDE, SubVPSDE
+Nothing here imports `scoresde`: tests/solvers must run where it is not importable (SOLVERS_ALONE=1).
+"""
+
+import torch
+from hypothesis import settings
 
 # tiny tensors: one intra-op thread avoids OpenMP stalls on a shared 2-core machine
 torch.set_num_threads(1)
 
-
-def all_sdes():
-    """One instance of every forward process, with ids, for parametrized tests."""
-    return {
-        "vp": VPSDE(),
-        "vp_cosine": VPSDE(schedule="cosine"),
-        "subvp": SubVPSDE(),
-        "ve": VESDE(),
-        "ddpm_linear": DiscreteVPSDE(),
-        "ddpm_cosine": DiscreteVPSDE(schedule="cosine"),
-        "flow": FlowSDE(),
-    }
-
-
-@pytest.fixture(params=list(all_sdes()), ids=list(all_sdes()))
-def sde(request):
-    return all_sdes()[request.param]
-
 # property tests run on a shared 2-core machine: no per-example deadline
-from hypothesis import settings  # noqa: E402
-
 settings.register_profile("scoresde", deadline=None, max_examples=50)
 settings.load_profile("scoresde")

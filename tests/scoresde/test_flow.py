@@ -2,9 +2,7 @@
 flow-matching ODE, solver orders and the exact likelihood on analytic models, the flow-matching loss
 and a short training run."""
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +14,8 @@ from scoresde import AnalyticModel, FlowSDE, Gaussian, GaussianMixture, ScoreMod
 from scoresde.losses import dsm_loss, flow_matching_loss, flow_matching_weight, sample_t
 from scoresde.train import TrainConfig, train
 from solvers import grids
+
+from .helpers import logged_losses
 
 F64 = torch.float64
 
@@ -198,7 +198,7 @@ def test_smoke_flow_matching_training_on_digits(tmp_path):
                       ema_decay=0.99, out_dir=str(tmp_path), log_every=1, ckpt_every=1000, progress=False, device="cpu",
                       sde="flow", prediction="flow", loss="flow_matching")
     res = train(cfg)
-    L = [json.loads(line)["loss"] for line in (Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    L = logged_losses(tmp_path)
     first, last = sum(L[:5]) / 5, sum(L[-10:]) / 10
     assert len(L) == 60 and 1.3 < first < 2.0 and last < 0.6 * first, (first, last)
     assert isinstance(res.model.sde, FlowSDE) and res.model.prediction == "flow"

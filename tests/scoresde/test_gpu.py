@@ -1,6 +1,6 @@
 """The speed options on a CUDA device, checked against the float32 eager paths on the same device.
 
-    python -m pytest -m gpu tests/test_gpu.py        # on a machine with a GPU (benchmarks/gpu_device.sh runs it)
+    python -m pytest -m gpu tests/scoresde/test_gpu.py      # on a machine with a GPU (benchmarks/gpu_device.sh runs it)
 
 Deselected by default (the `gpu` marker, pyproject's addopts) and skipped without CUDA. What they
 check: bf16 autocast + channels_last + torch.compile (inductor) + CUDA graphs give the eager samples

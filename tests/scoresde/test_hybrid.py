@@ -1,10 +1,8 @@
 """Improved DDPM's hybrid loss: the L_vlb terms against DDPM's closed forms, the stopped mean
 gradient, the importance-sampling history, and training with it (exact resume included)."""
 
-import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,9 @@ from scoresde import VPSDE, AnalyticModel, DiscreteVPSDE, Gaussian, ScoreModel
 from scoresde.losses import LossHistory, hybrid_loss
 from scoresde.train import TrainConfig, load_checkpoint, train
 from scoresde.training import loop as train_loop  # where the loop looks up LossHistory
-from scoresde.training import step as train_step  # and the loss functions
+
+from .helpers import logged_losses as losses
+from .helpers import train_killed_in_step_5
 
 F64 = torch.float64
 MEAN = torch.tensor([0.1, -0.3, 0.5, 0.0], dtype=F64)
@@ -209,25 +209,9 @@ def test_exact_resume_with_importance_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(train_loop, "LossHistory", prefilled)
     base = TrainConfig(**TINY, **HYBRID, steps=6, ckpt_every=3, seed=1)
     ref = train(replace(base, out_dir=str(tmp_path / "ref")))
-    real = train_step.hybrid_loss
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_step, "hybrid_loss", dying)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(replace(base, out_dir=str(out)))
-    monkeypatch.setattr(train_step, "hybrid_loss", real)
+    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), "hybrid_loss")
     res = train(replace(base, out_dir=str(out)))
-
-    def losses(d):
-        return [json.loads(line)["loss"] for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
-
     assert losses(out) == losses(tmp_path / "ref") and len(losses(out)) == 6
     for (k, p), q in zip(res.net.state_dict().items(), ref.net.state_dict().values()):
         assert torch.equal(p, q), k

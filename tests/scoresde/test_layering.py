@@ -1,17 +1,36 @@
-"""Layering: `solvers` stands alone (importing it must not import `scoresde`), `import scoresde` stays
-light, and no scoresde module imports one that imports it back."""
+"""Layering: `solvers` stands alone (importing it must not import `scoresde`, and its tests pass where
+`scoresde` cannot be imported), `import scoresde` stays light, and no scoresde module imports one that
+imports it back."""
 
 import ast
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOLVERS_TESTS = 586  # the default run of tests/solvers when this test was written; more is fine
 
 
 def test_solvers_imports_without_scoresde():
     code = "import sys, solvers; solvers.available(); print('scoresde' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_solvers_tests_pass_without_scoresde():
+    # tests/solvers/conftest.py makes `import scoresde` raise when SOLVERS_ALONE=1
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/solvers"],
+        cwd=ROOT, env={**os.environ, "SOLVERS_ALONE": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not re.search(r"\b(failed|error|errors)\b", summary), summary
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= SOLVERS_TESTS, summary
 
 
 def test_everything_but_the_torchsde_solver_works_without_torchsde():
@@ -65,7 +84,7 @@ print("torch" in sys.modules, "train" in text.getvalue())
 
 def _scoresde_imports() -> dict[str, set[str]]:
     """module -> the scoresde modules it imports, at the top or inside functions (read, not run)."""
-    root = Path(__file__).resolve().parent.parent / "scoresde"
+    root = ROOT / "scoresde"
     paths = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
              for p in root.rglob("*.py")}
     graph = {}

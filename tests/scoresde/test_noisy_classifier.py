@@ -23,7 +23,7 @@ from scoresde.sde import sde_from_config
 
 F64 = torch.float64
 TINY = NoisyClassifierConfig(channels=(8, 8), hidden=16, emb_dim=8)
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def gen(seed):

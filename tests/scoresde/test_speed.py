@@ -18,8 +18,10 @@ from scoresde import sde as sde_module
 from scoresde.nn import UNet, preset
 from scoresde.train import TrainConfig, load_checkpoint, make_optimizer, optimizer_impl, train
 
+from .helpers import logged_losses
+
 TINY = {"ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (4,), "dropout": 0.0}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_model(name: str = "digits", **overrides) -> ScoreModel:
@@ -185,7 +187,7 @@ def base_config(tmp_path: Path, name: str, **kw) -> TrainConfig:
 
 
 def losses(cfg: TrainConfig) -> list[float]:
-    return [json.loads(line)["loss"] for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return logged_losses(cfg.out_dir)
 
 
 def test_train_speed_options_are_validated():

@@ -15,14 +15,12 @@ from PIL import Image
 from scoresde import train as train_mod
 from scoresde.param import ScoreModel
 from scoresde.train import TrainConfig, load_checkpoint, load_model, save_image_grid, train
-from scoresde.training import step as train_step  # where the loop looks up the loss functions
+
+from .helpers import logged_losses as losses
+from .helpers import train_killed_in_step_5
 
 TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
             batch_size=16, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, progress=False, device="cpu")
-
-
-def losses(out_dir):
-    return [json.loads(line)["loss"] for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -78,21 +76,9 @@ def test_exact_resume_after_kill(tmp_path, monkeypatch):
     ref = train(replace(base, out_dir=str(tmp_path / "ref")))
 
     # the interrupted run dies in its 5th step, after the checkpoint of step 3 and the log of step 4
-    real = train_step.dsm_loss
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_step, "dsm_loss", dying)
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(replace(base, out_dir=str(out)))
+    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), "dsm_loss")
     assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(losses(out)) == 4
-    monkeypatch.setattr(train_step, "dsm_loss", real)
 
     res = train(replace(base, out_dir=str(out)))
     assert losses(out) == losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5

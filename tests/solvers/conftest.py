@@ -1,5 +1,5 @@
 """The solvers' tests use only `solvers` and the ground truth in gaussian.py. With SOLVERS_ALONE=1 (as
-tests/test_layering.py runs them) `scoresde` is made unimportable, proving that they need nothing from it."""
+tests/scoresde/test_layering.py runs them) `scoresde` is made unimportable, proving that they need nothing from it."""
 
 import os
 import sys

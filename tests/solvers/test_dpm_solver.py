@@ -1,11 +1,13 @@
 """DPM-Solver, adaptive DPM-Solver-12/23, DPM-Solver++ (1, 2M, 3M, 2S, 3S) and SDE-DPM-Solver++.
 
-Ground truth: a 4-d Gaussian N(m, 0.5^2 I) under VP, sub-VP, VE and flow matching, whose probability-flow map
-(`AnalyticModel.flow_map`) is exact. Convergence runs go from T to t_end = 1e-3 on uniform-lambda
-grids; the order is the slope of log RMS error against log N, fitted by least squares over
-N in ORDER_STEPS (more steps for the singlestep third-order methods, whose error reaches its
-asymptotic rate later), and must be at least the declared order - 0.3. Measured slopes (24..192
-steps): DPM-Solver 0.98 / 2.03 / 3.13; ++2M 1.97, ++3M 3.99, ++2S 1.97, ++3S 2.81 (vp).
+Ground truth: a 4-d Gaussian N(m, 0.5^2 I) under VP and VE (tests/solvers/gaussian.py), whose
+probability-flow map (`GaussianModel.flow_map`) is exact; tests/scoresde/test_solvers_on_every_sde.py
+runs the same checks (the `check_*` functions) on scoresde's sub-VP, flow-matching, cosine and
+discrete DDPM processes. Convergence runs go from T to t_end = 1e-3 on uniform-lambda grids; the
+order is the slope of log RMS error against log N, fitted by least squares over N in ORDER_STEPS
+(more steps for the singlestep third-order methods, whose error reaches its asymptotic rate later),
+and must be at least the declared order - 0.3. Measured slopes (24..192 steps): DPM-Solver 0.98 /
+2.03 / 3.13; ++2M 1.97, ++3M 3.99, ++2S 1.97, ++3S 2.81 (vp).
 """
 
 from __future__ import annotations
@@ -16,24 +18,24 @@ import pytest
 import torch
 
 import solvers
-from scoresde import VESDE, VPSDE, AnalyticModel, FlowSDE, Gaussian, GaussianMixture, SubVPSDE
 from solvers import grids
 from solvers.dpm_solver import LOWER_ORDER_FINAL_STEPS, dpm_solver_1_step
 from solvers.dpm_solver_pp import dpm_solver_pp_1_step
 
+from .gaussian import GaussianModel, LinearVP, MixtureModel, make_sde
+
 T_END = 1e-3
 ORDER_STEPS = (16, 32, 64)
 ORDER_STEPS_SLOW_START = (64, 128, 256)  # singlestep order 3: pre-asymptotic below ~50 steps
+KINDS = ("vp", "ve")  # sub-VP and flow: tests/scoresde/test_solvers_on_every_sde.py
 
 
-def make_sde(kind: str):
-    return {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "flow": FlowSDE()}[kind]
+def data_mean(d: int = 4) -> torch.Tensor:
+    return 0.5 * torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-def gaussian_model(sde, d: int = 4) -> AnalyticModel:
-    gen = torch.Generator().manual_seed(0)
-    mean = 0.5 * torch.randn(d, generator=gen, dtype=torch.float64)
-    return AnalyticModel(Gaussian(mean, 0.5), sde)
+def gaussian_model(sde, d: int = 4) -> GaussianModel:
+    return GaussianModel(sde, data_mean(d), 0.5)
 
 
 def start_states(sde, n: int = 8, d: int = 4, seed: int = 1) -> torch.Tensor:
@@ -89,22 +91,23 @@ DETERMINISTIC = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["vp", "subvp", "ve", pytest.param("flow", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name,options", DETERMINISTIC, ids=[f"{n}-{o}" for n, o in DETERMINISTIC])
-def test_converges_at_declared_order(name, options, kind):
+def check_converges_at_declared_order(name, options, model):
     sampler = solvers.get(name, **options)
-    model = gaussian_model(make_sde(kind))
     singlestep3 = sampler.order == 3 and sampler.nfe_per_step == 3
     steps = ORDER_STEPS_SLOW_START if singlestep3 else ORDER_STEPS
     order, errs = fitted_order(sampler, model, start_states(model.sde), steps)
     assert order >= sampler.order - 0.3, f"slope {order:.2f} for declared order {sampler.order}; errors {errs}"
 
 
-@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
-def test_dpm_solver_1_is_ddim(kind):
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name,options", DETERMINISTIC, ids=[f"{n}-{o}" for n, o in DETERMINISTIC])
+def test_converges_at_declared_order(name, options, kind):
+    check_converges_at_declared_order(name, options, gaussian_model(make_sde(kind)))
+
+
+def check_dpm_solver_1_is_ddim(model):
     """DPM-Solver-1 = DPM-Solver++(1) = DDIM (eta = 0) = exponential Euler, step by step."""
-    sde = make_sde(kind)
-    model = gaussian_model(sde)
+    sde = model.sde
     x = start_states(sde)
     ts = grids.uniform_t(sde, 7, t_end=T_END)
     ddim = x.clone()
@@ -124,6 +127,11 @@ def test_dpm_solver_1_is_ddim(kind):
         torch.testing.assert_close(out, ddim, rtol=1e-10, atol=1e-10, msg=f"{name} {options}")
     if "ddim" in solvers.available():
         torch.testing.assert_close(solvers.get("ddim")(model, x, ts).x, ddim, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dpm_solver_1_is_ddim(kind):
+    check_dpm_solver_1_is_ddim(gaussian_model(make_sde(kind)))
 
 
 def test_first_order_updates_agree_pointwise():
@@ -165,7 +173,7 @@ NFE_CASES = DETERMINISTIC + [
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 9, 10, 12])
 @pytest.mark.parametrize("name,options", NFE_CASES, ids=[f"{n}-{o}" for n, o in NFE_CASES])
 def test_reported_nfe_matches_independent_count(name, options, steps):
-    sde = VPSDE()
+    sde = LinearVP()
     counter = CallCounter(gaussian_model(sde))
     sampler = solvers.get(name, **options)
     sol = sampler(counter, start_states(sde), grids.uniform_lambda(sde, steps), generator=torch.Generator().manual_seed(0))
@@ -175,16 +183,15 @@ def test_reported_nfe_matches_independent_count(name, options, steps):
 def test_lower_order_final_threshold_is_ten_steps():
     """Documented: lower-order final steps apply on grids of fewer than 10 steps only."""
     assert LOWER_ORDER_FINAL_STEPS == 10
-    sde = VPSDE()
+    sde = LinearVP()
     model, x = gaussian_model(sde), start_states(sde)
     dpm3 = solvers.get("dpm_solver", order=3)
     assert dpm3(model, x, grids.uniform_lambda(sde, 9)).nfe == 3 * 7 + 2 + 1
     assert dpm3(model, x, grids.uniform_lambda(sde, 10)).nfe == 30
 
 
-@pytest.mark.parametrize("name,options", NFE_CASES[:9], ids=[f"{n}-{o}" for n, o in NFE_CASES[:9]])
-def test_finite_for_few_steps_on_every_kind(name, options, sde):
-    model = gaussian_model(sde)
+def check_finite_for_few_steps(name, options, model):
+    sde = model.sde
     x = start_states(sde, n=4)
     sampler = solvers.get(name, **options)
     for grid, all_steps in (("uniform_lambda", range(1, 11)), ("uniform_t", (1, 2, 5, 10))):
@@ -193,12 +200,17 @@ def test_finite_for_few_steps_on_every_kind(name, options, sde):
             assert torch.isfinite(out).all(), f"{grid} with {steps} steps on {sde!r}"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name,options", NFE_CASES[:9], ids=[f"{n}-{o}" for n, o in NFE_CASES[:9]])
+def test_finite_for_few_steps(name, options, kind):
+    check_finite_for_few_steps(name, options, gaussian_model(make_sde(kind)))
+
+
 def test_mixture_and_float32():
     """A Gaussian mixture in float32: the dtype is kept and 20 steps of 3M are close to 200 steps."""
-    sde = VPSDE()
+    sde = LinearVP()
     gen = torch.Generator().manual_seed(0)
-    data = GaussianMixture(torch.tensor([0.3, 0.7]), torch.randn(2, 3, generator=gen), torch.tensor([0.2, 0.4]))
-    model = AnalyticModel(data, sde)
+    model = MixtureModel(sde, torch.tensor([0.3, 0.7]), torch.randn(2, 3, generator=gen), torch.tensor([0.2, 0.4]))
     x = sde.prior_sample((16, 3), generator=gen, dtype=torch.float32)
     pp3 = solvers.get("dpm_solver++", order=3)
     coarse = pp3(model, x, grids.uniform_lambda(sde, 20)).x
@@ -208,7 +220,7 @@ def test_mixture_and_float32():
 
 
 def test_callback_sees_every_step():
-    sde = VPSDE()
+    sde = LinearVP()
     model, x = gaussian_model(sde), start_states(sde)
     ts = grids.uniform_lambda(sde, 12)
     seen = []
@@ -219,12 +231,10 @@ def test_callback_sees_every_step():
     assert all(s.x0 is not None and s.x0.shape == x.shape for s in seen)
 
 
-@pytest.mark.parametrize("order", [2, 3])
-@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
-def test_adaptive_converges_with_tolerance(order, kind):
+def check_adaptive_converges_with_tolerance(order, model):
     """Error falls with the tolerance at least like NFE^-(order - 0.3); only the grid ends matter."""
-    sde = make_sde(kind)
-    model, x = gaussian_model(sde), start_states(sde)
+    sde = model.sde
+    x = start_states(sde)
     ref = model.flow_map(x, sde.T, T_END)
     ts = grids.uniform_lambda(sde, 3, t_end=T_END)
     errs, nfes = [], []
@@ -242,16 +252,28 @@ def test_adaptive_converges_with_tolerance(order, kind):
     torch.testing.assert_close(again, solvers.get("dpm_solver_adaptive", order=order, rtol=1e-3, atol=1e-3)(model, x, ts).x)
 
 
-def test_adaptive_defaults_reach_the_endpoint(sde):
-    model, x = gaussian_model(sde), start_states(sde)
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_adaptive_converges_with_tolerance(order, kind):
+    check_adaptive_converges_with_tolerance(order, gaussian_model(make_sde(kind)))
+
+
+def check_adaptive_defaults_reach_the_endpoint(model):
+    sde = model.sde
+    x = start_states(sde)
     seen = []
     sol = solvers.get("dpm_solver_adaptive")(model, x, grids.uniform_lambda(sde, 2), callback=seen.append)
     assert torch.isfinite(sol.x).all() and sol.nfe % 3 == 0
     assert float(seen[-1].t) == pytest.approx(sde.t_eps, abs=1e-5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_adaptive_defaults_reach_the_endpoint(kind):
+    check_adaptive_defaults_reach_the_endpoint(gaussian_model(make_sde(kind)))
+
+
 def test_sde_variant_is_reproducible():
-    sde = VPSDE()
+    sde = LinearVP()
     model, x = gaussian_model(sde), start_states(sde)
     ts = grids.uniform_lambda(sde, 10)
     sampler = solvers.get("sde_dpm_solver++", order=2)
@@ -275,13 +297,13 @@ def test_sde_variant_samples_the_data_law(order):
     Standard errors: mean 0.5/sqrt(8000) = 0.0056, std 0.004; the std threshold also allows for the
     O(1/N) bias of the first-order sampler (measured: std 0.488 at 200 steps, 0.4995 for order 2).
     """
-    sde = VPSDE()
+    sde = LinearVP()
     model = gaussian_model(sde)
     x = start_states(sde, n=8000, seed=5)
     out = solvers.get("sde_dpm_solver++", order=order)(
         model, x, grids.uniform_lambda(sde, 200), generator=torch.Generator().manual_seed(0)
     ).x
-    assert float((out.mean(0) - model.data.mean).abs().max()) < 0.03
+    assert float((out.mean(0) - model.mean).abs().max()) < 0.03
     assert float((out.std(0) - 0.5).abs().max()) < 0.035
 
 

@@ -1,7 +1,9 @@
 """Deterministic samplers of the basic families (DDIM, EDM Heun, probability-flow ODE) and the exact
-identities of the stochastic update rules, checked against the analytic Gaussian in float64.
+identities of the stochastic update rules, checked against the analytic Gaussian in float64 under VP and
+VE (tests/solvers/gaussian.py); the `check_*` functions also run on scoresde's sub-VP and flow-matching
+processes in tests/scoresde/test_solvers_on_every_sde.py.
 
-Convergence: the exact probability-flow endpoint is AnalyticModel(Gaussian, sde).flow_map; the error
+Convergence: the exact probability-flow endpoint is GaussianModel(sde, ...).flow_map; the error
 is the max abs difference over 16 prior samples in 2-D, regressed (log error on log step size) over
 the four step counts in DETERMINISTIC on the uniform-lambda grid; slope >= order - 0.3 is required.
 Measured slopes (vp / subvp / ve / flow): DDIM 0.97 / 0.96 / 0.97 / 0.96; Heun 2.14 / 2.21 / 2.12 /
@@ -17,23 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import solvers
-from scoresde import VESDE, VPSDE, AnalyticModel, FlowSDE, Gaussian, GaussianMixture, SubVPSDE
 from solvers import grids
 from solvers.ddim import ddim_update
 from solvers.protocol import bcast
 from solvers.reverse_diffusion import ancestral_update, reverse_diffusion_update
 
+from .gaussian import LinearVP, gaussian, make_sde, mixture
+
 F64 = torch.float64
-KINDS = ("vp", "subvp", "ve", "flow")
-
-
-def make_sde(kind):
-    return {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "flow": FlowSDE()}[kind]
-
-
-def gaussian_model(kind):
-    data = Gaussian(torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([0.3, 0.6], dtype=F64))
-    return AnalyticModel(data, make_sde(kind))
+KINDS = ("vp", "ve")  # sub-VP and flow: tests/scoresde/test_solvers_on_every_sde.py
 
 
 def slope(steps, errors):
@@ -55,10 +49,10 @@ DETERMINISTIC = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name,options,steps", DETERMINISTIC, ids=[f"{n}-{o.get('method', '')}" for n, o, _ in DETERMINISTIC])
-def test_convergence_order(name, options, steps, kind):
-    model = gaussian_model(kind)
+DETERMINISTIC_IDS = [f"{n}-{o.get('method', '')}" for n, o, _ in DETERMINISTIC]
+
+
+def check_convergence_order(name, options, steps, model):
     x_T = model.sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
     sampler = solvers.get(name, **options)
     errors = []
@@ -71,8 +65,12 @@ def test_convergence_order(name, options, steps, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_adaptive_ode_matches_flow_map(kind):
-    model = gaussian_model(kind)
+@pytest.mark.parametrize("name,options,steps", DETERMINISTIC, ids=DETERMINISTIC_IDS)
+def test_convergence_order(name, options, steps, kind):
+    check_convergence_order(name, options, steps, gaussian(kind))
+
+
+def check_adaptive_ode_matches_flow_map(model):
     x_T = model.sde.prior_sample((16, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = grids.uniform_t(model.sde, 10)
     exact = model.flow_map(x_T, ts[0], ts[-1])
@@ -83,6 +81,11 @@ def test_adaptive_ode_matches_flow_map(kind):
     assert err_tight < 1e-5
     assert err_tight < err_loose
     assert tight.nfe > loose.nfe > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_adaptive_ode_matches_flow_map(kind):
+    check_adaptive_ode_matches_flow_map(gaussian(kind))
 
 
 # --- exact identities of the update rules ---------------------------------------------------------
@@ -125,7 +128,7 @@ def test_ancestral_ve_is_smld(sigma_t, ratio):
 
 @given(t_next=st.floats(1e-3, 0.9), dt=st.floats(1e-3, 0.1))
 def test_ancestral_vp_is_ddpm_with_posterior_variance(t_next, dt):
-    sde = VPSDE()
+    sde = LinearVP()
     ts = torch.tensor([min(t_next + dt, 1.0), t_next], dtype=F64)
     alpha, sigma, lam = sde.alpha(ts), sde.sigma(ts), sde.lambda_(ts)
     beta = 1 - (alpha[0] / alpha[1]) ** 2  # DDPM's beta_i between the two grid times
@@ -139,10 +142,8 @@ def test_ancestral_vp_is_ddpm_with_posterior_variance(t_next, dt):
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_reverse_diffusion_coefficients(kind):
+def check_reverse_diffusion_coefficients(sde):
     """The discrete forward step x_s = a x_t + G z: a = sqrt(1 - beta_i), G^2 = beta_i for VP; a = 1, G^2 = sigma_s^2 - sigma_t^2 for VE."""
-    sde = make_sde(kind)
 
     class ZeroScore:  # a model whose score is 0 isolates the drift and noise coefficients
         def __init__(self):
@@ -158,9 +159,9 @@ def test_reverse_diffusion_coefficients(kind):
     alpha, sigma = sde.alpha(ts), sde.sigma(ts)
     a = alpha[0] / alpha[1]
     G2 = sigma[0] ** 2 - a**2 * sigma[1] ** 2
-    if kind == "vp":
+    if sde.kind == "vp":
         torch.testing.assert_close(G2, 1 - a**2, rtol=1e-12, atol=0)  # DDPM: G_i^2 = beta_i, a = sqrt(1 - beta_i)
-    if kind == "ve":
+    if sde.kind == "ve":
         torch.testing.assert_close(G2, sigma[0] ** 2 - sigma[1] ** 2, rtol=1e-12, atol=0)
     torch.testing.assert_close(out, (2 - a) * x + G2.sqrt() * z, rtol=1e-12, atol=1e-12)
     # the pure rule with a score: Song et al. 2021, App. E
@@ -170,13 +171,14 @@ def test_reverse_diffusion_coefficients(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_ddim_eta1_equals_ancestral(kind):
-    data = GaussianMixture(
-        torch.tensor([0.3, 0.7], dtype=F64), torch.tensor([[-1.0, 0.5], [1.5, 0.0]], dtype=F64), torch.tensor([0.3, 0.5], dtype=F64)
-    )
-    model = AnalyticModel(data, make_sde(kind))
-    x_T = model.sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(5), dtype=F64)
+def test_reverse_diffusion_coefficients(kind):
+    check_reverse_diffusion_coefficients(make_sde(kind))
+
+
+def check_ddim_eta1_equals_ancestral(model):
+    """On the two-component mixture of tests/solvers/gaussian.py."""
     ts = grids.uniform_t(model.sde, 12)
+    x_T = model.sde.prior_sample((32, 2), generator=torch.Generator().manual_seed(5), dtype=F64)
     a = solvers.get("ancestral")(model, x_T, ts, generator=torch.Generator().manual_seed(6))
     d = solvers.get("ddim", eta=1.0)(model, x_T, ts, generator=torch.Generator().manual_seed(6))
     torch.testing.assert_close(d.x, a.x, rtol=1e-9, atol=1e-9)
@@ -184,8 +186,11 @@ def test_ddim_eta1_equals_ancestral(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_ddim_eta0_equals_exponential_euler_loop(kind):
-    model = gaussian_model(kind)
+def test_ddim_eta1_equals_ancestral(kind):
+    check_ddim_eta1_equals_ancestral(mixture(kind))
+
+
+def check_ddim_eta0_equals_exponential_euler_loop(model):
     x = model.sde.prior_sample((8, 2), generator=torch.Generator().manual_seed(7), dtype=F64)
     ts = grids.uniform_lambda(model.sde, 5)
     out = solvers.get("ddim")(model, x, ts).x
@@ -198,9 +203,12 @@ def test_ddim_eta0_equals_exponential_euler_loop(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_heun_one_step_is_trapezoid_in_noise_level(kind):
+def test_ddim_eta0_equals_exponential_euler_loop(kind):
+    check_ddim_eta0_equals_exponential_euler_loop(gaussian(kind))
+
+
+def check_heun_one_step_is_trapezoid_in_noise_level(model):
     """One Heun step in y = x / alpha, n = sigma / alpha, written out by hand."""
-    model = gaussian_model(kind)
     sde = model.sde
     x = sde.prior_sample((4, 2), generator=torch.Generator().manual_seed(8), dtype=F64)
     ts = torch.tensor([0.8, 0.3], dtype=F64)
@@ -211,3 +219,8 @@ def test_heun_one_step_is_trapezoid_in_noise_level(kind):
     d2 = model.eps(a[1] * y_e, ts[1:].expand(4))
     expected = a[1] * (y + (n[1] - n[0]) * (d + d2) / 2)
     torch.testing.assert_close(solvers.get("heun")(model, x, ts).x, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_heun_one_step_is_trapezoid_in_noise_level(kind):
+    check_heun_one_step_is_trapezoid_in_noise_level(gaussian(kind))

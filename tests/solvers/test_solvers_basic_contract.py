@@ -1,6 +1,8 @@
 """Contract of the basic samplers (Euler–Maruyama, reverse diffusion, ancestral, PC, Langevin, ODE,
 torchsde, DDIM, Heun): NFE bookkeeping, finiteness on every process for 1..10 steps, seeding and
-per-sample generators, callbacks, dtype, option round trips and pinned error messages."""
+per-sample generators, callbacks, dtype, option round trips and pinned error messages; on the two-component
+Gaussian mixture of tests/solvers/gaussian.py under VP and VE (sub-VP and flow matching:
+tests/scoresde/test_solvers_on_every_sde.py)."""
 
 import math
 
@@ -8,11 +10,12 @@ import pytest
 import torch
 
 import solvers
-from scoresde import VESDE, VPSDE, AnalyticModel, FlowSDE, GaussianMixture, SubVPSDE
 from solvers import grids
 
+from .gaussian import mixture
+
 F64 = torch.float64
-KINDS = ("vp", "subvp", "ve", "flow")
+KINDS = ("vp", "ve")  # sub-VP and flow: tests/scoresde/test_solvers_on_every_sde.py
 
 SPECS = [
     ("euler_maruyama", {}),
@@ -42,19 +45,6 @@ SPECS = [
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in SPECS]
 
 
-def make_sde(kind):
-    return {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "flow": FlowSDE()}[kind]
-
-
-def mixture_model(kind, dtype=F64):
-    data = GaussianMixture(
-        torch.tensor([0.3, 0.7], dtype=dtype),
-        torch.tensor([[-1.0, 0.5], [1.5, 0.0]], dtype=dtype),
-        torch.tensor([0.3, 0.5], dtype=dtype),
-    )
-    return AnalyticModel(data, make_sde(kind))
-
-
 class CallCounter:
     """Independent of solvers.protocol.CountedModel: counts every prediction call of a model."""
 
@@ -82,10 +72,7 @@ def prior(model, n=8, seed=0, dtype=F64):
     return model.sde.prior_sample((n, 2), generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("name,options", SPECS, ids=IDS)
-def test_finite_and_nfe_for_1_to_10_steps(name, options, kind):
-    model = mixture_model(kind)
+def check_finite_and_nfe_for_1_to_10_steps(name, options, model):
     x_T = prior(model)
     sampler = solvers.get(name, **options)
     for steps in range(1, 11):
@@ -98,9 +85,15 @@ def test_finite_and_nfe_for_1_to_10_steps(name, options, kind):
             assert sol.nfe == sampler.nfe_per_step * steps
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name,options", SPECS, ids=IDS)
+def test_finite_and_nfe_for_1_to_10_steps(name, options, kind):
+    check_finite_and_nfe_for_1_to_10_steps(name, options, mixture(kind))
+
+
 @pytest.mark.parametrize("name,options", SPECS, ids=IDS)
 def test_denoise_final_adds_one_evaluation(name, options):
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model)
     ts = grids.uniform_t(model.sde, 4)
     plain = solvers.get(name, **options)(model, x_T, ts, generator=torch.Generator().manual_seed(1))
@@ -113,7 +106,7 @@ def test_denoise_final_adds_one_evaluation(name, options):
 @pytest.mark.parametrize("kind", ("vp", "ve"))
 @pytest.mark.parametrize("name,options", SPECS, ids=IDS)
 def test_float32_stays_float32(name, options, kind):
-    model = mixture_model(kind, dtype=torch.float32)
+    model = mixture(kind, dtype=torch.float32)
     x_T = prior(model, dtype=torch.float32)
     sol = solvers.get(name, **options)(model, x_T, grids.uniform_t(model.sde, 5), generator=torch.Generator().manual_seed(1))
     assert sol.x.dtype == torch.float32 and bool(torch.isfinite(sol.x).all())
@@ -121,7 +114,7 @@ def test_float32_stays_float32(name, options, kind):
 
 @pytest.mark.parametrize("name,options", SPECS, ids=IDS)
 def test_same_seed_same_samples(name, options):
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model)
     ts = grids.uniform_t(model.sde, 6)
     sampler = solvers.get(name, **options)
@@ -141,7 +134,7 @@ PER_SAMPLE = [(n, o) for n, o in SPECS if solvers.get(n, **o).stochastic and o.g
 
 @pytest.mark.parametrize("name,options", PER_SAMPLE, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in PER_SAMPLE])
 def test_sample_does_not_depend_on_its_batch(name, options):
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model, n=5)
     ts = grids.uniform_t(model.sde, 6)
     sampler = solvers.get(name, **options)
@@ -152,7 +145,7 @@ def test_sample_does_not_depend_on_its_batch(name, options):
 
 
 def test_batch_mean_step_size_couples_the_batch():
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model, n=5)
     ts = grids.uniform_t(model.sde, 6)
     sampler = solvers.get("pc", step_size="batch_mean")
@@ -163,7 +156,7 @@ def test_batch_mean_step_size_couples_the_batch():
 
 @pytest.mark.parametrize("name,options", SPECS, ids=IDS)
 def test_callback_once_per_step(name, options):
-    model = mixture_model("ve")
+    model = mixture("ve")
     x_T = prior(model)
     ts = grids.uniform_t(model.sde, 4)
     steps = []
@@ -198,7 +191,7 @@ def test_option_dependent_metadata():
 
 
 def test_torchsde_milstein_equals_euler_for_additive_noise():
-    model = mixture_model("ve")
+    model = mixture("ve")
     x_T = prior(model)
     ts = grids.uniform_t(model.sde, 6)
     e = solvers.get("torchsde", method="euler")(model, x_T, ts, generator=torch.Generator().manual_seed(2)).x
@@ -207,7 +200,7 @@ def test_torchsde_milstein_equals_euler_for_additive_noise():
 
 
 def test_heun_churn_near_T_stays_inside_the_process():
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model)
     ts = grids.uniform_t(model.sde, 2)
     sol = solvers.get("heun", S_churn=100.0)(model, x_T, ts, generator=torch.Generator().manual_seed(0))
@@ -246,7 +239,7 @@ def test_bad_options_raise(name, options, match):
 
 
 def test_generator_list_of_wrong_length_raises():
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model, n=3)
     ts = grids.uniform_t(model.sde, 2)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
@@ -258,7 +251,7 @@ def test_generator_list_of_wrong_length_raises():
 @pytest.mark.parametrize("name,options", SPECS, ids=IDS)
 def test_vp_grid_down_to_time_zero(name, options):
     """ts[-1] = 0 (noise level 0 for VP): finite; Heun's last step is an Euler step (Karras Alg. 2)."""
-    model = mixture_model("vp")
+    model = mixture("vp")
     x_T = prior(model)
     ts = torch.linspace(1.0, 0.0, 6, dtype=F64)
     sol = solvers.get(name, **options)(model, x_T, ts, generator=torch.Generator().manual_seed(1))

@@ -1,7 +1,8 @@
 """UniPC (Zhao et al. 2023): orders, the corrector's extra order, identities, NFE and options.
 
-Ground truth and conventions as in tests/test_dpm_solver.py (4-d Gaussian, T -> 1e-3,
-uniform-lambda grids of 32, 64, 128 steps (64..256 for UniPC-3), least-squares slope >= order - 0.3). Measured slopes
+Ground truth and conventions as in tests/solvers/test_dpm_solver.py (4-d Gaussian under VP and VE,
+T -> 1e-3, uniform-lambda grids of 32, 64, 128 steps (64..256 for UniPC-3), least-squares slope
+>= order - 0.3); the other processes: tests/scoresde/test_solvers_on_every_sde.py. Measured slopes
 (24..192 steps, vp): UniPC-1/2/3 with the corrector 2.14 / 3.09 / 3.66 (bh1), 1.96 / 2.91 / 3.66
 (bh2); UniP-p alone 0.98 / 1.97 / 3.99.
 """
@@ -12,11 +13,11 @@ import pytest
 import torch
 
 import solvers
-from scoresde import VPSDE
 from solvers import grids
 from solvers.unipc import unipc_coefficients, unipc_h_phis
 
-from .test_dpm_solver import CallCounter, fitted_order, gaussian_model, make_sde, start_states
+from .gaussian import LinearVP, make_sde
+from .test_dpm_solver import KINDS, CallCounter, fitted_order, gaussian_model, start_states
 
 CASES = [
     # (options, required slope): the corrector raises the order by one (capped at 3 by the
@@ -43,20 +44,23 @@ def order_steps(options: dict) -> tuple[int, ...]:
     return (32, 64, 128)
 
 
-@pytest.mark.parametrize("kind", ["vp", "subvp", "ve", pytest.param("flow", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("options,required", CASES, ids=[str(o) for o, _ in CASES])
-def test_converges_at_declared_order(options, required, kind):
+def check_converges_at_declared_order(options, required, model):
     sampler = solvers.get("unipc", **options)
     assert required >= sampler.order
-    model = gaussian_model(make_sde(kind))
     order, errs = fitted_order(sampler, model, start_states(model.sde), order_steps(options))
     assert order >= required - 0.3, f"slope {order:.2f}, required {required}; errors {errs}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("options,required", CASES, ids=[str(o) for o, _ in CASES])
+def test_converges_at_declared_order(options, required, kind):
+    check_converges_at_declared_order(options, required, gaussian_model(make_sde(kind)))
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_predictor_alone_is_dpm_solver_pp_multistep(order):
     """UniP-p with data prediction is DPM-Solver++(pM): both integrate the same interpolating polynomial."""
-    sde = VPSDE()
+    sde = LinearVP()
     model, x = gaussian_model(sde), start_states(sde)
     ts = grids.uniform_t(sde, 12, t_end=1e-3)
     unip = solvers.get("unipc", order=order, corrector=False)(model, x, ts).x
@@ -86,20 +90,29 @@ def test_coefficients_solve_the_order_conditions():
     "options,extra", [({}, 0), ({"final_corrector": True}, 1), ({"corrector": False}, 0), ({"denoise_final": True}, 1)]
 )
 def test_one_evaluation_per_step(options, extra, steps):
-    sde = VPSDE()
+    sde = LinearVP()
     counter = CallCounter(gaussian_model(sde))
     sol = solvers.get("unipc", **options)(counter, start_states(sde), grids.uniform_lambda(sde, steps))
     assert sol.nfe == counter.calls == steps + extra
 
 
-@pytest.mark.parametrize("options", [{}, {"order": 2, "variant": "bh1"}, {"prediction": "eps"}, {"lower_order_final": False}])
-def test_finite_for_few_steps_on_every_kind(options, sde):
-    model, x = gaussian_model(sde), start_states(sde, n=4)
+FEW_STEPS_CASES = [{}, {"order": 2, "variant": "bh1"}, {"prediction": "eps"}, {"lower_order_final": False}]
+
+
+def check_finite_for_few_steps(options, model):
+    sde = model.sde
+    x = start_states(sde, n=4)
     sampler = solvers.get("unipc", **options)
     for grid, all_steps in (("uniform_lambda", range(1, 11)), ("uniform_t", (1, 2, 5, 10))):
         for steps in all_steps:
             out = sampler(model, x, grids.make(grid, sde, steps)).x
             assert torch.isfinite(out).all(), f"{grid} with {steps} steps on {sde!r}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("options", FEW_STEPS_CASES)
+def test_finite_for_few_steps(options, kind):
+    check_finite_for_few_steps(options, gaussian_model(make_sde(kind)))
 
 
 def test_callback_and_float32():
