@@ -42,10 +42,13 @@ class _AugmentedODE(torch.nn.Module):
         x, _ = state
         sde = self.model.sde
         self.nfe += 1
-        t = s if self.variable == "t" else sde.t_of_lambda(s.reshape(1))[0]
         # the adaptive solver may try a first step past the end while choosing its initial step
         # size (steps themselves stop there through step_t); clamping keeps every time in [0, T]
-        tt = time_like(torch.clamp(t, min=0.0, max=sde.T), x)
+        # (in lambda first: t_of_lambda refuses log-SNRs outside [lambda(T), lambda(0)])
+        if self.variable != "t":
+            lo, hi = (float(v) for v in sde.lambda_(torch.tensor([sde.T, 0.0], dtype=torch.float64)))
+            s = sde.t_of_lambda(torch.clamp(s.reshape(1), min=lo, max=hi))[0]
+        tt = time_like(torch.clamp(s, min=0.0, max=sde.T), x)
         score, div = score_and_divergence(self.model, x, tt, y=self.y, divergence=self.divergence, probes=self.probes)
         drift, div = sde.pf_drift(x, tt, score), div / x[0].numel()
         if self.variable == "t":
