@@ -45,6 +45,12 @@ LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "ch": 2048,
 MAX_PARAMETERS = 2_000_000_000  # implied by a file's configuration (checked before building the net)
 
 
+def _bounded_int(name: str, value, low: int, high: int) -> None:
+    """An integer >= low (that message first: it is the usual mistake), then <= high (a file's bound)."""
+    check_int(name, value, low)
+    check_int(name, value, None, high)
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Configuration of `UNet`.
@@ -85,10 +91,10 @@ class UNetConfig:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         for name in ("image_size", "in_channels", "ch"):
-            check_int(name, getattr(self, name), 1, LIMITS[name])
-        check_int("num_res_blocks", self.num_res_blocks, 0, LIMITS["num_res_blocks"])
+            _bounded_int(name, getattr(self, name), 1, LIMITS[name])
+        _bounded_int("num_res_blocks", self.num_res_blocks, 0, LIMITS["num_res_blocks"])
         if self.out_channels is not None:
-            check_int("out_channels", self.out_channels, 1, LIMITS["out_channels"])
+            _bounded_int("out_channels", self.out_channels, 1, LIMITS["out_channels"])
         if not self.ch_mult or any(not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= LIMITS["ch_mult"]
                                    for m in self.ch_mult) or len(self.ch_mult) > LIMITS["levels"]:
             raise ValueError(f"ch_mult must be a non-empty tuple of at most {LIMITS['levels']} integers in "
@@ -107,9 +113,9 @@ class UNetConfig:
         check_name("embedding", self.embedding, EMBEDDINGS)
         check_number("embedding_scale", self.embedding_scale, 0, low_open=True)
         if self.num_classes is not None:
-            check_int("num_classes", self.num_classes, 1, LIMITS["num_classes"])
+            _bounded_int("num_classes", self.num_classes, 1, LIMITS["num_classes"])
         check_bool("learn_variance", self.learn_variance)
-        check_int("augment_dim", self.augment_dim, 0, LIMITS["augment_dim"])
+        _bounded_int("augment_dim", self.augment_dim, 0, LIMITS["augment_dim"])
 
     @property
     def output_channels(self) -> int:
