@@ -6,7 +6,7 @@
 #     TOTAL=1200 bash benchmarks/gpu_device.sh      # where a call may run longer than 10 minutes
 #
 # Everything ends within $TOTAL seconds (default 570: the device tool's 10-minute call, less a margin):
-# 1. tests/test_gpu.py (the speed options against eager float32 on the card), at most $TEST_TIMEOUT s
+# 1. tests/scoresde/test_gpu.py (the speed options against eager float32 on the card), at most $TEST_TIMEOUT s
 #    (default 150);
 # 2. benchmarks/gpu.py --loss-curve 200 in the time left, with --time-limit 150 s before the end: a
 #    measurement not started by then is skipped (the loss curves come last), and every figure is
@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 
 status=0
 if [ "${GPU_TESTS:-1}" != 0 ]; then
-  timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -m gpu -p no:cacheprovider -q tests/test_gpu.py 2>&1 | tee "$OUT/tests.log"
+  timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -m gpu -p no:cacheprovider -q tests/scoresde/test_gpu.py 2>&1 | tee "$OUT/tests.log"
   status=${PIPESTATUS[0]}
 fi
 left=$(( ${TOTAL:-570} - SECONDS ))

@@ -25,7 +25,7 @@ every solver keeps its full order: multistep methods (DPM-Solver++ 2M/3M, UniPC)
 predictions across steps, since each was made at a state whose known part was set by the hook.
 With `noise="fixed"` one z is drawn once and the known part follows the smooth path
 alpha(t) known + sigma(t) z; the replacement dynamics are then an ODE in the unknown part, which a
-deterministic solver integrates at its order (tests/test_guidance.py measures UniPC-3 and
+deterministic solver integrates at its order (tests/scoresde/test_guidance.py measures UniPC-3 and
 DPM-Solver++(3M)). Singlestep methods (DPM-Solver-2/3, DPM-Solver++ 2S/3S) evaluate at intermediate
 times inside a step that the hook does not see, and stay first order under replacement.
 """
