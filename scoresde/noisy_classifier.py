@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from solvers.validate import dataclass_from_dict
+
 from .files import atomic_write, read_safetensors
 from .guidance import ClassifierGuidedModel
 from .nn.layers import PositionalEmbedding, group_norm
@@ -63,15 +65,6 @@ FORMAT = "scoresde.noisy_classifier/1"
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _config_from_dict(cls, d: dict):
-    """cls(**d) for a config dataclass, with unknown keys named in the error."""
-    names = set(cls.__dataclass_fields__)
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
-    return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -104,7 +97,7 @@ class NoisyClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoisyClassifierConfig:
-        return _config_from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -139,7 +132,7 @@ class NoisyTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> NoisyTrainConfig:
-        return _config_from_dict(cls, d)
+        return dataclass_from_dict(cls, d)
 
 
 class FiLMConv(nn.Module):

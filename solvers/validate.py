@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_name", "check_number"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_name", "check_number", "dataclass_from_dict"]
 
 
 def check_bool(name: str, value) -> bool:
@@ -83,3 +83,14 @@ def check_number(
     if not ok:
         raise ValueError(f"{name} must be {_range('a number', low, high, low_open, high_open)}, got {value!r}")
     return float(value)
+
+
+def dataclass_from_dict(cls, d: dict):
+    """cls(**d) for a configuration dataclass, naming unknown keys and the valid ones in the error."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {cls.__name__} must be read from a dict, got {type(d).__name__}")
+    names = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+    return cls(**d)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from solvers.validate import check_bool, check_int, check_name, check_number
+from solvers.validate import check_bool, check_int, check_name, check_number, dataclass_from_dict
 
 from .layers import AttnBlock, FourierEmbedding, PositionalEmbedding, ResBlock, group_norm, zero_
 
@@ -134,11 +134,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         """Inverse of `to_dict`; unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 class UNet(nn.Module):

@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from solvers.validate import dataclass_from_dict
+
 from .. import data as datasets
 from ..augment import AUGMENTATIONS, augment_dim
 from ..augment import check_kinds as check_augment_kinds
@@ -262,11 +264,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of `to_dict`; unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def build_sde(config: TrainConfig) -> SDE:
