@@ -258,17 +258,22 @@ def print_table(title: str, results: dict, nfes, column: int) -> None:
     print(f"\n## {title}")
     print("config | grid".ljust(width) + "".join(f"{'NFE ' + str(k):>16}" for k in nfes))
     for (lab, grid_name), row in results.items():
-        cells = []
-        for k in nfes:
-            if k not in row:
-                cells.append(f"{'-':>16}")
-                continue
-            v, used = row[k][column], row[k][2]
-            text = f"{v:.2e}" if math.isfinite(v) else "nan"
-            if used != k:
-                text += f"[{used}]"
-            cells.append(f"{text:>16}")
-        print(f"{lab} | {grid_name}".ljust(width) + "".join(cells))
+        print(f"{lab} | {grid_name}".ljust(width) + table_cells(row, nfes, column, "{:.2e}", 16))
+
+
+def table_cells(row: dict, nfes, column: int, fmt: str, width: int) -> str:
+    """One table row's cells: row[nfe][column] formatted, "[n]" when the run used n NFE instead, "-" if absent."""
+    cells = []
+    for k in nfes:
+        if k not in row:
+            cells.append(f"{'-':>{width}}")
+            continue
+        v, used = row[k][column], row[k][2]
+        text = fmt.format(v) if math.isfinite(v) else "nan"
+        if used != k:
+            text += f"[{used}]"
+        cells.append(f"{text:>{width}}")
+    return "".join(cells)
 
 
 def print_target(schedule: str, results: dict, nfes) -> None:

@@ -211,17 +211,7 @@ def print_tables(schedule: str, floor: dict, results: dict, nfes) -> None:
         print(f"\n## {schedule}: {title}")
         print("config | grid".ljust(width) + "".join(f"{'NFE ' + str(k):>13}" for k in nfes))
         for key, row in results.items():
-            cells = []
-            for k in nfes:
-                if k not in row:
-                    cells.append(f"{'-':>13}")
-                    continue
-                v, used = row[k][col], row[k][2]
-                text = fmt.format(v) if math.isfinite(v) else "nan"
-                if used != k:
-                    text += f"[{used}]"
-                cells.append(f"{text:>13}")
-            print(label(key).ljust(width) + "".join(cells))
+            print(label(key).ljust(width) + _bench.table_cells(row, nfes, col, fmt, 13))
     print(f"(floor: SW2 {floor['sw']:.4e} +- {floor['sw_std']:.1e} between independent pairs; against the "
           f"{len(floor['paired'])} reference sets " + ", ".join(f"{v:.4e}" for v in floor["paired"])
           + f"; mode error {floor['mode']:.4f} +- {floor['mode_std']:.4f})")
