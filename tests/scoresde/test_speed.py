@@ -237,8 +237,10 @@ def test_compiled_step_matches_eager_and_resumes_uncompiled(tmp_path):
     assert res.step == 3
     torch.testing.assert_close(torch.tensor(losses(run)), torch.tensor(losses(ref)), atol=1e-6, rtol=1e-5)
     a, b = (load_checkpoint(Path(c.out_dir) / "checkpoint.safetensors") for c in (run, ref))
+    # float32 round-off of a reordered update: with the 64-bit per-step seeds (issue 17) one of 2,304
+    # EMA weights of this net differs by 1.1e-6 (2e-3 relative of a 5.6e-4 weight); atol 2e-6
     for k in b.ema:
-        torch.testing.assert_close(a.ema[k], b.ema[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.ema[k], b.ema[k], atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.slow
