@@ -125,3 +125,30 @@ def test_deprecated_names_warn_and_resolve():
         assert solvers.Sampler is solvers.Solver
     with pytest.warns(DeprecationWarning, match="use solvers.SDE"):
         assert solvers.Process is solvers.SDE
+
+
+def test_registering_one_name_from_many_threads_keeps_exactly_one():
+    """register() checks and inserts under a lock: of 16 threads racing for one name, one wins and
+    15 are refused (none silently overwrites another)."""
+    import threading
+
+    won, refused = [], []
+    barrier = threading.Barrier(16)
+
+    def register(i):
+        barrier.wait()
+        try:
+            solvers.register("race_test", lambda i=i: solvers.get("ddim"))
+            won.append(i)
+        except ValueError:
+            refused.append(i)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    try:
+        assert len(won) == 1 and len(refused) == 15
+    finally:
+        solvers.unregister("race_test")
