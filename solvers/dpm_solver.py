@@ -106,12 +106,13 @@ def dpm_solver_3_step(
 
 
 def dpm_solver_singlestep(
-    model: CountedModel, x_s: Tensor, s: Tensor, t: Tensor, order: int, r1: float | None, r2: float | None
+    model: CountedModel, x_s: Tensor, s: Tensor, t: Tensor, order: int, r1: float | None, r2: float | None,
+    *, embedded: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """One DPM-Solver-`order` step from s to t (float64 (1,) times); `order` model evaluations.
 
-    Returns x_t, the embedded lower-order result from the same evaluations (DPM-Solver-1 inside
-    DPM-Solver-2, DPM-Solver-2 with r1 inside DPM-Solver-3; None for order 1), and the data
+    Returns x_t, with `embedded` the lower-order result from the same evaluations (DPM-Solver-1 inside
+    DPM-Solver-2, DPM-Solver-2 with r1 inside DPM-Solver-3; None for order 1 or without `embedded`), and the data
     prediction at s. A step ending at sigma_t = 0 returns the exact limit alpha_t x0_s for both
     (`solvers.coefficients.zero_noise_limit`).
     """
@@ -121,28 +122,30 @@ def dpm_solver_singlestep(
     h = lam_t - lam_s
     eps_s = model.eps(x_s, time_like(s, x_s))
     x0_s = x0_from_eps(x_s, eps_s, alpha_s, sigma_s)
-    higher, lower = _dpm_solver_stages(model, x_s, eps_s, s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2)
-    end = lambda x: None if x is None else zero_noise_limit(x, x0_s, alpha_t, sigma_t)  # noqa: E731
-    return end(higher), end(lower), x0_s
+    higher, lower = _dpm_solver_stages(model, x_s, eps_s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2, embedded)
+    if lower is not None:
+        lower = zero_noise_limit(lower, x0_s, alpha_t, sigma_t)
+    return zero_noise_limit(higher, x0_s, alpha_t, sigma_t), lower, x0_s
 
 
-def _dpm_solver_stages(model, x_s, eps_s, s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2):
-    """(x_t, the embedded lower-order x_t or None) of a DPM-Solver-`order` step; order - 1 more evaluations."""
+def _dpm_solver_stages(model, x_s, eps_s, alpha_s, lam_s, alpha_t, sigma_t, h, order, r1, r2, embedded):
+    """(x_t, the embedded lower-order x_t when `embedded`, else None) of a DPM-Solver-`order` step;
+    order - 1 more evaluations. The lower-order result is computed only when asked for (adaptive steps)."""
     sde = model.sde
-    x_1 = dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_t, sigma_t, h)
     if order == 1:
-        return x_1, None
+        return dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_t, sigma_t, h), None
     s1 = sde.t_of_lambda(lam_s + r1 * h)
     alpha_s1, sigma_s1, _ = marginal(sde, s1)
     u1 = dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_s1, sigma_s1, r1 * h)
     eps_s1 = model.eps(u1, time_like(s1, x_s))
-    x_2 = dpm_solver_2_step(x_s, eps_s, eps_s1, alpha_s, alpha_t, sigma_t, h, r1)
     if order == 2:
-        return x_2, x_1
+        x_1 = dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_t, sigma_t, h) if embedded else None
+        return dpm_solver_2_step(x_s, eps_s, eps_s1, alpha_s, alpha_t, sigma_t, h, r1), x_1
     s2 = sde.t_of_lambda(lam_s + r2 * h)
     alpha_s2, sigma_s2, _ = marginal(sde, s2)
     u2 = dpm_solver_3_mid(x_s, eps_s, eps_s1, alpha_s, alpha_s2, sigma_s2, h, r1, r2)
     eps_s2 = model.eps(u2, time_like(s2, x_s))
+    x_2 = dpm_solver_2_step(x_s, eps_s, eps_s1, alpha_s, alpha_t, sigma_t, h, r1) if embedded else None
     return dpm_solver_3_step(x_s, eps_s, eps_s2, alpha_s, alpha_t, sigma_t, h, r2), x_2
 
 
@@ -271,7 +274,7 @@ class DPMSolverAdaptive(Solver, StepSizeOptions):
         # the host syncs in this loop (done, reaches_end, accept, the finiteness check) are the step control
         while not ctl.done(s, t_end):
             t = t_end if ctl.reaches_end(h, lam_s, lam_end) else sde.t_of_lambda(lam_s + h)
-            x_higher, x_lower, x0_s = dpm_solver_singlestep(model, x, s, t, self.order, r1, r2)
+            x_higher, x_lower, x0_s = dpm_solver_singlestep(model, x, s, t, self.order, r1, r2, embedded=True)
             E = ctl.error_norm(x_lower, x_higher, x_prev)
             if not bool(torch.isfinite(E)):
                 raise RuntimeError(f"non-finite error estimate at t={float(s)} (step h={float(h)} in lambda)")
