@@ -37,7 +37,7 @@ _NAMES = {
     "AnalyticModel": "analytic", "ConditionalAnalyticModel": "analytic", "CorrelatedGaussian": "analytic",
     "CorrelatedGaussianModel": "analytic", "Gaussian": "analytic", "GaussianMixture": "analytic",
     "ScoreModel": "param",
-    "Samples": "sampling", "sample": "sampling",
+    "Samples": "sampling", "sample": "sampling", "save_samples": "sampling_files",
     "Likelihood": "likelihood", "bits_per_dim": "likelihood", "log_likelihood": "likelihood",
     "VLB": "vlb", "vlb_bits_per_dim": "vlb",
     "UNet": "nn", "UNetConfig": "nn",

@@ -123,11 +123,14 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
     return load_model(path, device=device)
 
 
+GRID_MAX = 64  # `scoresde sample --out`: the PNG grid shows at most the first GRID_MAX samples
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from .sampling import sample
+    from .sampling_files import save_samples
     from .training.samples import save_image_grid
 
     if args.guidance_scale is not None and args.y is None:
@@ -136,29 +139,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for flag, path in (("--out", args.out), ("--save", args.save)):
         if path is not None and Path(path).is_dir():
             raise UsageError(f"{flag} {path!r} is a folder; give a file name")
-    if args.save is not None and not args.save.endswith((".npz", ".pt")):
-        raise UsageError(f"--save {args.save!r}: use a .npz or .pt file name")
+    if args.save is not None and not args.save.endswith((".npy", ".npz", ".pt")):
+        raise UsageError(f"--save {args.save!r}: use a .npy, .npz or .pt file name")
     model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None)
     if args.y is not None:
         _check_labels(args.y, model)
-    shape = None if args.shape is None else tuple(args.shape)  # None: the model's image_shape
-    options = dict(args.option or [])
-    guidance = {}
+    kwargs = dict(
+        model=model, solver=args.solver, steps=args.steps, grid=args.grid, shape=None if args.shape is None else tuple(args.shape),
+        seed=args.seed, device=args.device, progress=not args.quiet, **dict(args.option or []),
+    )  # shape None: the model's image_shape
     if args.y is not None:  # labels repeat cyclically to fill the n samples
-        y = torch.tensor(args.y)[torch.arange(args.n) % len(args.y)]
-        guidance = {"y": y, "guidance_scale": args.guidance_scale}
-    res = sample(
-        model, solver=args.solver, steps=args.steps, grid=args.grid, n=args.n, shape=shape, seed=args.seed,
-        device=args.device, progress=not args.quiet, **guidance, **options,
-    )
-    x = res.x.clamp(-1, 1)
-    save_image_grid(x, args.out, scale=args.scale)
-    if args.save is not None:
-        if args.save.endswith(".npz"):
-            np.savez(args.save, x=x.cpu().numpy())
-        else:  # .pt, checked above
-            torch.save(x.cpu(), args.save)
-    print(f"wrote {args.out} ({x.shape[0]} samples); NFE {res.nfe}, {res.seconds:.2f} s")
+        kwargs.update(y=torch.tensor(args.y)[torch.arange(args.n) % len(args.y)], guidance_scale=args.guidance_scale)
+    if args.save is not None and args.save.endswith((".npy", ".npz")):  # streamed: memory bounded by --batch-size
+        res = save_samples(args.save, n=args.n, batch_size=args.batch_size, keep_first=GRID_MAX, **kwargs)
+        first = res.first
+    else:  # in memory, in chunks of --batch-size
+        res = sample(n=args.n, batch_size=args.batch_size, **kwargs)
+        first = res.x[:GRID_MAX]
+        if args.save is not None:  # .pt, checked above
+            torch.save(res.x.cpu(), args.save)
+    save_image_grid(first.clamp(-1, 1), args.out, scale=args.scale)
+    shown = f"{args.n} samples" if args.n <= GRID_MAX else f"the first {GRID_MAX} of {args.n} samples"
+    print(f"wrote {args.out} ({shown}); NFE {res.nfe}, {res.seconds:.2f} s")
     print("settings: " + json.dumps(res.settings, default=str))
     return 0
 
@@ -296,9 +298,15 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", type=_positive_int, nargs="+", metavar="DIM", help="sample shape without the batch")
     p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out", default="samples.png", help="PNG grid to write (default: samples.png)")
+    p.add_argument("--out", default="samples.png",
+                   help=f"PNG grid to write, of the first min(n, {GRID_MAX}) samples (default: samples.png)")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default: 4)")
-    p.add_argument("--save", help="also save the raw samples to a .npz or .pt file")
+    p.add_argument("--batch-size", type=_positive_int, metavar="B",
+                   help="samples per solver call, bounding its memory; seeds stay per sample, so the samples do not "
+                        "depend on B (default: all --n at once)")
+    p.add_argument("--save", help="also save the raw samples (not clamped) as array x: .npy or .npz are streamed "
+                                  "chunk by chunk (memory bounded by --batch-size, file written atomically); .pt "
+                                  "holds all n samples in memory")
     p.add_argument("--y", type=_labels, metavar="LABELS",
                    help="class labels, e.g. 3 or 0,1,...,9, repeated to fill --n; default model: the shipped "
                         "class-conditional one (vp)")

@@ -1,0 +1,118 @@
+"""The arguments of `scoresde.sample`, checked at the boundary: each bad value raises a ValueError that
+names the argument and what is valid (counts, seeds, generators, x_T, dtype, shape, a grid tensor)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from solvers.base import check_grid
+
+__all__ = [
+    "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_count", "check_dtype", "check_generator", "check_seed", "check_shape",
+    "check_x_T", "custom_grid", "noise_source",
+]
+
+MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
+MAX_STEPS = 1_000_000  # grid steps (the CLI's MAX_STEPS)
+MAX_SEED = 2**63 - 1  # seeds 0..2**63-1: torch.Generator.manual_seed takes a signed 64-bit int (the CLI's MAX_SEED)
+
+
+def check_count(name: str, value, high: int) -> int:
+    """value itself, unless it is not an integer in [1, high] ("n must be an integer >= 1 and <= ...")."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"{name} must be an integer >= 1 and <= {high}, got {value!r}")
+    return value
+
+
+def _is_seed(s) -> bool:
+    return isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+
+
+def check_seed(seed) -> None:
+    """Raise ValueError unless seed is None, an int in [0, 2**63 - 1], or a list (tuple, range) of such ints."""
+    if seed is None or _is_seed(seed):
+        return
+    if isinstance(seed, (list, tuple, range)):
+        values = [seed[0], seed[-1]] if isinstance(seed, range) and len(seed) else seed  # a range: its ends
+        bad = [s for s in values if not _is_seed(s)]
+        if bad:
+            raise ValueError(f"seed must be an int in [0, 2**63 - 1] or a list of them; the list holds {bad[0]!r}")
+        return
+    raise ValueError(f"seed must be an int in [0, 2**63 - 1] or a list of them, got {seed!r}")
+
+
+def check_generator(generator) -> None:
+    """Raise ValueError unless generator is None, a torch.Generator or a list (tuple) of them."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    raise ValueError(f"generator must be None, a torch.Generator or a list of them (one per sample), got {generator!r}")
+
+
+def noise_source(seed, generator, device, n: int | None, batch_size: int | None) -> tuple[Sequence[int] | None, object]:
+    """(per-sample seeds or None, generator(s)) for n samples (None: not checked); with batch_size an
+    int seed s means the per-sample seeds s..s+n-1."""
+    if seed is not None and generator is not None:
+        raise ValueError("give seed or generator, not both")
+    check_seed(seed)
+    check_generator(generator)
+    if isinstance(seed, int) and batch_size is not None:
+        if seed + n - 1 > MAX_SEED:
+            raise ValueError(f"seed: with batch_size, seed {seed} gives samples the seeds {seed}..{seed + n - 1}, "
+                             f"past 2**63 - 1; choose seed <= {MAX_SEED - n + 1}")
+        seed = range(seed, seed + n)
+    per_sample = seed if seed is not None and not isinstance(seed, int) else generator
+    if n is not None and isinstance(per_sample, (list, tuple, range)) and len(per_sample) != n:
+        what = "seed" if seed is not None else "generator"
+        raise ValueError(f"{what}: a list needs one entry per sample, got {len(per_sample)} for {n} samples")
+    if isinstance(generator, torch.Generator) and batch_size is not None:
+        raise ValueError("generator: one torch.Generator with batch_size would make samples depend on batch_size; "
+                         "pass seed (an int s means per-sample seeds s, s+1, ...) or one generator per sample")
+    if seed is None:
+        return None, generator
+    return (None, torch.Generator(device).manual_seed(seed)) if isinstance(seed, int) else (seed, None)
+
+
+def check_x_T(x_T) -> None:
+    """Raise ValueError unless x_T is None or a finite float tensor (B, *D), B >= 1, holding data (one host read)."""
+    if x_T is None:
+        return
+    if not isinstance(x_T, Tensor):
+        raise ValueError(f"x_T must be a float tensor of shape (B, *D), got {type(x_T).__name__}")
+    if x_T.ndim < 1 or x_T.shape[0] < 1 or not x_T.is_floating_point():
+        raise ValueError(f"x_T must be a float tensor of shape (B, *D) with B >= 1, got a {x_T.dtype} tensor of "
+                         f"shape {tuple(x_T.shape)}")
+    if x_T.device.type == "meta":
+        raise ValueError("x_T is on the meta device (shapes without data); pass a tensor with values")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or infinite values")
+
+
+def check_dtype(dtype) -> None:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be None or a floating torch.dtype (e.g. torch.float64), got {dtype!r}")
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """shape (D, without the batch) as a tuple of positive ints, else ValueError."""
+    ok = isinstance(shape, (list, tuple, torch.Size))
+    ok = ok and all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_COUNT for d in shape)
+    if not ok:
+        raise ValueError(f"shape must be a tuple of ints >= 1 (the sample shape without the batch), got {shape!r}")
+    return tuple(shape)
+
+
+def custom_grid(grid: Tensor, sde) -> Tensor:
+    """A grid tensor as a float64 CPU copy, checked: 1-d, float, strictly decreasing, inside [0, T]."""
+    if grid.device.type == "meta" or not grid.is_floating_point():
+        raise ValueError(f"grid must be a decreasing 1-d float tensor of times, got a {grid.dtype} tensor on {grid.device}")
+    ts = grid.detach().to(device="cpu", dtype=torch.float64)
+    try:
+        check_grid(ts, sde)
+    except ValueError as e:
+        raise ValueError(f"grid: {e}") from None
+    return ts
