@@ -127,13 +127,27 @@ def from_diffusers(unet: nn.Module, scheduler, *, prediction: str | None = None)
     The SDE is `sde_from_scheduler(scheduler)`, the prediction the scheduler's prediction_type
     (or `prediction`), the time input diffusers' timestep (`diffusers_timestep`). A scheduler
     with variance_type "learned_range" gives a learned-variance model (solver "ddpm_learned").
-    Class-conditional UNets take labels: model.eps(x, t, y). Needs the `diffusers` extra only for
-    a config without `alphas_cumprod`.
+    Class-conditional UNets take labels: model.eps(x, t, y). The model's `image_shape` is the UNet's
+    (in_channels, sample_size) when its config has them. Needs the `diffusers` extra only for a
+    scheduler given as a config (a dict, or an object without `alphas_cumprod`).
     """
     sde = sde_from_scheduler(scheduler)
     prediction = prediction_from_scheduler(scheduler) if prediction is None else prediction
-    return ScoreModel(DiffusersUNet(unet), sde, prediction, c_noise=partial(diffusers_timestep, sde),
-                      learned_variance=_learned_variance(scheduler))
+    model = ScoreModel(DiffusersUNet(unet), sde, prediction, c_noise=partial(diffusers_timestep, sde),
+                       learned_variance=_learned_variance(scheduler))
+    shape = _image_shape(getattr(unet, "config", {}))
+    if shape is not None:
+        model.image_shape = shape  # what scoresde.sample(model, n=...) draws
+    return model
+
+
+def _image_shape(config) -> tuple[int, int, int] | None:
+    """(C, H, W) from a UNet config's in_channels and sample_size (an int or (H, W)), if it has them."""
+    size, channels = config.get("sample_size"), config.get("in_channels")
+    if channels is None or size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (int(channels), int(height), int(width))
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,8 @@ def load_diffusers(path: str | os.PathLike, *, unet_subfolder: str | None = "une
     unet_cls = getattr(diffusers, _class_name(unet_dir, "config.json", "UNet2DModel"))
     sched_cls = getattr(diffusers, _class_name(sched_dir, "scheduler_config.json", "DDPMScheduler"))
     dtype = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-    unet = unet_cls.from_pretrained(unet_dir, local_files_only=local_files_only, **dtype)
+    # low_cpu_mem_usage=False: the plain load, which needs no `accelerate`
+    unet = unet_cls.from_pretrained(unet_dir, local_files_only=local_files_only, low_cpu_mem_usage=False, **dtype)
     scheduler = sched_cls.from_pretrained(sched_dir, local_files_only=local_files_only)
     unet.eval()
     return DiffusersModel(model=from_diffusers(unet, scheduler), unet=unet, scheduler=scheduler)
