@@ -23,10 +23,13 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "ddim": ("ddim", "DDIM"),
     "heun": ("heun", "Heun"),
     "ode": ("ode", "ProbabilityFlowODE"),
-    # exponential integrators (DPM-Solver family, UniPC)
+    # exponential integrators (DPM-Solver family, DEIS, iPNDM, UniPC)
+    "deis": ("deis", "DEIS"),
     "dpm_solver": ("dpm_solver", "DPMSolver"),
     "dpm_solver++": ("dpm_solver_pp", "DPMSolverPP"),
     "dpm_solver_adaptive": ("dpm_solver", "DPMSolverAdaptive"),
+    "dpm_solver_multistep": ("dpm_solver_multistep", "DPMSolverMultistep"),
+    "ipndm": ("ipndm", "IPNDM"),
     "sde_dpm_solver++": ("dpm_solver_pp", "SDEDPMSolverPP"),
     "unipc": ("unipc", "UniPC"),
 }

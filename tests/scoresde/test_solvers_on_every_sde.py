@@ -18,6 +18,7 @@ from solvers import grids
 
 from ..solvers import test_dpm_solver as dpm
 from ..solvers import test_grid_fit as grid_fit
+from ..solvers import test_multistep_eps as multistep_eps
 from ..solvers import test_solvers_basic as basic
 from ..solvers import test_solvers_basic_contract as contract
 from ..solvers import test_unipc as unipc
@@ -116,6 +117,25 @@ def test_unipc_converges_at_declared_order(options, required, kind):
 @pytest.mark.parametrize("options", unipc.FEW_STEPS_CASES)
 def test_unipc_finite_for_few_steps(options, sde_name):
     unipc.check_finite_for_few_steps(options, dpm_model(all_sdes()[sde_name]))
+
+
+# --- noise-form multistep: DPM-Solver-2M/3M, iPNDM, DEIS (tests/solvers/test_multistep_eps.py) ----------
+
+
+@pytest.mark.parametrize("kind", ["subvp", SLOW_FLOW])
+@pytest.mark.parametrize("name,options,required,steps", multistep_eps.CASES, ids=multistep_eps.CASE_IDS)
+def test_multistep_eps_converges_at_order(name, options, required, steps, kind):
+    multistep_eps.check_converges_at_order(name, options, required, steps, dpm_model(KINDS[kind]()))
+
+
+def test_multistep_eps_first_order_is_ddim_on_subvp():
+    multistep_eps.check_first_order_is_ddim(dpm_model(SubVPSDE()))
+
+
+@pytest.mark.parametrize("sde_name", OTHER_SDES)
+@pytest.mark.parametrize("name,options", multistep_eps.FEW_STEPS_CASES, ids=[f"{n}-{o}" for n, o in multistep_eps.FEW_STEPS_CASES])
+def test_multistep_eps_finite_for_few_steps(name, options, sde_name):
+    multistep_eps.check_finite_for_few_steps(name, options, dpm_model(all_sdes()[sde_name]))
 
 
 # --- DDIM, Heun, the ODE solver and the update rules (tests/solvers/test_solvers_basic.py) --------------
