@@ -251,3 +251,22 @@ def test_samples_with_ddim():
     model.image_shape = net.config.image_shape
     res = scoresde.sample(model, solver="ddim", steps=5, n=4, seed=0)
     assert res.x.shape == (4, 1, 8, 8) and torch.isfinite(res.x).all() and res.nfe == 5
+
+
+def test_learned_variance_through_score_model():
+    from scoresde.param import has_learned_variance
+
+    net = randomize(DiT(tiny(learn_variance=True)), std=0.02)
+    model = ScoreModel(net, VPSDE(), "eps", learned_variance=True)
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.5)
+    eps, v = model.eps_and_variance(x, t)
+    assert has_learned_variance(model) and eps.shape == v.shape == x.shape
+    torch.testing.assert_close(eps, model.eps(x, t))
+
+
+def test_class_conditional_guided_sampling():
+    net = randomize(DiT(tiny(num_classes=10)), std=0.02)
+    model = ScoreModel(net, VPSDE(), "eps")
+    res = scoresde.sample(model, solver="ddim", steps=3, shape=(1, 8, 8), y=torch.tensor([1, 2]), guidance_scale=2.0,
+                          null_label=10, seed=0)
+    assert res.x.shape == (2, 1, 8, 8) and torch.isfinite(res.x).all()

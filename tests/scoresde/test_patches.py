@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scoresde.data import ImageData, to_model_input
-from scoresde.patches import PHOTOS, TRAIN_COLUMNS, patch_grid, patches, sample_photos
+from scoresde.patches import PHOTOS, TRAIN_COLUMNS, cut_patches, patch_grid, patches, sample_photos
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,8 @@ def test_deterministic_and_flips():
     assert len(f) == 2 * n
     assert torch.equal(f.images[:n], a.images) and torch.equal(f.images[n:], a.images.flip(-1))
     assert torch.equal(f.labels, torch.cat([a.labels, a.labels]))
+    images, labels = cut_patches("train", 32, flips=True)
+    assert torch.equal(images, f.images) and torch.equal(labels, f.labels)
 
 
 def test_stride():
