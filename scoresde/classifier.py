@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from solvers.validate import check_int, check_number
 
-from .files import atomic_write, read_safetensors
+from .files import DIGEST_KEY, read_safetensors, write_safetensors
 
 __all__ = [
     "ASSET", "FORMAT", "DigitsClassifier", "DigitsClassifierConfig", "DigitsTrainConfig", "accuracy",
@@ -194,10 +194,8 @@ def save_digits_classifier(
     model: DigitsClassifier, path: str | os.PathLike, *, train: DigitsTrainConfig | None = None, extra: dict | None = None,
 ) -> None:
     """Write the weights as safetensors, atomically; the config, the training settings `train` and
-    `extra` (JSON-serializable) go in the metadata as JSON (`read_metadata`)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
+    `extra` (JSON-serializable) go in the metadata as JSON (`read_metadata`), with the SHA-256 digest
+    of tensors and metadata that `load_digits_classifier` checks (`scoresde.files.write_safetensors`)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,
@@ -205,20 +203,24 @@ def save_digits_classifier(
         "train": json.dumps(None if train is None else asdict(train)),
         "extra": json.dumps(extra or {}),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)  # a package asset
+    write_safetensors(path, tensors, meta, mode=0o644)  # a package asset
 
 
 def read_metadata(path: str | os.PathLike = ASSET) -> dict:
-    """The decoded JSON metadata of a classifier file: format, config, train, extra."""
+    """The decoded JSON metadata of a classifier file: format, config, train, extra (and the digest
+    `sha256` as written, in files that have one)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
-    return {k: (v if k == "format" else json.loads(v)) for k, v in meta.items()}
+    return {k: (v if k in ("format", DIGEST_KEY) else json.loads(v)) for k, v in meta.items()}
 
 
 def load_digits_classifier(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> DigitsClassifier:
-    """The shipped digits classifier (or the one at `path`), in eval mode; reads tensors and JSON only."""
+    """The shipped digits classifier (or the one at `path`), in eval mode; reads tensors and JSON only.
+
+    A file's SHA-256 digest is checked when it has one (files written by `save_digits_classifier`;
+    the shipped file predates digests)."""
     path = ASSET if path is None else Path(path)
     # examples/train_digits_classifier.py writes the shipped file
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="digits classifier")

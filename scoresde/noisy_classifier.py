@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from solvers.validate import dataclass_from_dict
 
-from .files import atomic_write, read_safetensors
+from .files import DIGEST_KEY, read_safetensors, write_safetensors
 from .guidance import ClassifierGuidedModel
 from .nn.layers import PositionalEmbedding, group_norm
 from .sde import SDE
@@ -353,9 +353,9 @@ def save_noisy_classifier(
     extra: dict | None = None, dtype: torch.dtype = torch.float32,
 ) -> None:
     """Write the weights (cast to `dtype`) as safetensors, atomically; the config, the SDE
-    (`sde.config()`), the training settings and `extra` (JSON-serializable) go in the metadata."""
-    from safetensors.torch import save_file
-
+    (`sde.config()`), the training settings and `extra` (JSON-serializable) go in the metadata, with
+    the SHA-256 digest of tensors and metadata that `load_noisy_classifier` checks
+    (`scoresde.files.write_safetensors`)."""
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {dtype}")
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in classifier.net.state_dict().items()}
@@ -366,7 +366,7 @@ def save_noisy_classifier(
         "train": json.dumps(None if train is None else asdict(train)),
         "extra": json.dumps(extra or {}),
     }
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)  # a package asset
+    write_safetensors(path, tensors, meta, mode=0o644)  # a package asset
 
 
 def _shipped_path(sde: str) -> Path:
@@ -378,9 +378,10 @@ def _shipped_path(sde: str) -> Path:
 
 
 def read_metadata(path: str | os.PathLike | None = None) -> dict:
-    """The decoded JSON metadata (format, config, sde, train, extra) of a noisy classifier file (the shipped VP one when None)."""
+    """The decoded JSON metadata (format, config, sde, train, extra; the digest `sha256` as written, in
+    files that have one) of a noisy classifier file (the shipped VP one when None)."""
     _, meta = read_safetensors(_shipped_path("vp") if path is None else path, fmt=FORMAT, what="noisy classifier")
-    return {k: (v if k == "format" else json.loads(v)) for k, v in meta.items()}
+    return {k: (v if k in ("format", DIGEST_KEY) else json.loads(v)) for k, v in meta.items()}
 
 
 def load_noisy_classifier(path: str | os.PathLike | None = None, *, sde: str = "vp", device=None) -> NoisyClassifier:

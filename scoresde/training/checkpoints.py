@@ -8,7 +8,9 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 - A training checkpoint (`save_checkpoint`, `load_checkpoint`; format "scoresde.train/1") holds the
   weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and, for the hybrid
   loss, its timestep history ("loss_history.values", "loss_history.count") as tensors, and in its
-  metadata the step and the JSON of the TrainConfig, UNetConfig and SDE. Next to it `train` keeps
+  metadata the step, the JSON of the TrainConfig, UNetConfig and SDE, and the open log interval
+  ("log_interval": its step count and every rank's loss sum, so that a resumed run logs the losses
+  of the uninterrupted one; absent in older checkpoints, read as an empty interval). Next to it `train` keeps
   `config.json`, a readable copy of that configuration and step (`write_run_config`; never read back).
 - An exported model (`export_model`, `load_pretrained`; format "scoresde-pretrained-1") holds the
   EMA weights of a checkpoint in float16 (each shipped file stays under 4 MB) with the same JSON
@@ -38,6 +40,7 @@ from .config import TrainConfig, build_sde
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
+    "LogInterval",
     "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "save_checkpoint",
     "write_run_config",
 ]
@@ -69,6 +72,7 @@ def _write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, 
 MAX_JSON_CHARS = 1_000_000  # per metadata entry
 MAX_JSON_DEPTH = 16  # nesting of [ and { (the configs nest 2 deep)
 MAX_STEP = 10**15
+MAX_RANKS = 1024  # loss sums in "log_interval" (the per-step seeds allow ranks < 2^10)
 
 
 def _json_depth(text: str) -> int:
@@ -176,9 +180,45 @@ def _split_opt(path, tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]
 # --- training checkpoints ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class LogInterval:
+    """The log interval open at a checkpoint: `count` steps since the last metrics line and each
+    rank's running loss sum over them (`loss_sums`, in rank order; float32 values, exact as floats)."""
+
+    count: int
+    loss_sums: tuple[float, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"count": self.count, "loss_sums": list(self.loss_sums)})
+
+
+def _is_number(v) -> bool:
+    """A JSON float, or an integer small enough to be one exactly."""
+    return isinstance(v, float) or (type(v) is int and abs(v) <= 2**53)
+
+
+def _meta_log_interval(path, meta: dict[str, str]) -> LogInterval:
+    """The checkpoint's open log interval (empty when the file has none), checked, errors naming the file."""
+    if "log_interval" not in meta:
+        return LogInterval(0, ())
+    d = _meta_json(path, meta, "log_interval")
+    count, sums = d.get("count"), d.get("loss_sums")
+    if set(d) != {"count", "loss_sums"}:
+        raise ValueError(f"{path}: metadata 'log_interval' must hold exactly 'count' and 'loss_sums', got {[k[:40] for k in sorted(d)[:5]]}")
+    if not (isinstance(count, int) and not isinstance(count, bool) and 0 <= count <= MAX_STEP):
+        raise ValueError(f"{path}: metadata 'log_interval' count must be an integer in [0, {MAX_STEP}], got {str(count)[:40]}")
+    if not (isinstance(sums, list) and len(sums) <= MAX_RANKS and all(_is_number(v) for v in sums)):
+        raise ValueError(f"{path}: metadata 'log_interval' loss_sums must be a list of at most {MAX_RANKS} numbers")
+    if (count == 0) != (len(sums) == 0):
+        raise ValueError(f"{path}: metadata 'log_interval' has count {count} and {len(sums)} loss sums "
+                         "(both zero or both positive)")
+    return LogInterval(count, tuple(float(v) for v in sums))
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param
-    index; loss_history: the hybrid loss's `LossHistory.state_dict()`, empty for other losses)."""
+    index; loss_history: the hybrid loss's `LossHistory.state_dict()`, empty for other losses) and
+    the open log interval (`LogInterval`; empty when the file has none)."""
 
     step: int
     config: TrainConfig
@@ -188,12 +228,14 @@ class Checkpoint:
     ema: dict[str, Tensor]
     opt: dict[int, dict[str, Tensor]]
     loss_history: dict[str, Tensor] = field(default_factory=dict)
+    log_interval: LogInterval = field(default_factory=lambda: LogInterval(0, ()))
 
 
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
                     sde: SDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    loss_history: LossHistory | None = None) -> None:
-    """Write a training checkpoint atomically (module docstring)."""
+                    loss_history: LossHistory | None = None, log_interval: LogInterval | None = None) -> None:
+    """Write a training checkpoint atomically (module docstring); log_interval: the log interval open
+    at `step` (None: an empty one)."""
     tensors = {}
     for prefix, module in (("net", net), ("ema", ema)):
         for k, v in module.state_dict().items():
@@ -204,7 +246,9 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
     if loss_history is not None:
         for k, v in loss_history.state_dict().items():
             tensors[f"loss_history.{k}"] = v.contiguous()
-    _write(path, tensors, _metadata(FORMAT, step, config, unet_config, sde.config()))
+    meta = _metadata(FORMAT, step, config, unet_config, sde.config())
+    meta["log_interval"] = (LogInterval(0, ()) if log_interval is None else log_interval).to_json()
+    _write(path, tensors, meta)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -229,7 +273,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if v.numel() and bool((v < 0).any()):
             raise ValueError(f"{path}: counter {k!r} is negative")
     return Checkpoint(step=step, config=config, unet_config=unet_config, sde_config=sde_config,
-                      net=net, ema=ema, opt=opt, loss_history=history)
+                      net=net, ema=ema, opt=opt, loss_history=history, log_interval=_meta_log_interval(path, meta))
 
 
 def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,

@@ -17,11 +17,13 @@ What a run writes to `out_dir` (rank 0 only):
 - `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
 
 Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
-step (training times, noise, label dropout, flips, augmentations, dequantization and dropout) is drawn from
-generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
+step (training times, noise, label dropout, flips, augmentations, dequantization and dropout) is drawn
+from generators seeded with a function of (seed, rank, step), and the data order of an epoch is a
 function of (seed, epoch) (DistributedSampler), so the checkpoint's step is the whole RNG state
 (the hybrid loss's timestep history, the only other state a step depends on, is checkpointed
-too): a resumed run repeats the uninterrupted run's losses and weights exactly (same device,
+too). The checkpoint also holds the open log interval (each rank's loss sum since the last metrics
+line), and a resumed run first drops the metrics lines logged after its checkpoint. So a resumed run
+repeats the uninterrupted run's weights and logged losses exactly (same device,
 world size, `compile` and `optimizer_impl`: compiled and fused kernels may round differently, and
 inductor may draw dropout masks with its own random kernels). The caller's global RNG state is
 saved and restored around training.
@@ -64,7 +66,7 @@ from ..losses import LossHistory
 from ..nn import UNet, UNetConfig
 from ..param import ScoreModel
 from ..sde import SDE
-from .checkpoints import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_config
+from .checkpoints import CHECKPOINT, LogInterval, load_checkpoint, save_checkpoint, write_run_config
 from .config import TrainConfig, build_sde, build_unet_config, check_resume
 from .samples import write_samples
 from .step import ParameterUpdate, compute_loss, make_optimizer
@@ -165,7 +167,8 @@ class _Run:
     """What stays fixed while a run trains: its setting, data (on the device) and modules.
 
     net, ema: the raw and EMA U-Nets (checkpointed); ddp: net wrapped for DDP and torch.compile (the
-    one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step.
+    one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step;
+    open_log: the log interval open at `start` (from the checkpoint; empty for a new run).
     """
 
     config: TrainConfig
@@ -185,6 +188,7 @@ class _Run:
     update: ParameterUpdate
     history: LossHistory | None
     start: int
+    open_log: LogInterval
 
     def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
         """A ScoreModel over `net` with the run's SDE and parameterization."""
@@ -206,13 +210,13 @@ def _init_weights(net: nn.Module, ema: nn.Module, unet_config: UNetConfig, path:
 
 
 def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.Module, ema: nn.Module,
-             opt: torch.optim.Optimizer, history: LossHistory | None) -> int:
+             opt: torch.optim.Optimizer, history: LossHistory | None) -> tuple[int, LogInterval]:
     """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set;
-    returns the step to continue from."""
+    returns the step to continue from and the log interval open at that step."""
     if not path.is_file():
         if config.init_from is not None:
             _init_weights(net, ema, unet_config, Path(config.init_from))
-        return 0
+        return 0, LogInterval(0, ())
     ckpt = load_checkpoint(path)
     check_resume(ckpt.config, config, path)
     net.load_state_dict(ckpt.net)
@@ -222,7 +226,7 @@ def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.M
     opt.load_state_dict(state)
     if history is not None:
         history.load_state_dict(ckpt.loss_history)
-    return ckpt.step
+    return ckpt.step, ckpt.log_interval
 
 
 def _metrics_step(line: str) -> int | None:
@@ -265,7 +269,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config:
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
-    start = _restore(config, out / CHECKPOINT, unet_config, net, ema, opt, history)
+    start, open_log = _restore(config, out / CHECKPOINT, unet_config, net, ema, opt, history)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(out / METRICS, start)
@@ -280,6 +284,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config:
         config=config, rank=rank, world=world, device=device, out=out, unet_config=unet_config, sde=sde,
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
+        open_log=open_log,
     )
 
 
@@ -337,12 +342,25 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
 
 class _Log:
     """The mean loss and images/s of each log interval, appended to metrics.jsonl (rank 0) and shown
-    on the progress bar. Losses add up on the device; reading them is one host sync per interval."""
+    on the progress bar. Losses add up on the device; reading them is one host sync per interval.
+    A resumed run starts from the interval open at its checkpoint (`run.open_log`), so that it logs
+    the uninterrupted run's losses bit for bit."""
 
     def __init__(self, run: _Run, bar):
         self.run, self.bar = run, bar
         self.loss_sum = torch.zeros((), device=run.device)
         self.n, self.t, self.last_loss = 0, time.perf_counter(), None
+        self._resume(run.open_log)
+
+    def _resume(self, interval: LogInterval) -> None:
+        """Continue `interval`: this rank's loss sum, or the ranks' mean sum when the world size changed
+        (then the logged mean over ranks is still the interval's mean, though not bit for bit)."""
+        if interval.count == 0:
+            return
+        sums = interval.loss_sums
+        value = sums[self.run.rank] if len(sums) == self.run.world else sum(sums) / len(sums)
+        self.loss_sum.fill_(value)  # float32 sums went out as exact floats: this restores their bits
+        self.n = interval.count
 
     def add(self, loss: Tensor) -> None:
         self.loss_sum += loss.detach()
@@ -350,6 +368,20 @@ class _Log:
 
     def restart_clock(self) -> None:
         self.t = time.perf_counter()
+
+    def open_interval(self) -> LogInterval:
+        """The interval open now, for a checkpoint: step count and every rank's loss sum (rank order).
+
+        A collective when it is open and there are several ranks: every rank calls it at each checkpoint.
+        """
+        if self.n == 0:
+            return LogInterval(0, ())
+        sums = self.loss_sum.reshape(1)
+        if self.run.world > 1:
+            parts = [torch.empty_like(sums) for _ in range(self.run.world)]
+            dist.all_gather(parts, sums)
+            sums = torch.cat(parts)
+        return LogInterval(self.n, tuple(float(v) for v in sums.cpu()))  # host sync, once per checkpoint
 
     def write(self, step: int, lr: float, grad_norm: Tensor) -> None:
         run = self.run
@@ -369,6 +401,15 @@ class _Log:
         self.n, self.t = 0, now
 
 
+def _checkpoint(run: _Run, step: int, log: _Log) -> None:
+    """Write the checkpoint of `step` and config.json (rank 0); every rank takes part (the open log interval)."""
+    interval = log.open_interval()
+    if run.rank == 0:
+        save_checkpoint(run.out / CHECKPOINT, step=step, config=run.config, unet_config=run.unet_config, sde=run.sde,
+                        net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history, log_interval=interval)
+        write_run_config(run.out, step=step, config=run.config, unet_config=run.unet_config, sde=run.sde)
+
+
 def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple[int, float | None]:
     """Train from run.start to config.steps, logging, checkpointing and drawing samples on the way;
     returns the step reached and the last logged loss (None if none)."""
@@ -384,10 +425,8 @@ def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple
             log.write(step, lr, grad_norm)
         if bar is not None:
             bar.update(1)
-        if run.rank == 0 and (step % config.ckpt_every == 0 or step == config.steps):
-            save_checkpoint(run.out / CHECKPOINT, step=step, config=config, unet_config=run.unet_config, sde=run.sde,
-                            net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history)
-            write_run_config(run.out, step=step, config=config, unet_config=run.unet_config, sde=run.sde)
+        if step % config.ckpt_every == 0 or step == config.steps:
+            _checkpoint(run, step, log)
         if run.rank == 0 and config.sample_every and step % config.sample_every == 0:
             write_samples(ema_model, run.unet_config, config, step, run.out, run.device)
             log.restart_clock()  # keep images/s about training

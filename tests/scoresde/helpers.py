@@ -33,3 +33,26 @@ def train_killed_in_step_5(monkeypatch, config, loss: str) -> None:
     with pytest.raises(KeyboardInterrupt):
         train(config)
     monkeypatch.setattr(train_step, loss, real)
+
+
+def train_killed_in_step(monkeypatch, config, loss: str, step: int) -> None:
+    """Run `train(config)` with `scoresde.training.step.<loss>` raising KeyboardInterrupt in its `step`-th call
+    (counted from this run's first step), so that the run dies inside that step; then put the real loss back."""
+    real = getattr(train_step, loss)
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_step, loss, dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(train_step, loss, real)
+
+
+def metrics_records(out_dir) -> list[dict]:
+    """Every line of the run's metrics.jsonl as a dict."""
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
