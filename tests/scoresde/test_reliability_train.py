@@ -8,6 +8,7 @@ files carry the SHA-256 digest that checkpoints carry, and a flipped byte is ref
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -163,6 +164,19 @@ def test_a_checkpoint_without_log_interval_loads_and_resumes_with_an_empty_inter
     _rewrite_meta(path, path, log_interval=None)
     assert load_checkpoint(path).log_interval == LogInterval(0, ())
     assert train(cfg).step == 4 and [r["step"] for r in metrics_records(tmp_path)] == [3, 4]
+
+
+def test_a_resume_on_another_world_size_continues_with_the_ranks_mean_loss_sum(tmp_path, monkeypatch):
+    # a checkpoint of 2 ranks resumed by 1 process: its interval starts from the mean of the ranks' sums
+    base = TrainConfig(**TINY, steps=4, log_every=3, ckpt_every=2)
+    train(replace(base, out_dir=str(tmp_path / "ref")))
+    cfg = replace(base, out_dir=str(tmp_path / "run"))
+    train_killed_in_step(monkeypatch, cfg, "dsm_loss", 3)  # checkpoint 2 holds the interval of steps 1-2
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    (s,) = load_checkpoint(path).log_interval.loss_sums
+    _rewrite_meta(path, path, log_interval=json.dumps({"count": 2, "loss_sums": [s - 0.25, s + 0.25]}))
+    train(cfg)
+    assert _logged(tmp_path / "run") == _logged(tmp_path / "ref")  # (s - 1/4 + s + 1/4) / 2 is s, exactly
 
 
 # --- 2. SIGKILL at random moments, some inside checkpoint writes ----------------------------------
