@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from solvers.validate import check_int
+
 from .diffusers_models import _config
 
 __all__ = ["SUPPORTED_SCHEDULERS", "grid_from_scheduler", "grid_from_timesteps"]
@@ -28,8 +30,7 @@ def grid_from_timesteps(timesteps, num_train_timesteps: int, *, final_timestep: 
     timesteps: diffusers' decreasing timesteps (K,) (`scheduler.timesteps`); final_timestep: where
     the last step ends, -1 (alpha_cumprod 1, t = 0) or a timestep below the last one.
     """
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-        raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}")
+    check_int("num_train_timesteps", num_train_timesteps, 2)
     n = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).reshape(-1)
     n = torch.cat([n, torch.tensor([float(final_timestep)], dtype=torch.float64)])
     if n.numel() < 2 or not bool(torch.all(n[1:] < n[:-1])):

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from solvers.validate import check_int
+
 from ..param import ScoreModel
 from ..sde import SDE
 from ..sde_discrete import DiscreteVPSDE
@@ -211,9 +213,7 @@ def scheduler_betas(sde: SDE, num_train_timesteps: int | None = None) -> Tensor:
 def _steps(sde: SDE, num_train_timesteps: int | None) -> int:
     if num_train_timesteps is None:
         return sde.N if isinstance(sde, DiscreteVPSDE) else 1000
-    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-        raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}")
-    return num_train_timesteps
+    return check_int("num_train_timesteps", num_train_timesteps, 2)
 
 
 @dataclass(frozen=True)

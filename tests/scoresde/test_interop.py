@@ -143,6 +143,25 @@ def test_solver_equals_diffusers_scheduler(unet, x_T, case, prediction_type):
     assert rel(ours.x, ref) < RTOL
 
 
+def test_learned_range_variance_equals_ddpm_learned(x_T):
+    # out_channels 6: eps and Improved DDPM's variance output; "leading" ends on timestep 0, where
+    # neither adds noise (with "trailing" diffusers' last step from timestep 99 to -1 adds noise of log-variance
+    # v log beta + (1 - v) log 1e-20, its clamp, where ours has variance 0: 5e-5 relative)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=6, block_out_channels=(8, 16), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+    scheduler = diffusers.DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    scheduler.set_timesteps(10)
+    ref = diffusers_loop(unet, scheduler, x_T, generator=torch.Generator().manual_seed(5))
+    model = from_diffusers(unet, scheduler)
+    assert model.learned_variance
+    with torch.no_grad():
+        ours = solvers.get("ddpm_learned")(model, x_T, grid_from_scheduler(scheduler), generator=torch.Generator().manual_seed(5))
+    assert rel(ours.x, ref) < RTOL
+
+
 def test_ddim_final_alpha_and_steps_offset(unet, x_T):
     scheduler = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     scheduler.set_timesteps(4)
@@ -230,6 +249,7 @@ def test_load_saved_folder_without_download(unet, tmp_path, x_T):
     t = torch.full((2,), 0.5)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.v(x_T, t), from_diffusers(unet, scheduler).v(x_T, t))
+        torch.testing.assert_close(loaded.model.v(x_T, t), from_diffusers(unet, dict(scheduler.config)).v(x_T, t))
     with pytest.raises(ValueError, match="no UNet folder"):
         load_diffusers(tmp_path / "missing")
 
