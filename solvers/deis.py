@@ -102,10 +102,12 @@ class DEISState(State):
 class DEIS(Solver):
     """DEIS tAB-p (Zhang & Chen 2023, arXiv:2204.13902): exponential integrator, eps polynomial in t.
 
-    Options: `order` p (1, 2 or 3; default 3); `lower_order_final` (default True: on grids of fewer
-    than 10 steps the last steps use orders 2 and 1); `denoise_final`. One evaluation per step; the
-    first steps ramp up from order 1. Order 1 is DDIM (eta = 0). The weights of the whole grid are
-    computed by `init` (p Gauss–Legendre integrals of QUADRATURE_NODES nodes per step, no evaluation).
+    Options: `order` p (1, 2 or 3; default 3); `lower_order_final` (default False: every step after
+    the warm start at order p, as in the paper; True drops to orders 2, 1 on the last steps of grids
+    of fewer than 10 steps, which on the analytic mixture of docs/solvers.md was never better);
+    `denoise_final`. One evaluation per step; the first steps ramp up from order 1. Order 1 is DDIM
+    (eta = 0). The weights of the whole grid are computed by `init` (p Gauss–Legendre integrals of
+    QUADRATURE_NODES nodes per step, no evaluation).
     """
 
     name = "deis"
@@ -116,7 +118,7 @@ class DEIS(Solver):
     default_grid = "quadratic_t"
 
     order: int = 3
-    lower_order_final: bool = True
+    lower_order_final: bool = False
 
     def __post_init__(self):
         super().__post_init__()

@@ -64,10 +64,12 @@ class IPNDM(Solver):
     """iPNDM (Zhang & Chen 2023, arXiv:2204.13902): Adams–Bashforth on eps with the DDIM transfer.
 
     Options: `order` (1 to 4; default 4) of the Adams–Bashforth combination; `lower_order_final`
-    (default True: on grids of fewer than 10 steps the last three steps use orders 3, 2, 1, the
-    rule of the other multistep solvers); `denoise_final`. One evaluation per step; the first steps
-    ramp up from order 1 (iPNDM's warm start). Order 1 is DDIM (eta = 0). Global order: `order` on
-    grids uniform in sigma / alpha (`karras` with rho = 1), at most 2 on other grids (module docstring).
+    (default False: every step after the warm start at `order`, as in the paper; True applies the
+    rule of the other multistep solvers, orders 3, 2, 1 on the last steps of grids of fewer than
+    10 steps, which on the analytic mixture of docs/solvers.md was as good or worse in most cases);
+    `denoise_final`. One evaluation per step; the first steps ramp up from order 1 (iPNDM's warm
+    start). Order 1 is DDIM (eta = 0). Global order: `order` on grids uniform in sigma / alpha
+    (`karras` with rho = 1), 2 on other grids (module docstring); `order` is the option.
     """
 
     name = "ipndm"
@@ -78,7 +80,7 @@ class IPNDM(Solver):
     default_grid = "quadratic_t"
 
     order: int = 4
-    lower_order_final: bool = True
+    lower_order_final: bool = False
 
     def __post_init__(self):
         super().__post_init__()
