@@ -57,7 +57,11 @@ def test_missing_diffusers_names_the_extra(monkeypatch, tmp_path):
         sde_from_scheduler({"num_train_timesteps": 10, "beta_schedule": "linear"})
 
 
-diffusers = pytest.importorskip("diffusers")
+try:  # the `test` extra installs diffusers; without it only the tests that need it are skipped
+    import diffusers
+except ImportError:
+    diffusers = None
+needs_diffusers = pytest.mark.skipif(diffusers is None, reason="needs the diffusers extra")
 # diffusers 0.42.1 turns a tensor into a numpy array the way numpy 2 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -97,6 +101,7 @@ def diffusers_loop(unet, scheduler, x_T, *, generator=None, labels=None, scale=N
     return x
 
 
+@needs_diffusers
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "trained_betas"])
 def test_sde_matches_scheduler_alphas_cumprod(schedule):
     kwargs = {"beta_schedule": schedule}
@@ -110,6 +115,7 @@ def test_sde_matches_scheduler_alphas_cumprod(schedule):
     assert sde_from_scheduler(scheduler.config).N == N  # from the config alone
 
 
+@needs_diffusers
 def test_network_sees_diffusers_timesteps(unet, x_T):
     seen = []
     spy = lambda x, n, **kw: (seen.append(n.detach().clone()), unet(x, n, **kw))[1]  # noqa: E731
@@ -129,6 +135,7 @@ CASES = {  # name: (scheduler class, its options, our solver, steps)
 }
 
 
+@needs_diffusers
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_solver_equals_diffusers_scheduler(unet, x_T, case, prediction_type):
@@ -143,6 +150,7 @@ def test_solver_equals_diffusers_scheduler(unet, x_T, case, prediction_type):
     assert rel(ours.x, ref) < RTOL
 
 
+@needs_diffusers
 def test_learned_range_variance_equals_ddpm_learned(x_T):
     # out_channels 6: eps and Improved DDPM's variance output; "leading" ends on timestep 0, where
     # neither adds noise (with "trailing" diffusers' last step from timestep 99 to -1 adds noise of log-variance
@@ -162,6 +170,7 @@ def test_learned_range_variance_equals_ddpm_learned(x_T):
     assert rel(ours.x, ref) < RTOL
 
 
+@needs_diffusers
 def test_ddim_final_alpha_and_steps_offset(unet, x_T):
     scheduler = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     scheduler.set_timesteps(4)
@@ -172,6 +181,7 @@ def test_ddim_final_alpha_and_steps_offset(unet, x_T):
     assert rel(ours.x, diffusers_loop(unet, scheduler, x_T)) < RTOL
 
 
+@needs_diffusers
 def test_dpm_solver_sigma_min_final_first_order_step(unet, x_T):
     # diffusers' last step is first order below 15 steps; ours only below 10: split the run there
     scheduler = diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
@@ -184,6 +194,7 @@ def test_dpm_solver_sigma_min_final_first_order_step(unet, x_T):
     assert rel(x, diffusers_loop(unet, scheduler, x_T)) < RTOL
 
 
+@needs_diffusers
 def test_cosine_v_trailing_ddim_in_data_form(unet, x_T):
     # alphas_cumprod[999] = 2.4e-9 on squaredcos_cap_v2: DDIM through eps divides by alpha = 5e-5 in
     # float32 (1e-4 relative); DPM-Solver++(1), the same method in data form, stays at round-off
@@ -210,6 +221,7 @@ class ClippedDDIM(OneStepSolver):
     update = staticmethod(clipped_ddim_step)
 
 
+@needs_diffusers
 def test_custom_solver_reproduces_clip_sample(unet, x_T):
     scheduler = diffusers.DDIMScheduler(clip_sample=True)  # diffusers' default
     scheduler.set_timesteps(10)
@@ -224,6 +236,7 @@ def test_custom_solver_reproduces_clip_sample(unet, x_T):
     assert rel(plain, ref) > 1e-2  # our DDIM does not clip
 
 
+@needs_diffusers
 def test_grid_refuses_what_one_grid_cannot_reproduce():
     scheduler = diffusers.DDIMScheduler(timestep_spacing="trailing")
     scheduler.set_timesteps(7)  # steps n -> n - 142 while the next timestep is n - 143
@@ -240,6 +253,7 @@ def test_grid_refuses_what_one_grid_cannot_reproduce():
     assert grid_from_timesteps([9, 4], 10).tolist() == [1.0, 0.5, 0.0]
 
 
+@needs_diffusers
 def test_load_saved_folder_without_download(unet, tmp_path, x_T):
     scheduler = diffusers.DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear")
     diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path)
@@ -254,6 +268,7 @@ def test_load_saved_folder_without_download(unet, tmp_path, x_T):
         load_diffusers(tmp_path / "missing")
 
 
+@needs_diffusers
 def test_cfg_with_class_conditional_unet(x_T):
     K, w = 3, 2.5
     unet = tiny_unet(num_class_embeds=K + 1, seed=2)  # label K: no class
@@ -268,6 +283,7 @@ def test_cfg_with_class_conditional_unet(x_T):
     assert guided.net_calls == 5
 
 
+@needs_diffusers
 def test_bits_per_dim_closed_form_and_unet(unet):
     # a UNet whose last layer is zero predicts eps = 0: the probability-flow ODE is x' = f(x, t), so
     # x_T = r x with r = alpha(T) / alpha(t_eps) and log p(x) = log N(r x; 0, I) + d log r exactly
@@ -291,6 +307,7 @@ def test_bits_per_dim_closed_form_and_unet(unet):
     assert bool(torch.isfinite(runs[0]).all()) and torch.equal(runs[0], runs[1])
 
 
+@needs_diffusers
 def test_scoresde_model_runs_under_diffusers_scheduler():
     # an exact Gaussian model on the continuous VP SDE, stepped by diffusers' DDIM on its own betas
     sde = VPSDE()
@@ -350,6 +367,7 @@ def test_edm_preconditioning_table_1():
     torch.testing.assert_close(model.eps(x, t), exact.eps(x, t))
 
 
+@needs_diffusers
 def test_k_diffusion_euler_on_our_model_is_ddim(unet, x_T):
     # k-diffusion's Euler step in the noise level n on x_hat = x / alpha is DDIM (eta = 0) exactly
     scheduler = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing")
