@@ -104,7 +104,7 @@ class DEIS(Solver):
 
     Options: `order` p (1, 2 or 3; default 3); `lower_order_final` (default False: every step after
     the warm start at order p, as in the paper; True drops to orders 2, 1 on the last steps of grids
-    of fewer than 10 steps, which on the analytic mixture of docs/solvers.md was never better);
+    of fewer than 10 steps, which on the analytic mixture of docs/solvers.md was mostly worse);
     `denoise_final`. One evaluation per step; the first steps ramp up from order 1. Order 1 is DDIM
     (eta = 0). The weights of the whole grid are computed by `init` (p Gauss–Legendre integrals of
     QUADRATURE_NODES nodes per step, no evaluation).

@@ -66,7 +66,7 @@ class IPNDM(Solver):
     Options: `order` (1 to 4; default 4) of the Adams–Bashforth combination; `lower_order_final`
     (default False: every step after the warm start at `order`, as in the paper; True applies the
     rule of the other multistep solvers, orders 3, 2, 1 on the last steps of grids of fewer than
-    10 steps, which on the analytic mixture of docs/solvers.md was as good or worse in most cases);
+    10 steps, which on the analytic mixture of docs/solvers.md was mostly worse);
     `denoise_final`. One evaluation per step; the first steps ramp up from order 1 (iPNDM's warm
     start). Order 1 is DDIM (eta = 0). Global order: `order` on grids uniform in sigma / alpha
     (`karras` with rho = 1), 2 on other grids (module docstring); `order` is the option.

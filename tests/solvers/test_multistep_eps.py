@@ -4,10 +4,10 @@ Ground truth and conventions as in tests/solvers/test_dpm_solver.py: a 4-d Gauss
 8 start states, T -> 1e-3 on uniform-lambda grids, least-squares slope of log RMS error against
 log N, required >= order - 0.3 (sub-VP and flow: tests/scoresde/test_solvers_on_every_sde.py).
 Measured slopes on the step counts of CASES (vp / ve / sub-VP / flow):
-dpm_solver_multistep 1: 0.96 / 0.96 / - / -, 2: 1.95 / 1.96 / - / -, 3: 3.75 / 3.76 / 3.58 / 3.59;
+dpm_solver_multistep 1: 0.96 / 0.96 / 0.94 / 0.94, 2: 1.95 / 1.96 / 1.91 / 1.92, 3: 3.75 / 3.76 / 3.58 / 3.59;
 ipndm 1, 2: as dpm_solver_multistep 1, 2 (the same method on uniform-lambda grids),
 3: 1.93 / 1.94 / 1.85 / 1.86, 4: 2.05 / 2.04 / 2.07 / 2.07;
-deis 1: 0.96 / 0.96, 2: 1.90 / 1.97 / - / -, 3: 2.82 / 3.79 / 2.84 / 2.95.
+deis 1: 0.96 / 0.96 / 0.94 / 0.94, 2: 1.90 / 1.97 / 1.88 / 1.89, 3: 2.82 / 3.79 / 2.84 / 2.95.
 
 iPNDM's fixed Adams–Bashforth weights assume equal steps in the noise level sigma / alpha, the
 variable of its DDIM transfer: on other grids orders 3 and 4 converge at order 2 (solvers/ipndm.py),
