@@ -19,7 +19,8 @@ from solvers.base import Callback, Step
 from .devices import check_device
 from .guidance import CFGModel, check_labels
 from .sampling_args import (
-    MAX_COUNT, MAX_STEPS, check_count, check_dtype, check_shape, check_x_T, custom_grid, noise_source,
+    MAX_COUNT, MAX_STEPS, check_count, check_dtype, check_label_ints, check_shape, check_x_T, custom_grid,
+    noise_source,
 )
 from .sde_names import SDE_NAMES, make_sde
 from .sde import SDE
@@ -321,6 +322,7 @@ def _resolve_model(model, sde, y, guidance_scale, null_label, device):
         if guidance_scale is not None or null_label is not None:
             raise ValueError("guidance_scale and null_label need class labels y")
         return model, image_shape, null_label, None
+    check_label_ints(y, null_label)
     if null_label is None:  # shipped and loaded class-conditional models record theirs
         null_label = getattr(model, "null_label", None)
     guided = CFGModel(model, y, 1.0 if guidance_scale is None else guidance_scale, null_label=null_label)

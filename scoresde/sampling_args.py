@@ -12,7 +12,7 @@ from solvers.base import check_grid
 
 __all__ = [
     "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_count", "check_dtype", "check_generator", "check_seed", "check_shape",
-    "check_x_T", "custom_grid", "noise_source",
+    "check_label_ints", "check_x_T", "custom_grid", "noise_source",
 ]
 
 MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
@@ -116,3 +116,11 @@ def custom_grid(grid: Tensor, sde) -> Tensor:
     except ValueError as e:
         raise ValueError(f"grid: {e}") from None
     return ts
+
+
+def check_label_ints(y, null_label) -> None:
+    """Raise ValueError for an int label y or null_label outside [0, 2**63 - 1] (torch's int64), before
+    it becomes a tensor; the other label checks are `scoresde.guidance.check_labels`'s."""
+    for name, value in (("y", y), ("null_label", null_label)):
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"{name} must be a label in [0, 2**63 - 1], got {value!r}")
