@@ -35,7 +35,8 @@ from .protocol import SDE, CountedModel, GeneratorArg, coef, time_like
 from .validate import check_bool, check_choice
 
 __all__ = [
-    "DEIS", "DEISState", "QUADRATURE_NODES", "deis_coefficients", "deis_update", "gauss_legendre", "lagrange_basis",
+    "DEIS", "DEISState", "QUADRATURE_NODES", "deis_coefficients", "deis_grid_coefficients", "deis_step_weights",
+    "deis_update", "gauss_legendre", "lagrange_basis",
 ]
 
 # Gauss–Legendre nodes per step: the weights agree with 64 nodes to about 1e-15 (tests/solvers/test_multistep_eps.py)
@@ -62,6 +63,20 @@ def lagrange_basis(tau: Tensor, times: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def deis_step_weights(alpha_t: Tensor, nu_s: Tensor, nu_t: Tensor, tau: Tensor, w: Tensor, times: Tensor) -> Tensor:
+    """C_j (p,) of one step from the quadrature nodes: tau (Q,) the times at the Gauss–Legendre points of
+    [nu_t, nu_s], w (Q,) their weights on [-1, 1], times (p,) the interpolation times (s first)."""
+    # Zhang & Chen 2023, tAB-DEIS weights: C_j = int_s^t Psi(t, tau) g^2/(2 sigma) l_j(tau) d tau, here in nu
+    return alpha_t * (nu_t - nu_s) / 2 * (lagrange_basis(tau, times) * w).sum(1)
+
+
+def _nodes_in_time(sde: SDE, nu_s: Tensor, nu_t: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
+    """Times tau (K, Q) at the Gauss–Legendre points of the K intervals [nu_t, nu_s] ((K,) each) and the weights (Q,)."""
+    x, w = gauss_legendre(nodes, device=nu_s.device)
+    nu = nu_s[:, None] + (nu_t - nu_s)[:, None] * (x + 1) / 2  # inside (nu_t, nu_s): finite log even when nu_t = 0
+    return sde.t_of_lambda(-torch.log(nu).reshape(-1)).reshape(nu.shape), w
+
+
 def deis_coefficients(sde: SDE, s: Tensor, t: Tensor, times: Tensor, *, nodes: int = QUADRATURE_NODES) -> Tensor:
     """C_j = alpha_t int_{nu_s}^{nu_t} l_j(tau(nu)) d nu (p,) float64 for the basis through times (p,) (s first).
 
@@ -70,11 +85,22 @@ def deis_coefficients(sde: SDE, s: Tensor, t: Tensor, times: Tensor, *, nodes: i
     alpha_s, sigma_s, _ = marginal(sde, s)
     alpha_t, sigma_t, _ = marginal(sde, t)
     nu_s, nu_t = sigma_s / alpha_s, sigma_t / alpha_t
-    x, w = gauss_legendre(nodes, device=s.device)
-    nu = nu_s + (nu_t - nu_s) * (x + 1) / 2  # (Q,) inside (nu_t, nu_s): finite log even when nu_t = 0
-    tau = sde.t_of_lambda(-torch.log(nu))
-    # Zhang & Chen 2023, tAB-DEIS weights: C_j = int_s^t Psi(t, tau) g^2/(2 sigma) l_j(tau) d tau, here in nu
-    return alpha_t * (nu_t - nu_s) / 2 * (lagrange_basis(tau, times) * w).sum(1)
+    tau, w = _nodes_in_time(sde, nu_s, nu_t, nodes)
+    return deis_step_weights(alpha_t, nu_s, nu_t, tau[0], w, times)
+
+
+def deis_grid_coefficients(sde: SDE, ts: Tensor, orders: list[int], *, nodes: int = QUADRATURE_NODES) -> tuple[Tensor, ...]:
+    """`deis_coefficients` of every step i of the float64 grid ts (N + 1,) at order orders[i]: N tensors (p_i,).
+
+    One call of sde.alpha, sde.sigma and sde.t_of_lambda for the whole grid.
+    """
+    alpha, sigma = sde.alpha(ts), sde.sigma(ts)
+    nu = sigma / alpha
+    tau, w = _nodes_in_time(sde, nu[:-1], nu[1:], nodes)
+    return tuple(
+        deis_step_weights(alpha[i + 1], nu[i], nu[i + 1], tau[i], w, ts[i - p + 1 : i + 1].flip(0))
+        for i, p in enumerate(orders)
+    )
 
 
 def deis_update(x_s: Tensor, eps_hist: tuple[Tensor, ...], C: Tensor, alpha_s: Tensor, alpha_t: Tensor) -> Tensor:
@@ -127,11 +153,8 @@ class DEIS(Solver):
 
     def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> DEISState:
         steps, ts = ts.numel() - 1, ts.to(torch.float64)
-        coefs = []
-        for i in range(steps):
-            p = step_order(self.order, i, steps, warmup=i + 1, lower_order_final=self.lower_order_final)
-            coefs.append(deis_coefficients(model.sde, ts[i : i + 1], ts[i + 1 : i + 2], ts[i - p + 1 : i + 1].flip(0)))
-        return DEISState(x=x, coefs=tuple(coefs), steps=steps)
+        orders = [step_order(self.order, i, steps, warmup=i + 1, lower_order_final=self.lower_order_final) for i in range(steps)]
+        return DEISState(x=x, coefs=deis_grid_coefficients(model.sde, ts, orders), steps=steps)
 
     def step(
         self, model: CountedModel, state: DEISState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook

@@ -23,7 +23,7 @@ import torch
 import solvers
 from solvers import grids
 from solvers.coefficients import phis
-from solvers.deis import deis_coefficients
+from solvers.deis import deis_coefficients, deis_grid_coefficients
 
 from .gaussian import ExponentialVE, LinearVP, make_sde
 from .test_dpm_solver import KINDS, ORDER_STEPS, CallCounter, fitted_order, gaussian_model, start_states
@@ -123,14 +123,18 @@ def test_deis_weights_are_the_phi_weights_where_t_is_affine_in_lambda():
 
 @pytest.mark.parametrize("t_end", [1e-3, 0.0])
 def test_deis_quadrature_has_converged(t_end):
-    """QUADRATURE_NODES (32) Gauss–Legendre nodes give the weights of 64 nodes, down to a step to t = 0."""
+    """QUADRATURE_NODES (32) Gauss–Legendre nodes give the weights of 64 nodes, down to a step to t = 0;
+    the whole-grid computation of init gives the per-step weights."""
     sde = LinearVP()
     ts = grids.quadratic_t(sde, 6, t_end=t_end)
-    for i in range(2, 6):
-        s, t, times = ts[i : i + 1], ts[i + 1 : i + 2], ts[i - 2 : i + 1].flip(0)
+    orders = [1, 2, 3, 3, 3, 3]
+    whole = deis_grid_coefficients(sde, ts, orders)
+    for i, p in enumerate(orders):
+        s, t, times = ts[i : i + 1], ts[i + 1 : i + 2], ts[i - p + 1 : i + 1].flip(0)
         a, b = deis_coefficients(sde, s, t, times), deis_coefficients(sde, s, t, times, nodes=64)
-        assert bool(torch.isfinite(a).all())
+        assert bool(torch.isfinite(a).all()) and a.shape == (p,)
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(whole[i], a, rtol=1e-14, atol=1e-16)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 9, 10, 12])
