@@ -71,7 +71,8 @@ def deis_step_weights(alpha_t: Tensor, nu_s: Tensor, nu_t: Tensor, tau: Tensor, 
 
 
 def _nodes_in_time(sde: SDE, nu_s: Tensor, nu_t: Tensor, nodes: int) -> tuple[Tensor, Tensor]:
-    """Times tau (K, Q) at the Gauss–Legendre points of the K intervals [nu_t, nu_s] ((K,) each) and the weights (Q,)."""
+    """Times tau (K, Q) at the Gauss–Legendre points of the K intervals [nu_t, nu_s] (nu_s, nu_t (K,)) and
+    the weights (Q,)."""
     x, w = gauss_legendre(nodes, device=nu_s.device)
     nu = nu_s[:, None] + (nu_t - nu_s)[:, None] * (x + 1) / 2  # inside (nu_t, nu_s): finite log even when nu_t = 0
     return sde.t_of_lambda(-torch.log(nu).reshape(-1)).reshape(nu.shape), w
@@ -89,7 +90,9 @@ def deis_coefficients(sde: SDE, s: Tensor, t: Tensor, times: Tensor, *, nodes: i
     return deis_step_weights(alpha_t, nu_s, nu_t, tau[0], w, times)
 
 
-def deis_grid_coefficients(sde: SDE, ts: Tensor, orders: list[int], *, nodes: int = QUADRATURE_NODES) -> tuple[Tensor, ...]:
+def deis_grid_coefficients(
+    sde: SDE, ts: Tensor, orders: list[int], *, nodes: int = QUADRATURE_NODES
+) -> tuple[Tensor, ...]:
     """`deis_coefficients` of every step i of the float64 grid ts (N + 1,) at order orders[i]: N tensors (p_i,).
 
     One call of sde.alpha, sde.sigma and sde.t_of_lambda for the whole grid.
@@ -153,7 +156,8 @@ class DEIS(Solver):
 
     def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> DEISState:
         steps, ts = ts.numel() - 1, ts.to(torch.float64)
-        orders = [step_order(self.order, i, steps, warmup=i + 1, lower_order_final=self.lower_order_final) for i in range(steps)]
+        lof = self.lower_order_final
+        orders = [step_order(self.order, i, steps, warmup=i + 1, lower_order_final=lof) for i in range(steps)]
         return DEISState(x=x, coefs=deis_grid_coefficients(model.sde, ts, orders), steps=steps)
 
     def step(

@@ -82,9 +82,21 @@ def dpm_solver_3m_step(
 
 
 def dpm_solver_multistep_update(
-    x_s: Tensor, eps_s: Tensor, lam_s: Tensor, hist: tuple, alpha_s: Tensor, alpha_t: Tensor, sigma_t: Tensor, h: Tensor, p: int
+    x_s: Tensor,
+    eps_s: Tensor,
+    lam_s: Tensor,
+    hist: tuple,
+    alpha_s: Tensor,
+    alpha_t: Tensor,
+    sigma_t: Tensor,
+    h: Tensor,
+    p: int,
 ) -> Tensor:
-    """DPM-Solver-1 (p = 1, = DDIM), -2M or -3M from s to t; hist holds (lambda, eps) of earlier grid times, newest last."""
+    """DPM-Solver-1 (p = 1, = DDIM), -2M or -3M from s to t.
+
+    hist holds (lambda (1,), eps (B, *D)) of the earlier grid times, newest last; shapes otherwise as in
+    `dpm_solver_2m_step`. Returns x_t (B, *D).
+    """
     if p == 1:
         return dpm_solver_1_step(x_s, eps_s, alpha_s, alpha_t, sigma_t, h)
     lam_p1, eps_p1 = hist[-1]
@@ -132,7 +144,8 @@ class DPMSolverMultistep(Solver):
         alpha_t, sigma_t, lam_t = marginal(model.sde, t)
         eps_s = model.eps(x, time_like(s, x))
         x0_s = x0_from_eps(x, eps_s, alpha_s, sigma_s)
-        p = step_order(self.order, state.i, state.steps, warmup=len(state.hist) + 1, lower_order_final=self.lower_order_final)
+        warmup, lof = len(state.hist) + 1, self.lower_order_final
+        p = step_order(self.order, state.i, state.steps, warmup=warmup, lower_order_final=lof)
         x_t = dpm_solver_multistep_update(x, eps_s, lam_s, state.hist, alpha_s, alpha_t, sigma_t, lam_t - lam_s, p)
         x_t = zero_noise_limit(x_t, x0_s, alpha_t, sigma_t)  # a step to sigma_t = 0 (t_end = 0 on VP)
         hist = (*state.hist, (lam_s, eps_s))[-2:]
