@@ -302,8 +302,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"PNG grid to write, of the first min(n, {GRID_MAX}) samples (default: samples.png)")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default: 4)")
     p.add_argument("--batch-size", type=_positive_int, metavar="B",
-                   help="samples per solver call, bounding its memory; seeds stay per sample, so the samples do not "
-                        "depend on B (default: all --n at once)")
+                   help="samples per solver call, bounding its memory; with it --seed S gives sample i the seed S + i, "
+                        "so the samples do not depend on B (a run without it draws all --n from one generator "
+                        "seeded S) (default: all --n at once)")
     p.add_argument("--save", help="also save the raw samples (not clamped) as array x: .npy or .npz are streamed "
                                   "chunk by chunk (memory bounded by --batch-size, file written atomically); .pt "
                                   "holds all n samples in memory")
