@@ -93,6 +93,7 @@ def check_x_T(x_T) -> None:
 
 
 def check_dtype(dtype) -> None:
+    """Raise ValueError unless dtype is None or a floating torch.dtype."""
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be None or a floating torch.dtype (e.g. torch.float64), got {dtype!r}")
 

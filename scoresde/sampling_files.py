@@ -94,8 +94,8 @@ def _rows(chunks: Iterator[tuple[int, Samples]], tally: _Tally, first: list, kee
 
 def _npz_member(path: Path) -> str | None:
     """None for a .npy path, the entry name "x.npy" for a .npz one; else ValueError."""
-    if path.suffix not in (".npy", ".npz"):
-        raise ValueError(f"path must end in .npy or .npz, got {str(path)!r}")
+    if path.suffix not in (".npy", ".npz") or path.is_dir():
+        raise ValueError(f"path must be a file name ending in .npy or .npz, got {str(path)!r}")
     return "x.npy" if path.suffix == ".npz" else None
 
 

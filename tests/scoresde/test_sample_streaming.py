@@ -142,7 +142,7 @@ def test_a_failure_mid_way_leaves_no_file_and_no_temporary(tmp_path, suffix):
 @pytest.mark.parametrize(
     "path, kwargs, match",
     [
-        ("x.txt", {}, r"path must end in \.npy or \.npz, got"),
+        ("x.txt", {}, r"path must be a file name ending in \.npy or \.npz, got"),
         ("x.npy", dict(x_T=torch.zeros(4, 2)), "x_T: save_samples draws the prior chunk by chunk"),
         ("x.npy", dict(dtype=torch.bfloat16), "dtype: save_samples writes torch.float16, torch.float32, torch.float64"),
         ("x.npy", dict(keep_first=-1), r"keep_first must be an integer in \[0, "),
@@ -154,6 +154,12 @@ def test_save_samples_refusals(tmp_path, path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         scoresde.save_samples(tmp_path / path, model=gaussian(), solver="ddim", steps=2, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_samples_refuses_a_folder(tmp_path):
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(ValueError, match="path must be a file name ending in .npy or .npz"):
+        scoresde.save_samples(tmp_path / "d.npy", n=2, batch_size=1, model=gaussian(), solver="ddim", steps=1, shape=(2,))
 
 
 def test_cli_batch_size_and_streamed_save(tmp_path, capsys):
