@@ -15,12 +15,13 @@ from torch import Tensor
 
 import solvers
 from solvers.base import Callback, Step
+from solvers.validate import check_bool
 
 from .devices import check_device
 from .guidance import CFGModel, check_labels
 from .sampling_args import (
-    MAX_COUNT, MAX_STEPS, check_count, check_dtype, check_label_ints, check_shape, check_x_T, custom_grid,
-    noise_source,
+    MAX_COUNT, MAX_STEPS, check_callables, check_count, check_dtype, check_label_ints, check_shape, check_x_T,
+    custom_grid, noise_source,
 )
 from .sde_names import SDE_NAMES, make_sde
 from .sde import SDE
@@ -123,6 +124,7 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
         check_count("batch_size", batch_size, MAX_COUNT)
     device = None if device is None else check_device(device)
     model, image_shape, null_label, labels = _resolve_model(model, sde, y, guidance_scale, null_label, device)
+    check_callables(model, callback)
     solver = build_solver(solver, solver_options, model.sde)
     n, shape, device = _batch(x_T, n, shape, image_shape, labels, device)
     if labels is not None:
@@ -299,6 +301,7 @@ def sample(
         t_end=t_end, seed=seed, generator=generator, device=device, dtype=dtype, callback=callback, y=y,
         guidance_scale=guidance_scale, null_label=null_label, batch_size=batch_size, **solver_options,
     )
+    check_bool("progress", progress)
     if batch_size is None:
         return _draw(plan, 0, plan.n, progress)
     return _gather(plan, batch_size, progress)

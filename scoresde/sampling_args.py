@@ -12,7 +12,7 @@ from solvers.base import check_grid
 
 __all__ = [
     "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_count", "check_dtype", "check_generator", "check_seed", "check_shape",
-    "check_label_ints", "check_x_T", "custom_grid", "noise_source",
+    "check_callables", "check_label_ints", "check_x_T", "custom_grid", "noise_source",
 ]
 
 MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
@@ -125,3 +125,13 @@ def check_label_ints(y, null_label) -> None:
     for name, value in (("y", y), ("null_label", null_label)):
         if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
             raise ValueError(f"{name} must be a label in [0, 2**63 - 1], got {value!r}")
+
+
+def check_callables(model, callback) -> None:
+    """Raise ValueError unless model has an `sde` and callable eps / x0 / score / v (the Model protocol) and
+    callback is None or callable."""
+    lacks = [k for k in ("eps", "x0", "score", "v") if not callable(getattr(model, k, None))]
+    if not hasattr(model, "sde") or lacks:
+        raise ValueError(f"model must be a Model (an `sde` and methods eps, x0, score, v), got {type(model).__name__}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be None or a function of a solvers.Step, got {callback!r}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from solvers.validate import check_int
+from solvers.validate import check_bool, check_int
 
 from .files import atomic_write
 from .sampling import Samples, _chunks, _plan, _Tally
@@ -67,6 +67,7 @@ def save_samples(path: str | os.PathLike, *, n: int, batch_size: int | None, pro
         raise ValueError("x_T: save_samples draws the prior chunk by chunk; to save samples of a given x_T "
                          "call sample(x_T=..., batch_size=...) and save its x")
     check_int("keep_first", keep_first, 0, MAX_COUNT)
+    check_bool("progress", progress)
     plan = _plan(n=n, batch_size=batch_size, **sample_kwargs)
     if plan.dtype not in _NUMPY_DTYPES:
         raise ValueError(f"dtype: save_samples writes {', '.join(str(d) for d in _NUMPY_DTYPES)}, got {plan.dtype}")

@@ -66,11 +66,15 @@ NO_CUDA = not torch.cuda.is_available()
         (dict(n=2, shape=(-1,)), r"shape must be a tuple of ints >= 1 \(the sample shape without the batch\), got \(-1,\)"),
         (dict(n=2, shape=2), r"shape must be a tuple of ints >= 1 .* got 2"),
         (dict(n=2**40, shape=(2,)), r"n must be an integer >= 1 and <= 2147483647, got 1099511627776"),
+        (dict(n=2, shape=(2,), callback=3), r"callback must be None or a function of a solvers\.Step, got 3"),
+        (dict(n=2, shape=(2,), progress="yes"), "progress must be True or False, got 'yes'"),
+        (dict(n=2, shape=(2,), model=3), r"model must be a Model \(an `sde` and methods eps, x0, score, v\), got int"),
     ],
 )
 def test_sample_names_the_bad_argument(kwargs, match):
+    kwargs = {"model": MODEL, **kwargs}
     with pytest.raises(ValueError, match=match):
-        scoresde.sample(MODEL, solver="ddim", **kwargs)
+        scoresde.sample(solver="ddim", **kwargs)
 
 
 def test_bounds_are_the_cli_ones():
@@ -134,6 +138,8 @@ ARGS = {
     "guidance_scale": one_of([0.0, 1.0, 2.5], ODD),
     "null_label": one_of([2], ODD),
     "sde": one_of(["vp"], ["ve", "nope", 3, VPSDE(beta_max=10.0)]),
+    "callback": one_of([None, lambda step: None], [3, "f"]),
+    "progress": one_of([False], [1, "yes", None]),
 }
 # solver options: names some solver knows, and values valid for some of them
 OPTIONS = st.dictionaries(
