@@ -14,9 +14,11 @@ from torch import Tensor
 from .protocol import SDE
 from .validate import check_int, check_name, check_number
 
+MAX_STEPS = 1_000_000  # a grid of more steps is never meant (and 2**31 of them would not fit in memory)
+
 
 def _ends(sde: SDE, steps: int, t_start: float | None, t_end: float | None) -> tuple[float, float]:
-    check_int("steps", steps, 1)
+    check_int("steps", steps, 1, MAX_STEPS)
     t0 = float(sde.T) if t_start is None else check_number("t_start", t_start)
     t1 = float(sde.t_eps) if t_end is None else check_number("t_end", t_end)
     if not (0.0 <= t1 < t0 <= sde.T):

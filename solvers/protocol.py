@@ -90,9 +90,13 @@ def randn(shape, *, generator: GeneratorArg = None, device=None, dtype=None) -> 
     if generator is None or isinstance(generator, torch.Generator):
         gen_device = device if generator is None else generator.device
         return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-    gens = list(generator)
+    gens = list(generator) if isinstance(generator, Sequence) and not isinstance(generator, (str, bytes)) else None
+    if gens is None or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(
+            f"generator must be None, a torch.Generator or a list of them (one per sample), got {generator!r}"[:300]
+        )
     if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one per sample")
+        raise ValueError(f"generator: got {len(gens)} generators for a batch of {shape[0]}; pass one per sample")
     return torch.stack(
         [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype).to(device) for g in gens]
     )
