@@ -109,20 +109,26 @@ class Gaussian(GaussianMixture):
 
 
 def _joint(data: GaussianMixture, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """log w_k + log N(x; alpha m_k, v_k) (B, K), x - alpha m_k (B, K, *D) and v_k = alpha^2 s_k^2 + sigma^2."""
+    """log w_k + log N(x; alpha m_k, v_k) (B, K), x - alpha m_k (B, K, *D) and v_k = alpha^2 s_k^2 + sigma^2.
+
+    The log-densities (B, K) are in float64 (x's dtype on MPS, which has none): squared distances
+    overflow float32 from |x| ~ 1e19, and responsibilities of all -inf logits would be NaN.
+    """
     a, s = _per_component(alpha, x), _per_component(sigma, x)  # (B or 1, 1, 1...)
     var = a**2 * data.stds.to(x) ** 2 + s**2  # (B, K, *D)
     diff = x[:, None] - a * data.means.to(x)  # (B, K, *D)
-    comp_logp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).flatten(2).sum(2)  # (B, K)
-    return data.log_weights.to(x) + comp_logp, diff, var
+    wide = x.dtype if x.device.type == "mps" else torch.promote_types(x.dtype, torch.float64)
+    d, v = diff.to(wide), var.to(wide)
+    comp_logp = -0.5 * (d**2 / v + torch.log(2 * math.pi * v)).flatten(2).sum(2)  # (B, K)
+    return data.log_weights.to(wide) + comp_logp, diff, var
 
 
 def _mixture(data: GaussianMixture, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """log p_t(x) (B,), responsibilities r (B, K), per-component scores (B, K, *D), variances (B, K, *D)."""
     B = x.shape[0]
     joint, diff, var = _joint(data, x, alpha, sigma)
-    logp = torch.logsumexp(joint, dim=1)
-    r = torch.softmax(joint, dim=1)
+    logp = torch.logsumexp(joint, dim=1).to(x.dtype)
+    r = torch.softmax(joint, dim=1).to(x.dtype)
     return logp.expand(B), r, -diff / var, var.expand(B, *var.shape[1:])
 
 
@@ -257,7 +263,7 @@ class ConditionalAnalyticModel(AnalyticModel):
         noise input, so it serves `ClassifierGuidedModel(..., c_noise="t")` directly.
         """
         joint, _, _ = _joint(self.data, x, *self._coefs(x, t))
-        return torch.log_softmax(joint, dim=1)
+        return torch.log_softmax(joint, dim=1).to(x.dtype)
 
     def log_prob(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """Exact log p_t(x | y) (log p_t(x) where y is None or null), nats, (B,)."""

@@ -94,14 +94,37 @@ def _check_problem(known: Tensor, mask: Tensor, basis: Tensor | None) -> tuple[T
             f"mask must have shape {tuple(known.shape)}, {tuple(known.shape[1:])} or (1, "
             f"{', '.join(map(str, known.shape[1:]))}) to match known, got {tuple(mask.shape)}"
         )
+    # only the known entries are read: NaN may mark the others
+    if known.device.type == "cpu" and not bool(torch.isfinite(known.masked_fill(~mask, 0)).all()):
+        raise ValueError("known contains NaN or infinite values where mask is True")
     if basis is not None:
         C = known.shape[1]
-        basis = torch.as_tensor(basis, dtype=torch.float64)
+        try:
+            basis = torch.as_tensor(basis, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"basis must be a ({C}, {C}) matrix acting on the {C} channels (dim 1), "
+                             f"got {type(basis).__name__}") from None
         if basis.shape != (C, C):
             raise ValueError(f"basis must be a ({C}, {C}) matrix acting on the {C} channels (dim 1), got {tuple(basis.shape)}")
         if not torch.allclose(basis @ basis.T, torch.eye(C, dtype=torch.float64), atol=1e-6):
             raise ValueError("basis must be orthogonal (basis @ basis.T = I): replacement needs the noise to stay N(0, I)")
     return mask.to(known.device), basis
+
+
+def _check_run(known: Tensor, seed, callback) -> None:
+    """A list of seeds has one per sample; a callback is callable."""
+    if isinstance(seed, Sequence) and not isinstance(seed, str) and len(seed) != known.shape[0]:
+        raise ValueError(f"seed: a list needs one seed per sample, got {len(seed)} for the {known.shape[0]} rows of known")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be None or a function of each step, got {callback!r}"[:300])
+
+
+def _check_x_T(x_T, known: Tensor) -> None:
+    if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.shape != known.shape:
+        got = f"a {x_T.dtype} tensor of shape {tuple(x_T.shape)}" if isinstance(x_T, Tensor) else type(x_T).__name__
+        raise ValueError(f"x_T must have the shape of known {tuple(known.shape)} and a float dtype, got {got}")
+    if x_T.device.type == "cpu" and not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or infinite values")
 
 
 def inpaint(
@@ -134,6 +157,7 @@ def inpaint(
     counts model evaluations as in `sample`. Runs under torch.no_grad(). Returns `Samples`.
     """
     mask, basis = _check_problem(known, mask, basis)
+    _check_run(known, seed, callback)
     sde = model.sde
     solver = build_solver(solver, solver_options, sde)
     device = known.device
@@ -141,9 +165,8 @@ def inpaint(
     ts, grid_name, steps = make_grid(solver, sde, grid, steps)
     if x_T is None:
         x = sde.prior_sample(known.shape, generator=gen, device=device, dtype=known.dtype)
-    elif x_T.shape != known.shape:
-        raise ValueError(f"x_T must have the shape of known {tuple(known.shape)}, got {tuple(x_T.shape)}")
     else:
+        _check_x_T(x_T, known)
         x = x_T.to(device=device, dtype=known.dtype)
     hook = Replacement(known, mask, sde, basis=basis, generator=gen, noise=noise)
     sol, seconds = run_solver(solver, model, x, ts.to(device), gen, callback, False, hook)
@@ -188,6 +211,8 @@ def colorize(model, gray: Tensor, **options) -> Samples:
     if not isinstance(gray, Tensor) or gray.ndim < 2 or gray.shape[1] != 1 or not gray.is_floating_point():
         got = tuple(gray.shape) if isinstance(gray, Tensor) else type(gray).__name__
         raise ValueError(f"gray must be a float tensor of shape (B, 1, *S), got {got}")
+    if gray.device.type == "cpu" and not bool(torch.isfinite(gray).all()):
+        raise ValueError("gray contains NaN or infinite values")
     if "basis" in options:
         raise ValueError("colorize fixes basis=COLOR_BASIS; call inpaint for another basis")
     known = torch.cat([math.sqrt(3) * gray, torch.zeros_like(gray), torch.zeros_like(gray)], dim=1)

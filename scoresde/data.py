@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from solvers.validate import check_int, check_name
+from solvers.validate import check_bool, check_int, check_name
 
 from .cifar_pickle import CIFAR_GLOBALS, check_cifar_pickle
 
@@ -89,6 +89,12 @@ def to_model_input(
     CPU tensors, so that a training loop on an accelerator does not synchronize).
     """
     check_images_levels(images, levels)
+    check_bool("flip", flip)
+    check_bool("dequantize", dequantize)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be None or a torch.Generator, got {generator!r}"[:300])
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
     x = images.to(dtype)
     if flip:
         gen_device = images.device if generator is None else generator.device
@@ -131,6 +137,13 @@ def to_levels(x: Tensor, levels: int, *, dequantized: bool = False) -> Tensor:
     x = x.clamp(-1.0, 1.0)
     k = torch.floor((x + 1.0) * levels / 2.0) if dequantized else torch.round((x + 1.0) * (levels - 1) / 2.0)
     return k.clamp(0, levels - 1).to(torch.int64)
+
+
+def _folder(root) -> Path:
+    """root as a Path, unless it is not a path (a str or os.PathLike)."""
+    if not isinstance(root, (str, os.PathLike)) or not str(root):
+        raise ValueError(f"root must be a folder path (a str or os.PathLike), got {root!r}"[:300])
+    return Path(root)
 
 
 # --- scikit-learn digits ---------------------------------------------------------------------------
@@ -222,7 +235,7 @@ def cifar10(root: str | os.PathLike, split: str = "train") -> ImageData:
     downloaded; missing files raise an error naming the folder and the files expected.
     """
     check_name("split", split, SPLITS)
-    root = Path(root)
+    root = _folder(root)
     names = CIFAR10_FILES[split]
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
@@ -249,10 +262,11 @@ def image_folder(root: str | os.PathLike, size: int, *, channels: int = 3, class
     """
     from PIL import Image, UnidentifiedImageError
 
-    if channels not in (1, 3):
+    if isinstance(channels, bool) or channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     check_int("size", size, 1)
-    root = Path(root)
+    check_bool("class_subfolders", class_subfolders)
+    root = _folder(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
@@ -306,4 +320,5 @@ def load(name: str, *, root: str | None = None, split: str = "train", image_size
         return cifar10(root, split)
     if root is None or image_size is None:  # "folder"
         raise ValueError("data 'folder' needs root and image_size")
+    check_int("image_size", image_size, 1)
     return image_folder(root, image_size, channels=channels, class_subfolders=class_subfolders)

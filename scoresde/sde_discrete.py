@@ -33,6 +33,14 @@ def ddpm_betas(schedule: str, num_steps: int = 1000) -> Tensor:
     return torch.clamp(1 - abar[1:] / abar[:-1], max=0.999)
 
 
+def _as_float64(name: str, values) -> Tensor:
+    """values (a tensor or sequence of numbers) as a float64 tensor, else ValueError naming `name`."""
+    try:
+        return torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a tensor or sequence of numbers of shape (N,), got {type(values).__name__}") from None
+
+
 class DiscreteVPSDE(SDE):
     """A discrete DDPM schedule seen as a continuous-time VP process.
 
@@ -63,14 +71,14 @@ class DiscreteVPSDE(SDE):
             betas = ddpm_betas(schedule, num_steps)
         self.schedule = schedule
         if betas is not None:
-            betas = torch.as_tensor(betas, dtype=torch.float64)
+            betas = _as_float64("betas", betas)
             if betas.ndim != 1 or betas.numel() < 2:
                 raise ValueError(f"betas must have shape (N,) with N >= 2, got {tuple(betas.shape)}")
             if not bool(torch.all((betas > 0) & (betas < 1))):
                 raise ValueError("betas must lie in (0, 1)")
             log_abar = torch.cumsum(torch.log1p(-betas), 0)
         else:
-            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            abar = _as_float64("alphas_cumprod", alphas_cumprod)
             if abar.ndim != 1 or abar.numel() < 2:
                 raise ValueError(f"alphas_cumprod must have shape (N,) with N >= 2, got {tuple(abar.shape)}")
             if not bool(torch.all((abar > 0) & (abar < 1))) or not bool(torch.all(abar[1:] < abar[:-1])):

@@ -32,8 +32,8 @@ def make_sde(sde: str | SDE, **schedule: float) -> SDE:
         if schedule:
             raise ValueError(f"schedule parameters {sorted(schedule)} given with an SDE instance; set them when building it")
         return sde
-    if sde not in SDE_TABLE:
-        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDE_TABLE)}")
+    if not isinstance(sde, str) or sde not in SDE_TABLE:
+        raise ValueError(f"unknown sde {sde!r}; choose one of {sorted(SDE_TABLE)} or pass an SDE instance")
     cls, fixed, params = SDE_TABLE[sde]
     unknown = sorted(set(schedule) - set(params))
     if unknown:

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from solvers.grids import MAX_STEPS
 from solvers.protocol import GeneratorArg, randn_like
 from solvers.validate import check_int, check_name
 
+from .likelihood.results import check_data
 from .param import has_learned_variance
 from .sde import SDE
 from .sde_discrete import DiscreteVPSDE
@@ -125,7 +127,7 @@ def vlb_grid(sde: SDE, steps: int | None) -> Tensor:
         if not isinstance(sde, DiscreteVPSDE):
             raise ValueError("steps is required for a continuous-time SDE; None means every knot of a DiscreteVPSDE")
         return torch.arange(1, sde.N + 1, dtype=torch.float64) / sde.N
-    check_int("steps", steps, 1)
+    check_int("steps", steps, 1, MAX_STEPS)
     if isinstance(sde, DiscreteVPSDE):
         if steps > sde.N - 1:
             raise ValueError(f"steps must be at most N - 1 = {sde.N - 1} for this DiscreteVPSDE, got {steps}")
@@ -137,6 +139,8 @@ def vlb_grid(sde: SDE, steps: int | None) -> Tensor:
 def _check_variance(model, variance: str, variance_head) -> bool:
     """Check the variance options of `vlb_bits_per_dim`; True when the model's eps_and_variance supplies v."""
     check_name("variance", variance, VARIANCES)
+    if variance_head is not None and not callable(variance_head):
+        raise ValueError(f"variance_head must be None or a function (x_t, t) -> v, got {variance_head!r}"[:300])
     if variance != "learned" and variance_head is not None:
         raise ValueError(f"variance_head needs variance='learned', got variance={variance!r}")
     from_model = variance == "learned" and variance_head is None
@@ -168,6 +172,7 @@ def vlb_bits_per_dim(
     per KL term. The decoder uses std sigma(t_0)/alpha(t_0). Noise comes from `generator`. Returns `VLB`.
     """
     from_model = _check_variance(model, variance, variance_head)
+    check_data(x)
     check_levels(x, levels)
     sde = model.sde
     ts = vlb_grid(sde, steps).to(x.device)

@@ -44,6 +44,22 @@ class Likelihood:
     settings: Mapping[str, object]
 
 
+def check_data(x) -> None:
+    """ValueError unless x is a finite float tensor of shape (B, *D) with B >= 1 and at least one dimension,
+    whose squared norm per sample is finite in its dtype (the Gaussian log-densities and the ODE solver's
+    error norms square it: |x| ~ 1e19 overflows float32)."""
+    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
+        got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {got}")
+    if x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    if not bool(torch.isfinite(x.flatten(1).square().sum(1)).all()):
+        raise ValueError(f"x is too large for {x.dtype}: the sum of its squares overflows (largest |x| "
+                         f"{float(x.abs().max()):.3g}); pass x in float64")
+
+
 def checked(check: Callable, *args, message: str, **kwargs):
     """check(*args, **kwargs), a `solvers.validate` check, raising ValueError(message) in place of its own."""
     try:

@@ -80,8 +80,12 @@ def _check_integer(name: str, value, lo: int) -> None:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_number(name: str, value, lo: float, hi: float, brackets: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = _is_number(value) and math.isfinite(value)
     ok = ok and (value > lo if brackets[0] == "(" else value >= lo) and (value < hi if brackets[1] == ")" else value <= hi)
     if not ok:
         raise ValueError(f"{name} must be a number in {brackets[0]}{lo}, {hi}{brackets[1]}, got {value!r}")
@@ -180,14 +184,27 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "betas", tuple(self.betas))
-        augment = self.augment.split(",") if isinstance(self.augment, str) else self.augment  # "xflip,translate"
-        object.__setattr__(self, "augment", check_augment_kinds(k.strip() for k in augment if k.strip()))
-        # JSON round trips give lists; keep tuples so that configs compare equal
-        object.__setattr__(self, "net_options",
-                           {k: tuple(v) if isinstance(v, list) else v for k, v in dict(self.net_options).items()})
+        self._normalize_containers()
         self._check_fields()
         self._check_combinations()
+
+    def _normalize_containers(self) -> None:
+        """betas and augment as tuples, net_options with tuples for lists (JSON round trips give lists;
+        tuples keep configs comparing equal), after checking their types."""
+        if not isinstance(self.betas, (tuple, list)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        augment = self.augment.split(",") if isinstance(self.augment, str) else self.augment  # "xflip,translate"
+        if not isinstance(augment, (tuple, list)) or not all(isinstance(k, str) for k in augment):
+            raise ValueError(f"augment must be augmentation names (a tuple, or one comma-separated string), got {self.augment!r}")
+        try:
+            object.__setattr__(self, "augment", check_augment_kinds(k.strip() for k in augment if k.strip()))
+        except ValueError as e:
+            raise ValueError(f"augment: {e}") from None
+        if not isinstance(self.net_options, dict) or not all(isinstance(k, str) for k in self.net_options):
+            raise ValueError(f"net_options must be a dict of UNetConfig fields, got {self.net_options!r}"[:300])
+        object.__setattr__(self, "net_options",
+                           {k: tuple(v) if isinstance(v, list) else v for k, v in self.net_options.items()})
 
     def _check_fields(self) -> None:
         """Each field alone: a valid choice, flag, integer or number."""
@@ -203,12 +220,18 @@ class TrainConfig:
             _check_number(name, getattr(self, name), *interval)
         if self.image_size is not None:
             _check_integer("image_size", self.image_size, 1)
-        if self.channels not in (1, 3):
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
+        if len(self.betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
+        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
+            raise ValueError(f"data_root must be None or a folder path, got {self.data_root!r}")
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"out_dir must be a folder path, got {self.out_dir!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be 'auto' or a torch device string, got {self.device!r}")
         if self.device != "auto":
             try:
                 torch.device(self.device)

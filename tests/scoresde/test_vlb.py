@@ -114,7 +114,7 @@ def test_optimal_learned_variance_beats_fixed_ones():
         (dict(variance="medium"), r"unknown variance 'medium'; choose one of \['small', 'large', 'learned'\]"),
         (dict(variance="learned"), "variance='learned' needs variance_head"),
         (dict(levels=1), "levels must be an integer >= 2"),
-        (dict(steps=0), "steps must be an integer >= 1"),
+        (dict(steps=0), r"steps must be an integer in \[1, 1000000\]"),
         (dict(steps=5000), "steps must be at most N - 1 = 999"),
     ],
 )
