@@ -20,13 +20,13 @@ from solvers.validate import check_int, check_name, check_number
 
 from ..sde import DiscreteVPSDE
 from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
-from .fixed_budget import EXPONENTIAL_METHOD, integrate_exponential
+from .fixed_budget import EXPONENTIAL_METHODS, integrate_exponential
 from .ode import ADAPTIVE_METHODS, FIXED_METHODS, VARIABLES, integrate_torchdiffeq
 from .results import Likelihood, bpd_from_logp, check_levels, checked, dequantize, levels_of, standard_error
 
 __all__ = ["METHODS", "bits_per_dim", "log_likelihood"]
 
-METHODS = ADAPTIVE_METHODS + FIXED_METHODS + (EXPONENTIAL_METHOD,)
+METHODS = ADAPTIVE_METHODS + FIXED_METHODS + EXPONENTIAL_METHODS
 
 
 def _check_x(x) -> None:
@@ -64,24 +64,22 @@ def _check_solver(method: str, rtol, atol, steps, grid) -> None:
     """Tolerances for the adaptive methods, steps and grid for the others."""
     if method in ADAPTIVE_METHODS:
         if steps is not None:
-            raise ValueError(f"steps applies to fixed-grid methods {list(FIXED_METHODS) + [EXPONENTIAL_METHOD]}; "
+            raise ValueError(f"steps applies to fixed-grid methods {list(FIXED_METHODS) + list(EXPONENTIAL_METHODS)}; "
                              f"{method!r} is adaptive (set rtol, atol)")
         check_number("rtol", rtol, 0, low_open=True)
         check_number("atol", atol, 0, low_open=True)
         return
     checked(check_int, "steps", steps, 1, message=f"method {method!r} needs steps, an integer >= 1, got {steps!r}")
-    if method == EXPONENTIAL_METHOD and steps < 2:
-        raise ValueError(f"method {EXPONENTIAL_METHOD!r} needs steps >= 2, got {steps!r}")
+    if method in EXPONENTIAL_METHODS and steps < 2:
+        raise ValueError(f"method {method!r} needs steps >= 2, got {steps!r}")
     check_name("grid", grid, sorted(grids.GRIDS))
 
 
 def _variable(sde, method: str, variable: str | None) -> str:
     """The integration variable, "t" or "lambda"; None picks the method's or the schedule's default."""
-    if method == EXPONENTIAL_METHOD:
+    if method in EXPONENTIAL_METHODS:
         if variable is not None:
-            raise ValueError(
-                f"variable applies to the torchdiffeq methods; {EXPONENTIAL_METHOD!r} always steps in lambda"
-            )
+            raise ValueError(f"variable applies to the torchdiffeq methods; {method!r} always steps in lambda")
         return "lambda"
     if variable is None:
         # the discrete schedule's drift jumps at each of its N knots in t, but not in lambda
@@ -128,8 +126,8 @@ def _logp_draws(model, x, *, y, settings: dict, generator: GeneratorArg) -> tupl
     common = dict(y=y, steps=settings["steps"], grid=settings["grid"], t_eps=settings["t_eps"],
                   divergence=settings["divergence"], probes=probes, n_div=n_div)
     with torch.no_grad():
-        if settings["method"] == EXPONENTIAL_METHOD:
-            z, delta, nfe = integrate_exponential(model, x, **common)
+        if settings["method"] in EXPONENTIAL_METHODS:
+            z, delta, nfe = integrate_exponential(model, x, method=settings["method"], **common)
         else:
             z, delta, nfe = integrate_torchdiffeq(
                 model, x, method=settings["method"], rtol=settings["rtol"], atol=settings["atol"],
@@ -195,7 +193,8 @@ def log_likelihood(
 
     method: adaptive torchdiffeq solver (ADAPTIVE_METHODS; rtol, atol), fixed-grid torchdiffeq
     solver (FIXED_METHODS; `steps` intervals of the solvers.grids grid `grid`, uniform in
-    log-SNR by default) or "dpm_solver" (fixed budget: steps + 1 evaluations, see module doc).
+    log-SNR by default) or "dpm_solver" / "dpm_solver_4m" / "dpm_solver_6m" (fixed budget: steps + 1
+    evaluations, see fixed_budget's module doc and docs/likelihood.md).
     t_eps: start time, default model.sde.t_eps_likelihood. divergence: "hutchinson" (n_probes
     probes of kind `probe`, averaged; drawn from `generator`, one torch.Generator or one per
     sample), "exact" (autograd, d backward passes per evaluation) or "analytic" (model.pf_divergence).
