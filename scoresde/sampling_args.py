@@ -9,14 +9,14 @@ import torch
 from torch import Tensor
 
 from solvers.base import check_grid
+from solvers.grids import MAX_STEPS  # grid steps, 1..1_000_000 (the CLI's MAX_STEPS)
 
 __all__ = [
-    "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_count", "check_dtype", "check_generator", "check_seed", "check_shape",
-    "check_callables", "check_label_ints", "check_x_T", "custom_grid", "noise_source",
+    "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_callables", "check_count", "check_dtype", "check_generator",
+    "check_label_ints", "check_seed", "check_shape", "check_x_T", "custom_grid", "noise_source",
 ]
 
 MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
-MAX_STEPS = 1_000_000  # grid steps (the CLI's MAX_STEPS)
 MAX_SEED = 2**63 - 1  # seeds 0..2**63-1: torch.Generator.manual_seed takes a signed 64-bit int (the CLI's MAX_SEED)
 
 
