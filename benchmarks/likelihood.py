@@ -1,15 +1,18 @@
 """Likelihood benchmark: scoresde.log_likelihood against the scheme of the original Score SDE code.
 
-    python benchmarks/likelihood.py --quick --threads 1   # under a minute on a CPU
+    python benchmarks/likelihood.py --quick --threads 1   # a few minutes on a CPU
     python benchmarks/likelihood.py --threads 1        # full sizes (DDPM++ CIFAR-10 U-Net): ~15 min
     python benchmarks/likelihood.py --device cuda --batch 128 --unet-batch 128
 
-Cases: the analytic d = 3072 (3x32x32) ten-component Gaussian mixture under the VP SDE (float64,
-exact answer known), and a DDPM++ CIFAR-10-size U-Net with random weights (float32, timing only;
---quick uses a narrower one). Rows: the baseline (scipy solve_ivp RK45 on flattened float64 CPU
-numpy arrays, one model call for the drift and another for the divergence at every evaluation, as
-the original code does), this library's adaptive mode (dopri5) at the same tolerances, and its
-fixed-budget mode at several budgets. Every row uses the same Rademacher probe. Columns: NFE
+Cases: the analytic d = 3072 (3x32x32) Gaussian (per-dimension means in [-0.8, 0.8], stds in
+[0.05, 0.3]; its probability-flow map is closed-form, so "exact" there is the exact answer of the ODE
+with the N(0, I) prior) and ten-component Gaussian mixture (exact: log p_{t_eps}(x), which differs
+from the ODE's answer by the prior's error, about 4e-5 bits/dim) under the VP SDE, float64, and a
+DDPM++ CIFAR-10-size U-Net with random weights (float32, timing only; --quick uses a narrower one).
+Rows: the baseline (scipy solve_ivp RK45 on flattened float64 CPU numpy arrays, one model call for
+the drift and another for the divergence at every evaluation, as the original code does), this
+library's adaptive mode (dopri5) at the same tolerances, and its fixed-budget modes (--methods,
+default dpm_solver, dpm_solver_4m, dpm_solver_6m) at several budgets (--budgets: steps, NFE = steps + 1). Every row uses the same Rademacher probe. Columns: NFE
 (right-hand-side evaluations), model forward passes, wall seconds per batch, mean bits/dim, mean
 |bpd error| against the exact log p_{t_eps}(x) (analytic case), mean |bpd - adaptive bpd|, and the
 speed-up over the baseline (baseline seconds / seconds). On a CPU shared with other jobs pass
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from scoresde.analytic import AnalyticModel, GaussianMixture
+from scoresde.analytic import AnalyticModel, Gaussian, GaussianMixture
 from scoresde.likelihood import bpd_from_logp, draw_probes, log_likelihood
 from scoresde.param import ScoreModel
 from scoresde.sde import VPSDE
@@ -80,7 +83,7 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def run_case(name, model, x, *, exact_bpd, budgets, rtol, atol, seed):
+def run_case(name, model, x, *, exact_bpd, budgets, rtol, atol, seed, methods=("dpm_solver",)):
     """Rows of one case: baseline, adaptive, fixed budgets (same Rademacher probe everywhere), and
     for a model with a closed-form divergence the adaptive mode with it (ODE error alone)."""
     d = x[0].numel()
@@ -101,19 +104,36 @@ def run_case(name, model, x, *, exact_bpd, budgets, rtol, atol, seed):
     if hasattr(model, "pf_divergence"):
         res, sec = timed(lambda: ours(rtol=rtol, atol=atol, divergence="analytic"))
         rows.append(("scoresde dopri5, closed-form div", res.nfe, res.nfe, sec, res.bpd))
-    for steps in budgets:
-        res, sec = timed(lambda: ours(method="dpm_solver", steps=steps))
-        rows.append((f"scoresde dpm_solver steps={steps}", res.nfe, res.nfe, sec, res.bpd))
+    for method in methods:
+        for steps in budgets:
+            res, sec = timed(lambda: ours(method=method, steps=steps))
+            rows.append((f"scoresde {method} steps={steps}", res.nfe, res.nfe, sec, res.bpd))
 
     base_sec = rows[0][3]
     print(f"\n{name}  (batch {x.shape[0]}, d = {d}, {x.dtype}, {x.device}, rtol = atol = {rtol:g})")
-    head = f"{'mode':<32}{'NFE':>6}{'fwd':>6}{'s/batch':>10}{'bpd':>10}{'|err| exact':>13}{'|d| adapt':>11}{'speed-up':>10}"
+    head = f"{'mode':<36}{'NFE':>6}{'fwd':>6}{'s/batch':>10}{'bpd':>10}{'|err| exact':>13}{'|d| adapt':>11}{'speed-up':>10}"
     print(head)
     print("-" * len(head))
     for label, nfe, fwd, sec, bpd in rows:
         err = f"{float((bpd - exact_bpd).abs().mean()):13.2e}" if exact_bpd is not None else f"{'-':>13}"
         dad = float((bpd - adaptive_bpd).abs().mean())
-        print(f"{label:<32}{nfe:>6}{fwd:>6}{sec:>10.2f}{float(bpd.mean()):>10.4f}{err}{dad:>11.2e}{base_sec / sec:>9.2f}x")
+        print(f"{label:<36}{nfe:>6}{fwd:>6}{sec:>10.2f}{float(bpd.mean()):>10.4f}{err}{dad:>11.2e}{base_sec / sec:>9.2f}x")
+
+
+def gaussian_case(args, device):
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.rand(3, 32, 32, generator=gen, dtype=torch.float64) * 1.6 - 0.8
+    std = torch.rand(3, 32, 32, generator=gen, dtype=torch.float64) * 0.25 + 0.05
+    data = Gaussian(mean.to(device), std.to(device))
+    sde = VPSDE()
+    model = AnalyticModel(data, sde)
+    x = data.sample(args.batch, generator=torch.Generator(device=device).manual_seed(1))
+    t_eps = torch.full((x.shape[0],), sde.t_eps_likelihood, dtype=x.dtype, device=device)
+    t_T = torch.full_like(t_eps, sde.T)
+    z = model.flow_map(x, sde.t_eps_likelihood, sde.T)  # closed form: the exact answer of the ODE
+    exact = bpd_from_logp(model.log_prob(x, t_eps) - model.log_prob(z, t_T) + sde.prior_logp(z), x[0].numel())
+    run_case("analytic Gaussian, VP (exact: the probability-flow answer)", model, x, exact_bpd=exact,
+             budgets=args.budgets, rtol=args.rtol, atol=args.atol, seed=2, methods=args.methods)
 
 
 def analytic_case(args, device):
@@ -130,8 +150,8 @@ def analytic_case(args, device):
     x = data.sample(args.batch, generator=torch.Generator(device=device).manual_seed(1))
     t = torch.full((x.shape[0],), sde.t_eps_likelihood, dtype=x.dtype, device=device)
     exact = bpd_from_logp(model.log_prob(x, t), x[0].numel())
-    run_case("analytic 10-component Gaussian mixture, VP", model, x, exact_bpd=exact, budgets=args.budgets,
-             rtol=args.rtol, atol=args.atol, seed=2)
+    run_case("analytic 10-component Gaussian mixture, VP (exact: log p_t_eps)", model, x, exact_bpd=exact,
+             budgets=args.budgets, rtol=args.rtol, atol=args.atol, seed=2, methods=args.methods)
 
 
 def unet_case(args, device):
@@ -152,7 +172,8 @@ def unet_case(args, device):
     x = torch.rand(args.unet_batch, 3, 32, 32, generator=torch.Generator().manual_seed(3)).to(device) * 2 - 1
     size = "reduced: ch 32, 1 block/level" if args.quick else "DDPM++ CIFAR-10 size"
     name = f"U-Net ({size}), {n_params:,} parameters, random weights, VP, c_noise=999t"
-    run_case(name, model, x, exact_bpd=None, budgets=args.budgets, rtol=args.rtol, atol=args.atol, seed=4)
+    run_case(name, model, x, exact_bpd=None, budgets=args.budgets, rtol=args.rtol, atol=args.atol, seed=4,
+             methods=args.methods)
 
 
 def main():
@@ -161,30 +182,37 @@ def main():
     ap.add_argument("--device", default="cpu", help="torch device for this library and the models (default cpu)")
     ap.add_argument("--batch", type=int, default=None, help="analytic-case batch (default 16; 4 with --quick)")
     ap.add_argument("--unet-batch", type=int, default=None, help="U-Net batch (default 4; 2 with --quick)")
-    ap.add_argument("--budgets", type=int, nargs="+", default=None, help="fixed-budget step counts (default 10 20 30 40)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=None,
+                    help="fixed-budget step counts (default 10 19 29 39: 11, 20, 30, 40 evaluations)")
+    ap.add_argument("--methods", nargs="+", default=["dpm_solver", "dpm_solver_4m", "dpm_solver_6m"],
+                    help="fixed-budget methods (default dpm_solver dpm_solver_4m dpm_solver_6m)")
     ap.add_argument("--rtol", type=float, default=1e-5)
     ap.add_argument("--atol", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--skip-unet", action="store_true")
-    ap.add_argument("--skip-analytic", action="store_true")
+    ap.add_argument("--skip-analytic", action="store_true", help="skip both analytic cases")
+    ap.add_argument("--skip-gaussian", action="store_true")
+    ap.add_argument("--skip-mixture", action="store_true")
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 4 if args.quick else 16
     if args.unet_batch is None:
         args.unet_batch = 2 if args.quick else 4
     if args.budgets is None:
-        args.budgets = [10, 20, 30] if args.quick else [10, 20, 30, 40]
+        args.budgets = [10, 19, 29] if args.quick else [10, 19, 29, 39]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"likelihood benchmark on {card}; torch {torch.__version__}")
-    if not args.skip_analytic:
+    if not args.skip_analytic and not args.skip_gaussian:
+        gaussian_case(args, device)
+    if not args.skip_analytic and not args.skip_mixture:
         analytic_case(args, device)
     if not args.skip_unet:
         unet_case(args, device)
     print("\nNFE: right-hand-side evaluations; fwd: model forward passes (the baseline calls the model twice per"
-          " evaluation).\n|err| exact: mean |bpd - exact bpd of x under p_{t_eps}|; |d| adapt: mean |bpd - scoresde"
+          " evaluation).\n|err| exact: mean |bpd - the exact bpd named in the case title|; |d| adapt: mean |bpd - scoresde"
           " dopri5 bpd|; speed-up: baseline s / s.")
 
 
