@@ -248,8 +248,10 @@ def cmd_bpd(args: argparse.Namespace) -> int:
 
     from . import data as data_mod
     from .likelihood import bits_per_dim
+    from .likelihood.ode import ADAPTIVE_METHODS
 
     _check_device(args.device, "bits/dim")
+    _check_bpd_flags(args, ADAPTIVE_METHODS)
     model = _load_model(args.model, args.sde, args.device)
     image_size, channels = args.image_size, 3
     if args.data == "folder":  # images resized to the model's size and channels unless --image-size says otherwise
@@ -281,6 +283,17 @@ def cmd_bpd(args: argparse.Namespace) -> int:
           f"mean NFE {sum(nfes) / len(nfes):.1f}; {time.perf_counter() - start:.1f} s")
     print("settings: " + json.dumps({**settings, "data": args.data, "split": args.split, "n": n}, default=str))
     return 0
+
+
+def _check_bpd_flags(args: argparse.Namespace, adaptive: tuple[str, ...]) -> None:
+    """Flags that the chosen data or method would ignore are refused (nothing is silently ignored)."""
+    if args.data == "digits" and args.data_root is not None:
+        raise UsageError(f"--data-root is for --data cifar10 or folder (data 'digits' comes with scikit-learn), got {args.data_root!r}")
+    for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if value is not None and args.method not in adaptive:
+            raise UsageError(f"{flag} applies to the adaptive methods {list(adaptive)}, not to --method {args.method!r} (set --steps)")
+    args.rtol = 1e-5 if args.rtol is None else args.rtol
+    args.atol = 1e-5 if args.atol is None else args.atol
 
 
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -340,8 +353,8 @@ def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=_positive_int, default=1, help="dequantization repeats (default: 1)")
     p.add_argument("--method", default="dopri5", help="torchdiffeq method, or dpm_solver for the fixed budget (default: dopri5)")
     p.add_argument("--steps", type=_steps, help=f"steps of a fixed-grid or fixed-budget method, 1..{MAX_STEPS}")
-    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: 1e-5)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default: 1e-5)")
+    p.add_argument("--rtol", type=float, help="relative tolerance of an adaptive method (default: 1e-5)")
+    p.add_argument("--atol", type=float, help="absolute tolerance of an adaptive method (default: 1e-5)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of probes and dequantization, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(func=cmd_bpd)
