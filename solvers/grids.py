@@ -26,16 +26,25 @@ def _ends(sde: SDE, steps: int, t_start: float | None, t_end: float | None) -> t
     return t0, t1
 
 
+def _decreasing(ts: Tensor, name: str, steps: int, t0: float, t1: float, extra: str = "") -> Tensor:
+    """ts itself, unless round-off made two of its times equal (or NaN): a ValueError naming the arguments."""
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError(f"grid {name!r} with steps={steps}, t_start={t0}, t_end={t1}{extra} is not strictly "
+                         "decreasing in float64: fewer steps or a wider interval" + (", or rho nearer 7" if extra else ""))
+    return ts
+
+
 def uniform_t(sde: SDE, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
     """N steps uniform in t."""
     t0, t1 = _ends(sde, steps, t_start, t_end)
-    return torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+    return _decreasing(torch.linspace(t0, t1, steps + 1, dtype=torch.float64), "uniform_t", steps, t0, t1)
 
 
 def quadratic_t(sde: SDE, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
     """N steps uniform in sqrt(t) (DPM-Solver's "time_quadratic"), denser near t_end."""
     t0, t1 = _ends(sde, steps, t_start, t_end)
-    return torch.linspace(math.sqrt(t0), math.sqrt(t1), steps + 1, dtype=torch.float64) ** 2
+    ts = torch.linspace(math.sqrt(t0), math.sqrt(t1), steps + 1, dtype=torch.float64) ** 2
+    return _decreasing(ts, "quadratic_t", steps, t0, t1)
 
 
 def uniform_lambda(sde: SDE, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
@@ -50,7 +59,7 @@ def uniform_lambda(sde: SDE, steps: int, *, t_start: float | None = None, t_end:
         )
     ts = sde.t_of_lambda(torch.linspace(float(lam[0]), float(lam[1]), steps + 1, dtype=torch.float64))
     ts[0], ts[-1] = t0, t1  # remove round-off at the ends
-    return ts
+    return _decreasing(ts, "uniform_lambda", steps, t0, t1)
 
 
 def karras(
@@ -59,16 +68,19 @@ def karras(
     """EDM grid (Karras et al. 2022, arXiv:2206.00364, Eq. 5) in noise level sigma/alpha = exp(-lambda).
 
     noise_i = (n_max^(1/rho) + i/N (n_min^(1/rho) - n_max^(1/rho)))^rho, mapped back to t.
+    Computed in logs, log noise_i = log n_max + rho log1p(i/N expm1((log n_min - log n_max) / rho)),
+    so that no power overflows for small rho or rounds to 1 for large rho.
     """
     check_number("rho", rho, 0, low_open=True)
     t0, t1 = _ends(sde, steps, t_start, t_end)
     lam = sde.lambda_(torch.tensor([t0, t1], dtype=torch.float64))
-    n_max, n_min = torch.exp(-lam[0]), torch.exp(-lam[1])
     frac = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    noise = (n_max ** (1 / rho) + frac * (n_min ** (1 / rho) - n_max ** (1 / rho))) ** rho
-    ts = sde.t_of_lambda(-torch.log(noise))
+    # log noise = -lambda; Karras et al. 2022, Eq. 5 in logs
+    log_noise = -lam[0] + rho * torch.log1p(frac * torch.expm1((lam[0] - lam[1]) / rho))
+    log_noise[0], log_noise[-1] = -lam[0], -lam[1]  # the ends exactly (log1p(-1) = -inf for tiny rho)
+    ts = sde.t_of_lambda(-log_noise)
     ts[0], ts[-1] = t0, t1
-    return ts
+    return _decreasing(ts, "karras", steps, t0, t1, f", rho={rho}")
 
 
 GRIDS = {"uniform_t": uniform_t, "quadratic_t": quadratic_t, "uniform_lambda": uniform_lambda, "karras": karras}

@@ -22,28 +22,22 @@ from ..sde import DiscreteVPSDE
 from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
 from .fixed_budget import EXPONENTIAL_METHODS, integrate_exponential
 from .ode import ADAPTIVE_METHODS, FIXED_METHODS, VARIABLES, integrate_torchdiffeq
-from .results import Likelihood, bpd_from_logp, check_levels, checked, dequantize, levels_of, standard_error
+from .results import (
+    Likelihood, bpd_from_logp, check_data, check_levels, checked, dequantize, levels_of, standard_error,
+)
 
-__all__ = ["METHODS", "bits_per_dim", "log_likelihood"]
+__all__ = ["MAX_PROBES", "METHODS", "bits_per_dim", "log_likelihood"]
 
 METHODS = ADAPTIVE_METHODS + FIXED_METHODS + EXPONENTIAL_METHODS
-
-
-def _check_x(x) -> None:
-    if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {shape}")
-    if x.shape[0] < 1 or x[0].numel() < 1:
-        raise ValueError(f"x must be a float tensor of shape (B, *D) with B >= 1, got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or infinite values")
+# Hutchinson probes per evaluation: each is a tensor of x's size; past this, divergence="exact" costs less
+MAX_PROBES = 1024
 
 
 def _check_estimator(model, x: Tensor, y, divergence, probe, n_probes) -> None:
     """The divergence estimator's options, and a label y that the model's methods must accept."""
     check_name("divergence", divergence, DIVERGENCES)
     check_name("probe", probe, PROBES)
-    check_int("n_probes", n_probes, 1)
+    check_int("n_probes", n_probes, 1, MAX_PROBES)
     if divergence != "hutchinson" and n_probes != 1:
         raise ValueError(f"n_probes={n_probes} applies to divergence='hutchinson' only; {divergence!r} is exact")
     if divergence == "analytic" and not callable(getattr(model, "pf_divergence", None)):
@@ -69,7 +63,8 @@ def _check_solver(method: str, rtol, atol, steps, grid) -> None:
         check_number("rtol", rtol, 0, low_open=True)
         check_number("atol", atol, 0, low_open=True)
         return
-    checked(check_int, "steps", steps, 1, message=f"method {method!r} needs steps, an integer >= 1, got {steps!r}")
+    checked(check_int, "steps", steps, 1, grids.MAX_STEPS,
+            message=f"method {method!r} needs steps, an integer in [1, {grids.MAX_STEPS}], got {steps!r}")
     if method in EXPONENTIAL_METHODS and steps < 2:
         raise ValueError(f"method {method!r} needs steps >= 2, got {steps!r}")
     check_name("grid", grid, sorted(grids.GRIDS))
@@ -93,7 +88,7 @@ def _check_settings(
     model, x, *, y, method, rtol, atol, steps, grid, variable, t_eps, divergence, probe, n_probes
 ) -> dict:
     """Validate every option; returns the settings dict of the result (None where an option does not apply)."""
-    _check_x(x)
+    check_data(x)
     check_name("method", method, METHODS)
     _check_estimator(model, x, y, divergence, probe, n_probes)
     _check_solver(method, rtol, atol, steps, grid)
