@@ -60,6 +60,8 @@ def available() -> dict[str, str]:
 
 def factory(name: str) -> Callable[..., Solver]:
     """The class or factory registered under `name`."""
+    if not isinstance(name, str):  # a list or dict would fail the lookups below as unhashable
+        raise ValueError(f"unknown solver {name!r}; choose one of {names()}"[:600])
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name in _BUILTIN:
