@@ -288,8 +288,7 @@ def integrate_multistep(
         delta = quad_w[i] * q if delta is None else delta + quad_w[i] * q
         if i == steps:
             break
-        # exponential Adams-Bashforth (Lu et al. 2022b, arXiv:2211.01095, Eq. 9 with x0 replaced by its
-        # interpolant through the last p points): x_t = (sigma_t / sigma_s) x_s + alpha_t sum_j w_j x0_j
+        # Lu et al. 2022b Eq. 9, x0 -> its interpolant on the last p points: x_t = s_t/s_s x_s + a_t sum_j w_j x0_j
         x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * sum(w_j * x0_j for w_j, x0_j in zip(weights[i], x0s))
     linear = d * (sde.log_alpha(ts[-1:]) - sde.log_alpha(ts[:1])).to(x.dtype)
     return x, linear + delta, steps + 1
