@@ -29,6 +29,10 @@ __all__ = [
     # conditional generation (docs/guidance.md)
     "CFGModel", "ClassifierGuidedModel", "ConditionalAnalyticModel", "CorrelatedGaussian", "CorrelatedGaussianModel",
     "colorize", "inpaint",
+    # streaming many samples to one file
+    "save_samples",
+    # models trained elsewhere: diffusers, EDM / k-diffusion denoisers (docs/interop.md)
+    "interop", "as_denoiser", "from_denoiser", "from_diffusers", "load_diffusers",
 ]
 
 # public name -> the submodule that defines it
@@ -46,6 +50,7 @@ _NAMES = {
     "load_pretrained": "training.checkpoints",
     "CFGModel": "guidance", "ClassifierGuidedModel": "guidance",
     "colorize": "controllable", "inpaint": "controllable",
+    "as_denoiser": "interop", "from_denoiser": "interop", "from_diffusers": "interop", "load_diffusers": "interop",
 }
 
 
