@@ -13,7 +13,8 @@ Every loader returns an `ImageData`: `images` (N, C, H, W) uint8 integer levels 
 Augmentation draws from an explicit generator, so a training run is reproducible and resumable.
 Errors name the file or folder at fault and what was expected; nothing is skipped silently.
 
-Sources: digits from scikit-learn (`sklearn.datasets.load_digits`, an optional extra); CIFAR-10 from
+Sources: digits from scikit-learn (`sklearn.datasets.load_digits`, an optional extra); RGB patches of
+scikit-learn's two sample photographs (`patches`, cut by `scoresde.patches`); CIFAR-10 from
 its python-pickle batches (https://www.cs.toronto.edu/~kriz/cifar.html), checked on their opcodes
 first (`scoresde.cifar_pickle`: size, nesting, globals) and read by a restricted unpickler that builds
 only dicts, lists, strings, numbers and numpy arrays; image folders by Pillow.
@@ -34,10 +35,11 @@ from torch import Tensor
 from solvers.validate import check_bool, check_int, check_name
 
 from .cifar_pickle import CIFAR_GLOBALS, check_cifar_pickle
+from .patches import PATCH_SIZES, PHOTOS, cut_patches
 
 __all__ = [
-    "CIFAR10_FILES", "IMAGE_EXTENSIONS", "ImageData", "cifar10", "digits", "image_folder", "load",
-    "to_model_input",
+    "CIFAR10_FILES", "DATASETS", "IMAGE_EXTENSIONS", "ImageData", "cifar10", "digits", "image_folder", "load",
+    "patches", "to_model_input",
 ]
 
 CIFAR10_FILES = {
@@ -166,6 +168,24 @@ def digits(split: str = "train") -> ImageData:
     images = torch.from_numpy(X.astype(np.uint8).reshape(-1, 1, 8, 8))
     return ImageData(images, torch.from_numpy(y.astype(np.int64)), levels=17, num_classes=10,
                      source=f"sklearn digits ({split})")
+
+
+# --- natural-image patches -----------------------------------------------------------------------
+
+def patches(split: str = "train", size: int = 16, *, stride: int | None = None, flips: bool = False) -> ImageData:
+    """RGB patches (N, 3, size, size) uint8 (256 levels) of scikit-learn's two sample photographs.
+
+    split: "train" (columns [0, 512) of each photograph) or "test" (columns [512, 640)); size: 16
+    or 32; stride: pixels between neighbouring patch corners, 1..size (default size / 2, so that
+    neighbours overlap by half); flips: also every patch mirrored left-right (N doubles).
+    Labels: the photograph, 0 china, 1 flower (num_classes 2). Counts with the default stride:
+    16 x 16: 6,552 train and 1,560 test; 32 x 32: 1,550 train and 350 test. See `scoresde.patches`.
+    """
+    images, labels = cut_patches(split, size, stride=stride, flips=flips)
+    stride = size // 2 if stride is None else stride
+    return ImageData(images, labels, levels=256, num_classes=len(PHOTOS),
+                     source=f"sklearn sample-image patches {size}x{size} ({split}, stride {stride}"
+                            f"{', flips' if flips else ''})")
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -305,15 +325,20 @@ def image_folder(root: str | os.PathLike, size: int, *, channels: int = 3, class
     )
 
 
-DATASETS = ("digits", "cifar10", "folder")
+DATASETS = ("digits", "patches", "cifar10", "folder")
 
 
 def load(name: str, *, root: str | None = None, split: str = "train", image_size: int | None = None,
          channels: int = 3, class_subfolders: bool = False) -> ImageData:
-    """A data set by name: "digits", "cifar10" (needs root) or "folder" (needs root and image_size)."""
+    """A data set by name: "digits", "patches" (image_size 16 or 32, default 16), "cifar10" (needs
+    root) or "folder" (needs root and image_size)."""
     check_name("data set", name, DATASETS)
     if name == "digits":
         return digits(split)
+    if name == "patches":
+        if image_size is not None and (isinstance(image_size, bool) or image_size not in PATCH_SIZES):
+            raise ValueError(f"data 'patches': image_size must be one of {list(PATCH_SIZES)}, got {image_size!r}")
+        return patches(split, PATCH_SIZES[0] if image_size is None else image_size)
     if name == "cifar10":
         if root is None:
             raise ValueError("data 'cifar10' needs root, the folder of the python batches")

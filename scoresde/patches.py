@@ -1,11 +1,11 @@
 """Natural-image patches cut from the two photographs that ship with scikit-learn.
 
 `sklearn.datasets.load_sample_images()` holds two 427 x 640 RGB photographs, "china" (a temple
-roof and trees) and "flower" (a flower close up). `patches` cuts square RGB patches (16 x 16 or
-32 x 32, 8-bit: 256 levels) from them on a regular grid, and returns them as a
-`scoresde.data.ImageData` like the digits: images (N, 3, S, S) uint8, labels (N,) the photograph
-(0 china, 1 flower), to be scaled with `scoresde.data.to_model_input(images, 256, ...)`.
-`cut_patches` returns the same two tensors without importing `scoresde.data` (for its loaders).
+roof and trees) and "flower" (a flower close up). `cut_patches` cuts square RGB patches (16 x 16
+or 32 x 32, 8-bit: 256 levels) from them on a regular grid: images (N, 3, S, S) uint8 and labels
+(N,) the photograph (0 china, 1 flower). `scoresde.data.patches` (and `scoresde.data.load("patches")`)
+returns them as an `ImageData` like the digits, to be scaled with
+`scoresde.data.to_model_input(images, 256, ...)`; this module imports nothing from `scoresde.data`.
 
 What it is: two scenes, so a few thousand strongly overlapping patches with the statistics of
 natural images (smooth regions, edges, texture, correlated colour channels): the classic patch
@@ -33,10 +33,8 @@ from torch import Tensor
 
 from solvers.validate import check_bool, check_int, check_name
 
-from .data import ImageData  # only for `patches`; `cut_patches` and the rest need nothing from scoresde.data
-
 __all__ = [
-    "PATCH_SIZES", "PHOTOS", "TRAIN_COLUMNS", "PatchGrid", "cut_patches", "patch_grid", "patches", "sample_photos",
+    "PATCH_SIZES", "PHOTOS", "TRAIN_COLUMNS", "PatchGrid", "cut_patches", "patch_grid", "sample_photos",
 ]
 
 PHOTOS = ("china", "flower")  # label 0, 1: the order of load_sample_images()
@@ -103,7 +101,7 @@ def cut_patches(split: str = "train", size: int = 16, *, stride: int | None = No
     """The patches of `split` as tensors: images (N, 3, size, size) uint8 and labels (N,) int64 (the
     photograph), in the order of `patch_grid`, then the mirrored copies when flips=True.
 
-    Needs nothing from `scoresde.data`, so that its loaders can build on it; `patches` wraps it.
+    Needs nothing from `scoresde.data`, so that its loaders can build on it; `scoresde.data.patches` wraps it.
     """
     grid = patch_grid(split, size, stride=stride)
     check_bool("flips", flips)
@@ -119,18 +117,3 @@ def cut_patches(split: str = "train", size: int = 16, *, stride: int | None = No
         labels = torch.cat([labels, labels])
     return images.contiguous(), labels
 
-
-def patches(split: str = "train", size: int = 16, *, stride: int | None = None, flips: bool = False) -> ImageData:
-    """RGB patches (N, 3, size, size) uint8 (256 levels) of scikit-learn's two sample photographs.
-
-    split: "train" (columns [0, 512) of each photograph) or "test" (columns [512, 640)); size: 16
-    or 32; stride: pixels between neighbouring patch corners, 1..size (default size / 2, so that
-    neighbours overlap by half); flips: also every patch mirrored left-right (N doubles).
-    Labels: the photograph, 0 china, 1 flower (num_classes 2). Counts with the default stride:
-    16 x 16: 6,552 train and 1,560 test; 32 x 32: 1,550 train and 350 test.
-    """
-    images, labels = cut_patches(split, size, stride=stride, flips=flips)
-    stride = size // 2 if stride is None else stride
-    return ImageData(images, labels, levels=256, num_classes=len(PHOTOS),
-                     source=f"sklearn sample-image patches {size}x{size} ({split}, stride {stride}"
-                            f"{', flips' if flips else ''})")

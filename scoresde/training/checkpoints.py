@@ -8,7 +8,9 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 - A training checkpoint (`save_checkpoint`, `load_checkpoint`; format "scoresde.train/1") holds the
   weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and, for the hybrid
   loss, its timestep history ("loss_history.values", "loss_history.count") as tensors, and in its
-  metadata the step, the JSON of the TrainConfig, UNetConfig and SDE, and the open log interval
+  metadata the step, the backbone ("net_kind": "unet" or "dit"; files without it hold a U-Net), the
+  JSON of the TrainConfig, of the network's configuration ("unet_config", a UNetConfig, or
+  "dit_config", a DiTConfig) and of the SDE, and the open log interval
   ("log_interval": its step count and every rank's loss sum, so that a resumed run logs the losses
   of the uninterrupted one; absent in older checkpoints, read as an empty interval). Next to it `train` keeps
   `config.json`, a readable copy of that configuration and step (`write_run_config`; never read back).
@@ -32,11 +34,11 @@ from torch import Tensor, nn
 
 from ..files import atomic_write, read_safetensors, safetensors_format, write_safetensors
 from ..losses import LossHistory
-from ..nn import UNet, UNetConfig
+from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import TrainConfig, build_sde
+from .config import NET_KINDS, TrainConfig, build_net, build_sde, net_kind, net_kind_of
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
@@ -55,10 +57,19 @@ DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetens
 CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 
 
-def _metadata(fmt: str, step: int, config: TrainConfig, unet_config: UNetConfig, sde_config: dict) -> dict[str, str]:
+NetConfig = UNetConfig | DiTConfig
+
+
+def _config_key(kind: str) -> str:
+    """The metadata entry that holds the network configuration of backbone `kind`: "unet_config", "dit_config"."""
+    return f"{kind}_config"
+
+
+def _metadata(fmt: str, step: int, config: TrainConfig, net_config: NetConfig, sde_config: dict) -> dict[str, str]:
+    kind = net_kind_of(net_config)
     return {
-        "format": fmt, "step": str(step), "config": json.dumps(config.to_dict()),
-        "unet_config": json.dumps(unet_config.to_dict()), "sde": json.dumps(sde_config),
+        "format": fmt, "step": str(step), "config": json.dumps(config.to_dict()), "net_kind": kind,
+        _config_key(kind): json.dumps(net_config.to_dict()), "sde": json.dumps(sde_config),
     }
 
 
@@ -128,34 +139,51 @@ def _meta_step(path, meta: dict[str, str]) -> int:
     return int(text)
 
 
-def _meta_configs(path, meta: dict[str, str]) -> tuple[TrainConfig, UNetConfig, dict]:
-    """(TrainConfig, UNetConfig, SDE JSON) of a file's metadata, each checked, errors naming the file."""
+def _meta_net_kind(path, meta: dict[str, str]) -> str:
+    """The file's backbone, metadata "net_kind" ("unet" when absent: the files written before the DiT)."""
+    kind = meta.get("net_kind", "unet")
+    if kind not in NET_KINDS:
+        raise ValueError(f"{path}: metadata 'net_kind' must be one of {list(NET_KINDS)}, got {kind[:40]!r}")
+    return kind
+
+
+def _meta_configs(path, meta: dict[str, str]) -> tuple[TrainConfig, NetConfig, dict]:
+    """(TrainConfig, UNetConfig or DiTConfig as "net_kind" says, SDE JSON) of a file's metadata, each
+    checked, errors naming the file and the entry."""
+    kind = _meta_net_kind(path, meta)
     configs = []
-    for key, cls in (("config", TrainConfig), ("unet_config", UNetConfig)):
+    for key, cls in (("config", TrainConfig), (_config_key(kind), NET_KINDS[kind][0])):
         d = _meta_json(path, meta, key)
         try:
             configs.append(cls.from_dict(d))
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: metadata {key!r}: {_one_line(e)}") from None
+    if net_kind(configs[0].net) != kind:
+        raise ValueError(f"{path}: metadata 'net_kind' is {kind!r} but the config's net {configs[0].net!r} "
+                         f"is a {net_kind(configs[0].net)!r} preset")
     return configs[0], configs[1], _meta_json(path, meta, "sde")
 
 
-def _check_weights(path, unet_config: UNetConfig, state: dict[str, Tensor], what: str) -> None:
-    """Refuse weights that do not fit `unet_config` (names, shapes, count) or are not finite, before any
-    network is built: the expected shapes come from a network on the meta device (no memory)."""
+def _check_weights(path, net_config: NetConfig, state: dict[str, Tensor], what: str) -> None:
+    """Refuse weights that do not fit `net_config` (names, shapes, count) or are not finite, before any
+    network is built: a DiT's count comes from its configuration alone, the expected shapes from a
+    network on the meta device (no memory)."""
+    key = _config_key(net_kind_of(net_config))
+    if isinstance(net_config, DiTConfig) and net_config.parameter_count() > MAX_PARAMETERS:
+        raise ValueError(f"{path}: {key} implies {net_config.parameter_count():,} parameters "
+                         f"(at most {MAX_PARAMETERS:,})")
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in UNet(unet_config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_net(net_config).state_dict().items()}
     count = sum(math.prod(s) for s in expected.values())
     if count > MAX_PARAMETERS:
-        raise ValueError(f"{path}: unet_config implies {count:,} parameters (at most {MAX_PARAMETERS:,})")
+        raise ValueError(f"{path}: {key} implies {count:,} parameters (at most {MAX_PARAMETERS:,})")
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        raise ValueError(f"{path}: {what} weights do not match unet_config: missing {missing[:5]}, "
+        raise ValueError(f"{path}: {what} weights do not match {key}: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}" + (" ..." if len(missing) > 5 or len(extra) > 5 else ""))
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise ValueError(f"{path}: {what} weight {k!r} has shape {tuple(state[k].shape)}, "
-                             f"unet_config implies {shape}")
+            raise ValueError(f"{path}: {what} weight {k!r} has shape {tuple(state[k].shape)}, {key} implies {shape}")
     _check_finite(path, state, what)
 
 
@@ -216,13 +244,14 @@ def _meta_log_interval(path, meta: dict[str, str]) -> LogInterval:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A loaded checkpoint: step, configs, and CPU state dicts (opt: the optimizer's `state` by param
-    index; loss_history: the hybrid loss's `LossHistory.state_dict()`, empty for other losses) and
-    the open log interval (`LogInterval`; empty when the file has none)."""
+    """A loaded checkpoint: step, configs (net_config: the network's, a UNetConfig or a DiTConfig), and
+    CPU state dicts (opt: the optimizer's `state` by param index; loss_history: the hybrid loss's
+    `LossHistory.state_dict()`, empty for other losses) and the open log interval (`LogInterval`;
+    empty when the file has none)."""
 
     step: int
     config: TrainConfig
-    unet_config: UNetConfig
+    net_config: NetConfig
     sde_config: dict
     net: dict[str, Tensor]
     ema: dict[str, Tensor]
@@ -230,8 +259,18 @@ class Checkpoint:
     loss_history: dict[str, Tensor] = field(default_factory=dict)
     log_interval: LogInterval = field(default_factory=lambda: LogInterval(0, ()))
 
+    @property
+    def net_kind(self) -> str:
+        """The backbone: "unet" or "dit"."""
+        return net_kind_of(self.net_config)
 
-def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
+    @property
+    def unet_config(self) -> NetConfig:
+        """`net_config` under its name from before the DiT (a DiTConfig for a DiT checkpoint)."""
+        return self.net_config
+
+
+def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
                     sde: SDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                     loss_history: LossHistory | None = None, log_interval: LogInterval | None = None) -> None:
     """Write a training checkpoint atomically (module docstring); log_interval: the log interval open
@@ -246,7 +285,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
     if loss_history is not None:
         for k, v in loss_history.state_dict().items():
             tensors[f"loss_history.{k}"] = v.contiguous()
-    meta = _metadata(FORMAT, step, config, unet_config, sde.config())
+    meta = _metadata(FORMAT, step, config, net_config, sde.config())
     meta["log_interval"] = (LogInterval(0, ()) if log_interval is None else log_interval).to_json()
     _write(path, tensors, meta)
 
@@ -255,7 +294,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
     step = _meta_step(path, meta)
-    config, unet_config, sde_config = _meta_configs(path, meta)
+    config, net_config, sde_config = _meta_configs(path, meta)
     net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     opt = _split_opt(path, tensors)
@@ -263,8 +302,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     unknown = sorted(k for k in tensors if not k.startswith(("net.", "ema.", "opt.", "loss_history.")))
     if unknown:
         raise ValueError(f"{path}: unexpected tensor(s) {[k[:80] for k in unknown[:5]]} in a checkpoint")
-    _check_weights(path, unet_config, net, "net")
-    _check_weights(path, unet_config, ema, "ema")
+    _check_weights(path, net_config, net, "net")
+    _check_weights(path, net_config, ema, "ema")
     _check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
     _check_finite(path, history, "loss_history")
     counters = {**{f"opt.{i}.step": d["step"] for i, d in opt.items() if "step" in d},
@@ -272,14 +311,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for k, v in counters.items():
         if v.numel() and bool((v < 0).any()):
             raise ValueError(f"{path}: counter {k!r} is negative")
-    return Checkpoint(step=step, config=config, unet_config=unet_config, sde_config=sde_config,
+    return Checkpoint(step=step, config=config, net_config=net_config, sde_config=sde_config,
                       net=net, ema=ema, opt=opt, loss_history=history, log_interval=_meta_log_interval(path, meta))
 
 
-def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, unet_config: UNetConfig,
+def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
                      sde: SDE) -> None:
     """Write `config.json` in out_dir (atomic): the run's configurations and step, for people to read."""
-    meta = {"step": step, "config": config.to_dict(), "unet_config": unet_config.to_dict(), "sde": sde.config()}
+    kind = net_kind_of(net_config)
+    meta = {"step": step, "config": config.to_dict(), "net_kind": kind, _config_key(kind): net_config.to_dict(),
+            "sde": sde.config()}
     atomic_write(Path(out_dir) / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
@@ -289,21 +330,21 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
     """Write the EMA weights of a training checkpoint, cast to `dtype`, with its configuration (atomic)."""
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.to(dtype).contiguous() for k, v in ckpt.ema.items()}
-    meta = _metadata(PRETRAINED_FORMAT, ckpt.step, ckpt.config, ckpt.unet_config, ckpt.sde_config)
+    meta = _metadata(PRETRAINED_FORMAT, ckpt.step, ckpt.config, ckpt.net_config, ckpt.sde_config)
     return _write(out, tensors, meta, mode=0o644)  # a package file
 
 
-def _score_model(state: dict[str, Tensor], config: TrainConfig, unet_config: UNetConfig, device) -> ScoreModel:
-    """A ScoreModel (eval mode, no gradients) over a U-Net with weights `state`, with the attributes
+def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
+    """A ScoreModel (eval mode, no gradients) over a U-Net or DiT with weights `state`, with the attributes
     image_shape (C, H, W), config (a dict) and null_label (the class count of a conditional net, else None)."""
-    net = UNet(unet_config)
+    net = build_net(net_config)
     net.load_state_dict(state)
     net = net.to(device).eval().requires_grad_(False)
     model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise,
-                       learned_variance=unet_config.learn_variance)
-    model.image_shape = (unet_config.in_channels, unet_config.image_size, unet_config.image_size)
+                       learned_variance=net_config.learn_variance)
+    model.image_shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
     model.config = config.to_dict()
-    model.null_label = unet_config.num_classes
+    model.null_label = net_config.num_classes
     return model
 
 
@@ -316,10 +357,10 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     """
     tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
     step = _meta_step(path, meta)
-    config, unet_config, _ = _meta_configs(path, meta)
-    _check_weights(path, unet_config, tensors, "model")
+    config, net_config, _ = _meta_configs(path, meta)
+    _check_weights(path, net_config, tensors, "model")
     state = {k: v.to(torch.float32) for k, v in tensors.items()}
-    model = _score_model(state, config, unet_config, device)
+    model = _score_model(state, config, net_config, device)
     model.step = step
     return model
 
@@ -352,4 +393,4 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
             raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
         return load_pretrained(path, device=device)
     ckpt = load_checkpoint(path)
-    return _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.unet_config, device)
+    return _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)

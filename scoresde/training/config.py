@@ -1,4 +1,4 @@
-"""The configuration of a training run (`TrainConfig`) and the SDE and U-Net configuration it names."""
+"""The configuration of a training run (`TrainConfig`) and the SDE and network (U-Net or DiT) configuration it names."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from solvers.validate import dataclass_from_dict
 
@@ -16,15 +17,17 @@ from .. import data as datasets
 from ..augment import AUGMENTATIONS, augment_dim
 from ..augment import check_kinds as check_augment_kinds
 from ..losses import TIME_SAMPLING
-from ..nn import PRESETS, UNetConfig, preset
+from ..patches import PATCH_SIZES
+from ..nn import DIT_PRESETS, PRESETS, DiT, DiTConfig, UNet, UNetConfig, dit_preset, preset
 from ..param import C_NOISE
 from ..sde import SDE
 from ..sde_names import SDE_NAMES, SDE_TABLE, make_sde
 from ..speed import COMPILE_BACKENDS
 
 __all__ = [
-    "COMPILE", "LOSSES", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES", "TRAIN_PREDICTIONS",
-    "TrainConfig", "build_sde", "build_unet_config", "check_resume",
+    "COMPILE", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES",
+    "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sde", "check_resume", "net_kind",
+    "net_kind_of",
 ]
 
 LOSSES = ("dsm", "hybrid", "flow_matching")
@@ -40,9 +43,13 @@ RESUMABLE_CHANGES = frozenset({
     "lr", "time_sampling", "augment_p",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
 })
 
+# backbone kind -> (configuration class, network class); model files record the kind ("net_kind")
+NET_KINDS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}
+NETS = sorted(PRESETS) + sorted(DIT_PRESETS)  # TrainConfig.net: the U-Net presets, then the DiT presets
+
 # What each field may hold, checked in this order by TrainConfig.__post_init__.
 _CHOICES = {
-    "data": datasets.DATASETS, "net": sorted(PRESETS), "sde": SDE_NAMES, "prediction": TRAIN_PREDICTIONS,
+    "data": datasets.DATASETS, "net": NETS, "sde": SDE_NAMES, "prediction": TRAIN_PREDICTIONS,
     "loss": LOSSES, "c_noise": sorted(C_NOISE), "time_sampling": TIME_SAMPLING, "optimizer": OPTIMIZERS,
     "precision": PRECISIONS, "optimizer_impl": OPTIMIZER_IMPLS, "compile": COMPILE,
     "compile_backend": COMPILE_BACKENDS,
@@ -61,7 +68,8 @@ _NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" a
     "lr": _POSITIVE, "adam_eps": _POSITIVE, "weight_decay": _NONNEGATIVE, "grad_clip": _NONNEGATIVE,
     "ema_decay": (0.0, 1.0, "[)"),
 }
-# U-Net fields a run sets itself: from the data, from `augment`, and learn_variance (the model needs it too)
+# network fields a run sets itself (UNetConfig and DiTConfig name them alike): from the data, from `augment`,
+# and learn_variance (the model needs it too)
 _DERIVED_NET_FIELDS = {"image_size", "in_channels", "num_classes", "augment_dim"}
 
 
@@ -95,17 +103,19 @@ def _check_number(name: str, value, lo: float, hi: float, brackets: str) -> None
 class TrainConfig:
     """Everything a training run depends on; stored in every checkpoint.
 
-    Data: `data` ("digits", "cifar10" from the python batches in `data_root`, "folder" of images
+    Data: `data` ("digits"; "patches", RGB patches of scikit-learn's sample photographs, `image_size`
+    16 or 32, default 16; "cifar10" from the python batches in `data_root`; "folder" of images
     in `data_root` resized to `image_size` with `channels`), `flip`, `dequantize` (see
     scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
     (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate";
     the network is told each image's transformation and sampling uses the identity), each applied with probability
     `augment_p`, translations by at most `augment_max_shift` pixels.
-    Model: `net` (a UNet preset, image size and channels taken from the data) with `net_options`
-    overriding preset fields (e.g. {"ch": 16}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
+    Model: `net` (a U-Net preset, "digits" or "ddpmpp_cifar10", or a DiT preset, "dit_digits",
+    "dit_patches", "dit_s2" .. "dit_xl8"; image size and channels taken from the data) with `net_options`
+    overriding fields of its UNetConfig or DiTConfig (e.g. {"ch": 16}, {"depth": 4}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
     for a 1000-step linear DiscreteVPSDE, or "flow" for FlowSDE) with beta_min, beta_max (vp, subvp)
     and sigma_min, sigma_max (ve); `prediction` and `c_noise` as in ScoreModel; `learn_variance`:
-    the network also outputs Improved DDPM's variance channels (UNetConfig.learn_variance,
+    the network also outputs Improved DDPM's variance channels (UNetConfig / DiTConfig.learn_variance,
     ScoreModel(learned_variance=True)).
     Loss (scoresde.losses): `loss` "dsm" (denoising score matching with `time_sampling` "uniform",
     "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
@@ -117,7 +127,7 @@ class TrainConfig:
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
     "fused", "foreach", "for_loop": PyTorch's implementations, the same update up to rounding).
     `init_from`: a checkpoint whose network and EMA weights start this run (fine-tuning, e.g. with
-    time_sampling "likelihood" after a "uniform" run); its U-Net configuration must equal this
+    time_sampling "likelihood" after a "uniform" run); its network configuration must equal this
     run's; the optimizer, step count, warm-up and EMA ramp start afresh. Ignored once out_dir holds
     a checkpoint of this run (resumption).
     Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
@@ -128,7 +138,7 @@ class TrainConfig:
     (Euler-Maruyama steps for the grids), `progress`.
     """
 
-    data: Literal["digits", "cifar10", "folder"] = "digits"
+    data: Literal["digits", "patches", "cifar10", "folder"] = "digits"
     data_root: str | None = None
     image_size: int | None = None
     channels: int = 3
@@ -202,7 +212,8 @@ class TrainConfig:
         except ValueError as e:
             raise ValueError(f"augment: {e}") from None
         if not isinstance(self.net_options, dict) or not all(isinstance(k, str) for k in self.net_options):
-            raise ValueError(f"net_options must be a dict of UNetConfig fields, got {self.net_options!r}"[:300])
+            raise ValueError(f"net_options must be a dict of {self._net_config_class().__name__} fields, "
+                             f"got {self.net_options!r}"[:300])
         object.__setattr__(self, "net_options",
                            {k: tuple(v) if isinstance(v, list) else v for k, v in self.net_options.items()})
 
@@ -239,20 +250,29 @@ class TrainConfig:
                 raise ValueError(f"device must be 'auto' or a torch device string, got {self.device!r}") from e
         if "learn_variance" in self.net_options:
             raise ValueError("net_options may not set learn_variance; use TrainConfig.learn_variance (the model needs it too)")
-        bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(UNetConfig)})
+        cls = self._net_config_class()
+        bad = sorted(set(self.net_options) - {f.name for f in dataclasses.fields(cls)})
         if bad or _DERIVED_NET_FIELDS & set(self.net_options):
             raise ValueError(
-                f"net_options {sorted(self.net_options)}: may set UNetConfig fields except image_size, in_channels "
-                f"and num_classes (taken from the data) and augment_dim (from augment); unknown {bad}"
+                f"net_options {sorted(self.net_options)}: may set {cls.__name__} fields (net {self.net!r}) except "
+                f"image_size, in_channels and num_classes (taken from the data) and augment_dim (from augment); "
+                f"unknown {bad}"
             )
+
+    def _net_config_class(self) -> type:
+        """UNetConfig or DiTConfig, as `net` names a U-Net or a DiT preset (UNetConfig for an unknown name)."""
+        return NET_KINDS[net_kind(self.net)][0] if isinstance(self.net, str) else UNetConfig
 
     def _check_combinations(self) -> None:
         """Fields that only work together (the fields alone are valid)."""
         if self.compile == "none" and self.compile_backend != "inductor":
             raise ValueError(f"compile_backend {self.compile_backend!r} applies when compiling; compile is 'none' "
                              "(choose compile 'net' or 'step', or leave compile_backend 'inductor')")
-        if self.data != "digits" and self.data_root is None:
+        if self.data in ("cifar10", "folder") and self.data_root is None:
             raise ValueError(f"data {self.data!r} needs data_root")
+        if self.data == "patches" and self.image_size not in (None, *PATCH_SIZES):
+            raise ValueError(f"data 'patches' needs image_size None (16) or one of {list(PATCH_SIZES)}, "
+                             f"got {self.image_size!r}")
         if self.data == "folder" and self.image_size is None:
             raise ValueError("data 'folder' needs image_size")
         if self.augment_p > 0 and not self.augment:
@@ -296,17 +316,36 @@ def build_sde(config: TrainConfig) -> SDE:
     return make_sde(config.sde, **{name: getattr(config, name) for name in params})
 
 
-def build_unet_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig:
-    """The U-Net configuration of a run: config.net's preset with net_options, for images of `shape`
-    (C, H, W) with `num_classes` labels (None: unlabelled data)."""
+def net_kind(name: str) -> str:
+    """The backbone of net preset `name`: "dit" for a DiT preset (DIT_PRESETS), else "unet"."""
+    return "dit" if name in DIT_PRESETS else "unet"
+
+
+def net_kind_of(net_config: UNetConfig | DiTConfig) -> str:
+    """The backbone kind ("unet" or "dit") of a network configuration."""
+    for kind, (cls, _) in NET_KINDS.items():
+        if isinstance(net_config, cls):
+            return kind
+    raise TypeError(f"expected a UNetConfig or DiTConfig, got {type(net_config).__name__}")
+
+
+def build_net(net_config: UNetConfig | DiTConfig) -> nn.Module:
+    """The network a configuration describes: UNet(UNetConfig) or DiT(DiTConfig)."""
+    return NET_KINDS[net_kind_of(net_config)][1](net_config)
+
+
+def build_net_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig | DiTConfig:
+    """The network configuration of a run: config.net's preset (a UNetConfig or a DiTConfig) with
+    net_options, for images of `shape` (C, H, W) with `num_classes` labels (None: unlabelled data)."""
     C, H, W = shape
     if H != W:
-        raise ValueError(f"the UNet needs square images, got {H}x{W}")
+        raise ValueError(f"net {config.net!r} needs square images, got {H}x{W}")
     if config.conditional and num_classes is None:
         raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
-    return preset(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
-                                 "num_classes": num_classes if config.conditional else None,
-                                 "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
+    make = dit_preset if net_kind(config.net) == "dit" else preset
+    return make(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
+                               "num_classes": num_classes if config.conditional else None,
+                               "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
 
 
 def check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:

@@ -4,6 +4,10 @@ or many (DDP launched by torchrun).
     from scoresde.train import TrainConfig, train
     res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
     res.model.eps(x, t)                                  # ScoreModel over the EMA weights
+    train(TrainConfig(net="dit_digits", ...))            # a DiT: any preset of TrainConfig.net
+
+The network is built from its configuration (`config.build_net`: UNet(UNetConfig) or DiT(DiTConfig));
+nothing here depends on which: EMA, autocast, torch.compile, DDP and checkpoints see an nn.Module.
 
 What a run writes to `out_dir` (rank 0 only):
 
@@ -13,7 +17,7 @@ What a run writes to `out_dir` (rank 0 only):
   the step and the configurations (scoresde.training.checkpoints). Loading reads tensors and JSON only.
 - `config.json`, a readable copy of that configuration and step (never read back).
 - `metrics.jsonl`, one JSON object per `log_every` steps: step, loss (mean over the interval and
-  over ranks), lr, grad_norm, images_per_s.
+  over ranks), lr, grad_norm, images_per_s (scoresde.training.metrics_log).
 - `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
 
 Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
@@ -48,9 +52,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,19 +63,20 @@ from torch import Tensor, nn
 
 from .. import data as datasets
 from ..augment import augment
-from ..files import atomic_write, clean_stale_tmp
+from ..files import clean_stale_tmp
 from ..losses import LossHistory
-from ..nn import UNet, UNetConfig
+from ..nn import DiTConfig, UNetConfig
 from ..param import ScoreModel
 from ..sde import SDE
 from .checkpoints import CHECKPOINT, LogInterval, load_checkpoint, save_checkpoint, write_run_config
-from .config import TrainConfig, build_sde, build_unet_config, check_resume
+from .config import TrainConfig, build_net, build_net_config, build_sde, check_resume, net_kind_of
+from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .samples import write_samples
 from .step import ParameterUpdate, compute_loss, make_optimizer
 
 __all__ = ["METRICS", "TrainResult", "setup_distributed", "train"]
 
-METRICS = "metrics.jsonl"  # in out_dir
+_NET_NAMES = {"unet": "U-Net", "dit": "DiT"}  # for messages
 
 
 # --- distributed ---------------------------------------------------------------------------------
@@ -153,12 +156,12 @@ def _resolve_device(config: TrainConfig) -> torch.device:
 @dataclass(frozen=True)
 class TrainResult:
     """What `train` returns: the step reached, the last logged loss (None if none), the raw and EMA
-    networks (unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling."""
+    networks (a UNet or a DiT, unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling."""
 
     step: int
     loss: float | None
-    net: UNet
-    ema: UNet
+    net: nn.Module
+    ema: nn.Module
     model: ScoreModel
 
 
@@ -166,7 +169,8 @@ class TrainResult:
 class _Run:
     """What stays fixed while a run trains: its setting, data (on the device) and modules.
 
-    net, ema: the raw and EMA U-Nets (checkpointed); ddp: net wrapped for DDP and torch.compile (the
+    net_config: the network's UNetConfig or DiTConfig; net, ema: the raw and EMA networks
+    (checkpointed); ddp: net wrapped for DDP and torch.compile (the
     one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step;
     open_log: the log interval open at `start` (from the checkpoint; empty for a new run).
     """
@@ -176,13 +180,13 @@ class _Run:
     world: int
     device: torch.device
     out: Path
-    unet_config: UNetConfig
+    net_config: UNetConfig | DiTConfig
     sde: SDE
     images: Tensor
     labels: Tensor | None
     levels: int
-    net: UNet
-    ema: UNet
+    net: nn.Module
+    ema: nn.Module
     ddp: nn.Module
     opt: torch.optim.Optimizer
     update: ParameterUpdate
@@ -196,26 +200,30 @@ class _Run:
         return ScoreModel(net, self.sde, c.prediction, c_noise=c.c_noise, learned_variance=c.learn_variance)
 
 
-def _init_weights(net: nn.Module, ema: nn.Module, unet_config: UNetConfig, path: Path) -> None:
+def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTConfig, path: Path) -> None:
     """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from)."""
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
     ckpt = load_checkpoint(path)
-    if ckpt.unet_config != unet_config:
-        a, b = ckpt.unet_config.to_dict(), unet_config.to_dict()
+    kind = net_kind_of(net_config)
+    if ckpt.net_kind != kind:
+        raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[ckpt.net_kind]} (net {ckpt.config.net!r}); "
+                         f"this run trains a {_NET_NAMES[kind]}")
+    if ckpt.net_config != net_config:
+        a, b = ckpt.net_config.to_dict(), net_config.to_dict()
         diff = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k])
-        raise ValueError(f"init_from {path}: its U-Net configuration differs from this run's in {diff}")
+        raise ValueError(f"init_from {path}: its {_NET_NAMES[kind]} configuration differs from this run's in {diff}")
     net.load_state_dict(ckpt.net)
     ema.load_state_dict(ckpt.ema)
 
 
-def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.Module, ema: nn.Module,
+def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig, net: nn.Module, ema: nn.Module,
              opt: torch.optim.Optimizer, history: LossHistory | None) -> tuple[int, LogInterval]:
     """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set;
     returns the step to continue from and the log interval open at that step."""
     if not path.is_file():
         if config.init_from is not None:
-            _init_weights(net, ema, unet_config, Path(config.init_from))
+            _init_weights(net, ema, net_config, Path(config.init_from))
         return 0, LogInterval(0, ())
     ckpt = load_checkpoint(path)
     check_resume(ckpt.config, config, path)
@@ -229,37 +237,12 @@ def _restore(config: TrainConfig, path: Path, unet_config: UNetConfig, net: nn.M
     return ckpt.step, ckpt.log_interval
 
 
-def _metrics_step(line: str) -> int | None:
-    """The step of one metrics.jsonl line, None if it is not a JSON object with an integer step."""
-    try:
-        step = json.loads(line).get("step")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after `step` (by a run killed after its last checkpoint), and a torn last
-    line (killed mid-write); any other unreadable line raises ValueError naming the file and line."""
-    if not path.is_file():
-        return
-    lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
-    keep = []
-    for n, (i, line) in enumerate(lines):
-        s = _metrics_step(line)
-        if s is None and n < len(lines) - 1:
-            raise ValueError(f"{path}: line {i} is not a JSON object with an integer 'step'")
-        if s is not None and s <= step:
-            keep.append(line)
-    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
-
-
-def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config: UNetConfig, rank: int,
+def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: UNetConfig | DiTConfig, rank: int,
            world: int, device: torch.device) -> _Run:
     """Build the networks, optimizer and loss history on `device`, restored from out_dir's checkpoint
     (resumption) or config.init_from, and wrap the network for DDP and torch.compile."""
     torch.manual_seed(config.seed)  # the initial weights (same on every rank)
-    net = UNet(unet_config)
+    net = build_net(net_config)
     ema = copy.deepcopy(net).requires_grad_(False)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     net.to(device, memory_format=memory_format)
@@ -269,10 +252,10 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config:
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
-    start, open_log = _restore(config, out / CHECKPOINT, unet_config, net, ema, opt, history)
+    start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out / METRICS, start)
+        truncate_metrics(out / METRICS, start)
     ddp = net
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -281,7 +264,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, unet_config:
     update = ParameterUpdate(net, ema, opt, grad_clip=config.grad_clip, compiled=config.compile == "step",
                              backend=config.compile_backend)
     return _Run(
-        config=config, rank=rank, world=world, device=device, out=out, unet_config=unet_config, sde=sde,
+        config=config, rank=rank, world=world, device=device, out=out, net_config=net_config, sde=sde,
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
         open_log=open_log,
@@ -329,7 +312,7 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     if config.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     y = None if run.labels is None else run.labels[idx]
-    loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.unet_config.num_classes, levels=run.levels,
+    loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.net_config.num_classes, levels=run.levels,
                                 history=run.history, generator=gen)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -340,74 +323,13 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     return loss, grad_norm, lr
 
 
-class _Log:
-    """The mean loss and images/s of each log interval, appended to metrics.jsonl (rank 0) and shown
-    on the progress bar. Losses add up on the device; reading them is one host sync per interval.
-    A resumed run starts from the interval open at its checkpoint (`run.open_log`), so that it logs
-    the uninterrupted run's losses bit for bit."""
-
-    def __init__(self, run: _Run, bar):
-        self.run, self.bar = run, bar
-        self.loss_sum = torch.zeros((), device=run.device)
-        self.n, self.t, self.last_loss = 0, time.perf_counter(), None
-        self._resume(run.open_log)
-
-    def _resume(self, interval: LogInterval) -> None:
-        """Continue `interval`: this rank's loss sum, or the ranks' mean sum when the world size changed
-        (then the logged mean over ranks is still the interval's mean, though not bit for bit)."""
-        if interval.count == 0:
-            return
-        sums = interval.loss_sums
-        value = sums[self.run.rank] if len(sums) == self.run.world else sum(sums) / len(sums)
-        self.loss_sum.fill_(value)  # float32 sums went out as exact floats: this restores their bits
-        self.n = interval.count
-
-    def add(self, loss: Tensor) -> None:
-        self.loss_sum += loss.detach()
-        self.n += 1
-
-    def restart_clock(self) -> None:
-        self.t = time.perf_counter()
-
-    def open_interval(self) -> LogInterval:
-        """The interval open now, for a checkpoint: step count and every rank's loss sum (rank order).
-
-        A collective when it is open and there are several ranks: every rank calls it at each checkpoint.
-        """
-        if self.n == 0:
-            return LogInterval(0, ())
-        sums = self.loss_sum.reshape(1)
-        if self.run.world > 1:
-            parts = [torch.empty_like(sums) for _ in range(self.run.world)]
-            dist.all_gather(parts, sums)
-            sums = torch.cat(parts)
-        return LogInterval(self.n, tuple(float(v) for v in sums.cpu()))  # host sync, once per checkpoint
-
-    def write(self, step: int, lr: float, grad_norm: Tensor) -> None:
-        run = self.run
-        if run.world > 1:
-            dist.all_reduce(self.loss_sum)
-            self.loss_sum /= run.world
-        self.last_loss = float(self.loss_sum) / self.n  # host sync, once per log interval
-        now = time.perf_counter()
-        record = {"step": step, "loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                  "images_per_s": self.n * run.config.batch_size / max(now - self.t, 1e-9)}
-        if run.rank == 0:
-            with open(run.out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
-        self.loss_sum.zero_()
-        self.n, self.t = 0, now
-
-
-def _checkpoint(run: _Run, step: int, log: _Log) -> None:
+def _checkpoint(run: _Run, step: int, log: MetricsLog) -> None:
     """Write the checkpoint of `step` and config.json (rank 0); every rank takes part (the open log interval)."""
     interval = log.open_interval()
     if run.rank == 0:
-        save_checkpoint(run.out / CHECKPOINT, step=step, config=run.config, unet_config=run.unet_config, sde=run.sde,
+        save_checkpoint(run.out / CHECKPOINT, step=step, config=run.config, net_config=run.net_config, sde=run.sde,
                         net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history, log_interval=interval)
-        write_run_config(run.out, step=step, config=run.config, unet_config=run.unet_config, sde=run.sde)
+        write_run_config(run.out, step=step, config=run.config, net_config=run.net_config, sde=run.sde)
 
 
 def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple[int, float | None]:
@@ -415,7 +337,9 @@ def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple
     returns the step reached and the last logged loss (None if none)."""
     config, gen = run.config, torch.Generator(run.device)
     model, ema_model = run.score_model(run.ddp), run.score_model(run.ema)
-    log, step = _Log(run, bar), run.start
+    log = MetricsLog(run.out, rank=run.rank, world=run.world, device=run.device, batch_size=config.batch_size,
+                     open_log=run.open_log, bar=bar)
+    step = run.start
     run.net.train()
     for idx in _batches(sampler, config.batch_size // run.world, run.start, config.steps, run.device):
         loss, grad_norm, lr = _train_step(run, model, idx, step, gen)
@@ -428,7 +352,7 @@ def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple
         if step % config.ckpt_every == 0 or step == config.steps:
             _checkpoint(run, step, log)
         if run.rank == 0 and config.sample_every and step % config.sample_every == 0:
-            write_samples(ema_model, run.unet_config, config, step, run.out, run.device)
+            write_samples(ema_model, run.net_config, config, step, run.out, run.device)
             log.restart_clock()  # keep images/s about training
     return step, log.last_loss
 
@@ -444,7 +368,7 @@ def train(config: TrainConfig) -> TrainResult:
     data = datasets.load(config.data, root=config.data_root, image_size=config.image_size,
                          channels=config.channels, class_subfolders=config.conditional and config.data == "folder")
     sde = build_sde(config)
-    unet_config = build_unet_config(config, data.shape, data.num_classes)
+    net_config = build_net_config(config, data.shape, data.num_classes)
     sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True,
                                                   seed=config.seed, drop_last=True)
     if len(sampler) // (config.batch_size // world) == 0:
@@ -454,7 +378,7 @@ def train(config: TrainConfig) -> TrainResult:
     with torch.random.fork_rng(devices=[device] if cuda else []), contextlib.ExitStack() as stack:
         if cuda and config.tf32:
             stack.enter_context(_tf32())
-        run = _setup(config, data, sde, unet_config, rank, world, device)
+        run = _setup(config, data, sde, net_config, rank, world, device)
         bar = None
         if rank == 0 and config.progress and run.start < config.steps:
             from tqdm.auto import tqdm

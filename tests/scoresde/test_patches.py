@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from scoresde.data import ImageData, to_model_input
-from scoresde.patches import PHOTOS, TRAIN_COLUMNS, cut_patches, patch_grid, patches, sample_photos
+from scoresde.data import ImageData, patches, to_model_input
+from scoresde.patches import PHOTOS, TRAIN_COLUMNS, cut_patches, patch_grid, sample_photos
 
 
 @pytest.fixture(scope="module")
