@@ -1,89 +1,30 @@
-"""Command line: `scoresde sample | train | bpd | solvers` (also `python -m scoresde`).
+"""Command line: `scoresde sample | train | bpd | solvers | doctor` (also `python -m scoresde`).
 
-User errors (unknown solver, bad option value, missing file) print one line naming the bad value
-and the valid choices, and exit with status 2. `main` builds only the arguments of the command it
-runs, so `scoresde --help` imports neither torch nor the rest of the package.
+User errors (unknown solver, bad option value, missing file, an output path that cannot be
+written) print one line naming the bad value and the valid choices, and exit with status 2, before
+any work (the checks live in `cli_args`). `main` builds only the arguments of the command it runs,
+so `scoresde --help` and `scoresde sample --help` import neither torch nor the rest of the package.
+Long commands show a tqdm bar (rate, time left) on stderr unless --quiet. A reader that closes the
+pipe early (`scoresde solvers | head`) ends the command quietly with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-EXIT_USAGE = 2
+from . import cli_args
+from .cli_args import (  # noqa: F401  (generate.py imports the underscored names from here)
+    EXIT_USAGE, GRID_CHOICES, MAX_INT, MAX_SEED, MAX_STEPS, SDE_CHOICES, UsageError, parse_option,
+)
 
-
-MAX_INT = 2**31 - 1  # counts and sizes (--n, --batch-size, ...): beyond this torch overflows
-MAX_STEPS = 1_000_000  # grid steps
-MAX_SEED = 2**63 - 1  # seeds: 0..2**63-1, what torch.Generator.manual_seed takes as a signed 64-bit int
-
-
-class UsageError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (`prog: error: message`) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _bounded_int(text: str, low: int, high: int) -> int:
-    """An integer in low..high from `text`, else an ArgumentTypeError naming the range."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value} (valid range {low}..{high})")
-    if value > high:
-        raise argparse.ArgumentTypeError(f"expected an integer <= {high}, got {value} (valid range {low}..{high})")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _bounded_int(text, 1, MAX_INT)
-
-
-def _steps(text: str) -> int:
-    return _bounded_int(text, 1, MAX_STEPS)
-
-
-def _seed(text: str) -> int:
-    return _bounded_int(text, 0, MAX_SEED)
-
-
-def _count(text: str) -> int:
-    """An integer field of a config (a count or size; the config checks its least value)."""
-    return _bounded_int(text, 0, MAX_INT)
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    """KEY=VALUE, VALUE parsed as a Python literal (number, bool, string, tuple) when it is one."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
-
-
-def _labels(text: str) -> list[int]:
-    """--y: comma-separated class labels, e.g. 3 or 0,1,2."""
-    try:
-        labels = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer labels, e.g. 3 or 0,1,2; got {text!r}") from None
-    if any(v < 0 for v in labels):
-        raise argparse.ArgumentTypeError(f"labels must be >= 0, got {text!r}")
-    return labels
+_Parser = cli_args.Parser
+_positive_int, _steps, _seed, _count = cli_args.positive_int, cli_args.steps, cli_args.seed, cli_args.count
+_labels, _literal, _check_out_dir = cli_args.labels, cli_args.literal, cli_args.check_out_dir
 
 
 def _check_device(device: str, purpose: str) -> str:
@@ -103,11 +44,6 @@ def _check_labels(labels: list[int], model) -> None:
         raise UsageError(f"--y {bad[0]}: labels must lie in 0..{k - 1} (the model's {k} classes), or be {k} for no class")
 
 
-def _check_out_dir(path: str, flag: str) -> None:
-    if Path(path).exists() and not Path(path).is_dir():
-        raise UsageError(f"{flag} {path!r} is a file, not a folder; choose a folder (it is created if missing)")
-
-
 def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False):
     if path is None:
         from .training.checkpoints import default_model
@@ -123,44 +59,77 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
     return load_model(path, device=device)
 
 
-GRID_MAX = 64  # `scoresde sample --out`: the PNG grid shows at most the first GRID_MAX samples
+GRID_MAX = 64  # `scoresde sample --out`: the grid shows at most the first GRID_MAX samples
+
+
+def _grid_images(first, n: int, labels: list[int] | None):
+    """(images in grid order, images per row or None, how many samples they show) of the --out grid.
+
+    With several --y labels, one row per label: sample i has label i mod L, so row r holds samples r,
+    r + L, ... of the first min(n, GRID_MAX), and a row with fewer samples ends in blank (-1) cells.
+    Otherwise the first min(n, GRID_MAX) samples, about as many per row as rows."""
+    shown = min(n, GRID_MAX)
+    if labels is None or len(labels) < 2 or len(labels) > GRID_MAX:
+        return first[:shown], None, shown
+    rows, cols = min(len(labels), shown), -(-shown // len(labels))
+    grid = first.new_full((rows * cols, *first.shape[1:]), -1.0)
+    for r in range(rows):
+        for c in range(cols):
+            if c * len(labels) + r < shown:
+                grid[r * cols + c] = first[c * len(labels) + r]
+    return grid, cols, shown
+
+
+def _check_sample_paths(args: argparse.Namespace) -> None:
+    """--out, --save and --image-dir before any work: suffixes, existing folders."""
+    cli_args.check_image_suffix(args.out, "--out")
+    if args.save is not None:
+        cli_args.check_out_file(args.save, "--save", (".npy", ".npz", ".pt"))
+    if args.image_dir is not None:
+        _check_out_dir(args.image_dir, "--image-dir")
+
+
+def _solver_argument(args: argparse.Namespace) -> dict:
+    """sample()'s solver arguments: a name with its --option values, or a module:Class built with them."""
+    options = dict(args.option or [])
+    if ":" not in args.solver:
+        return {"solver": args.solver, **options}
+    cls = cli_args.solver_class(args.solver)
+    return {"solver": cls(**options)}  # a TypeError names an unknown option
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .sampling import sample
     from .sampling_files import save_samples
     from .training.samples import save_image_grid
 
     if args.guidance_scale is not None and args.y is None:
         raise UsageError("--guidance-scale needs class labels --y")
     _check_device(args.device, "sampling")
-    for flag, path in (("--out", args.out), ("--save", args.save)):
-        if path is not None and Path(path).is_dir():
-            raise UsageError(f"{flag} {path!r} is a folder; give a file name")
-    if args.save is not None and not args.save.endswith((".npy", ".npz", ".pt")):
-        raise UsageError(f"--save {args.save!r}: use a .npy, .npz or .pt file name")
+    _check_sample_paths(args)
+    solver = _solver_argument(args)
     model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None)
     if args.y is not None:
         _check_labels(args.y, model)
     kwargs = dict(
-        model=model, solver=args.solver, steps=args.steps, grid=args.grid, shape=None if args.shape is None else tuple(args.shape),
-        seed=args.seed, device=args.device, progress=not args.quiet, **dict(args.option or []),
+        model=model, steps=args.steps, grid=args.grid, shape=None if args.shape is None else tuple(args.shape),
+        seed=args.seed, device=args.device, progress=not args.quiet, **solver,
     )  # shape None: the model's image_shape
     if args.y is not None:  # labels repeat cyclically to fill the n samples
         kwargs.update(y=torch.tensor(args.y)[torch.arange(args.n) % len(args.y)], guidance_scale=args.guidance_scale)
-    if args.save is not None and args.save.endswith((".npy", ".npz")):  # streamed: memory bounded by --batch-size
-        res = save_samples(args.save, n=args.n, batch_size=args.batch_size, keep_first=GRID_MAX, **kwargs)
-        first = res.first
-    else:  # in memory, in chunks of --batch-size
-        res = sample(n=args.n, batch_size=args.batch_size, **kwargs)
-        first = res.x[:GRID_MAX]
-        if args.save is not None:  # .pt, checked above
-            torch.save(res.x.cpu(), args.save)
-    save_image_grid(first.clamp(-1, 1), args.out, scale=args.scale)
-    shown = f"{args.n} samples" if args.n <= GRID_MAX else f"the first {GRID_MAX} of {args.n} samples"
-    print(f"wrote {args.out} ({shown}); NFE {res.nfe}, {res.seconds:.2f} s")
+    pt = args.save is not None and args.save.endswith(".pt")  # .pt: all n in memory; .npy, .npz: streamed
+    res = save_samples(None if pt else args.save, n=args.n, batch_size=args.batch_size, image_dir=args.image_dir,
+                       keep_first=args.n if pt else GRID_MAX, **kwargs)
+    if pt:
+        torch.save(res.first.cpu(), args.save)
+    grid, per_row, shown = _grid_images(res.first, args.n, args.y)
+    save_image_grid(grid.clamp(-1, 1), args.out, nrow=per_row, scale=args.scale)
+    shown = f"{args.n} samples" if shown == args.n else f"the first {shown} of {args.n} samples"
+    layout = "" if per_row is None else f", one row per label of --y"
+    print(f"wrote {args.out} ({shown}{layout}); NFE {res.nfe}, {res.seconds:.2f} s")
+    if args.image_dir is not None:
+        print(f"wrote {args.n} PNG files {Path(args.image_dir) / '000000.png'} ... to {args.image_dir}")
     print("settings: " + json.dumps(res.settings, default=str))
     return 0
 
@@ -185,11 +154,15 @@ def cmd_solvers(args: argparse.Namespace) -> int:
 
 
 def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of the frozen dataclass `cls` (typed, with choices for Literal fields)."""
+    """One flag per field of the frozen dataclass `cls` (typed, with choices for Literal fields), grouped
+    and described by the sections of its docstring ("Data: ...", "Model: ...")."""
     import dataclasses
     import typing
 
     hints = typing.get_type_hints(cls)
+    described = cli_args.field_help(cls)
+    groups = {title: p.add_argument_group(title, text.replace("`", ""))
+              for title, text in cli_args.docstring_sections(cls).items()}
     for f in dataclasses.fields(cls):
         hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -208,15 +181,11 @@ def _add_config_flags(p: argparse.ArgumentParser, cls) -> None:
             kwargs.update(type=str)
         else:  # dicts and tuples as Python literals, e.g. --net-options "{'ch': 16}"
             kwargs.update(type=_literal)
-        kwargs["help"] = f"(default: {default!r})"
-        p.add_argument(flag, **kwargs)
-
-
-def _literal(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise argparse.ArgumentTypeError(f"expected a Python literal, got {text!r}") from None
+        title, words = described.get(f.name, (None, ""))
+        if title is not None and not words:  # listed by name only: its section's text above describes it
+            words = f"see {title.split()[0]} above"
+        kwargs["help"] = (f"{words} " if words else "").replace("%", "%%") + f"(default: {default!r})"
+        (groups[title] if title is not None else p).add_argument(flag, **kwargs)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -226,6 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.loop import setup_distributed, train
 
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.quiet:
+        fields["progress"] = False
     config = TrainConfig(**fields)  # checks every value and names the valid choices
     if config.device != "auto":
         _check_device(config.device, "training")
@@ -237,7 +208,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--resume: no checkpoint at {ckpt}")
     setup_distributed()
     res = train(config)
-    print(f"step {res.step}: loss {res.loss:.4f}; checkpoint {ckpt}")
+    if res.loss is None:  # the checkpoint had already reached --steps: no step ran
+        print(f"step {res.step}: the run had already reached its last step (--steps {config.steps}), nothing to "
+              f"train; raise --steps to continue it; checkpoint {ckpt}")
+    else:
+        print(f"step {res.step}: loss {res.loss:.4f}; checkpoint {ckpt}")
     return 0
 
 
@@ -269,13 +244,21 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     gen = torch.Generator(args.device).manual_seed(args.seed)
     values, nfes = [], []
     start = time.perf_counter()
-    for i in range(0, n, args.batch_size):
-        res = bits_per_dim(
-            model, x[i:i + args.batch_size], levels=images.levels, repeats=args.repeats, n_probes=args.probes,
-            rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, generator=gen,
-        )
-        values.append(res.bpd.cpu())
-        nfes.append(res.nfe)
+    bar = _bar(n, "bits/dim", "image", quiet=args.quiet)
+    try:
+        for i in range(0, n, args.batch_size):
+            res = bits_per_dim(
+                model, x[i:i + args.batch_size], levels=images.levels, repeats=args.repeats, n_probes=args.probes,
+                rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, generator=gen,
+            )
+            values.append(res.bpd.cpu())
+            nfes.append(res.nfe)
+            if bar is not None:
+                bar.update(res.bpd.shape[0])
+                bar.set_postfix(bpd=f"{float(torch.cat(values).mean()):.3f}", nfe=res.nfe)
+    finally:
+        if bar is not None:
+            bar.close()
     bpd = torch.cat(values).double()
     se = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     settings = dict(res.settings)
@@ -283,6 +266,15 @@ def cmd_bpd(args: argparse.Namespace) -> int:
           f"mean NFE {sum(nfes) / len(nfes):.1f}; {time.perf_counter() - start:.1f} s")
     print("settings: " + json.dumps({**settings, "data": args.data, "split": args.split, "n": n}, default=str))
     return 0
+
+
+def _bar(total: int, desc: str, unit: str, *, quiet: bool):
+    """A tqdm bar (count, rate and time left) on stderr, or None with --quiet."""
+    if quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def _check_bpd_flags(args: argparse.Namespace, adaptive: tuple[str, ...]) -> None:
@@ -296,31 +288,43 @@ def _check_bpd_flags(args: argparse.Namespace, adaptive: tuple[str, ...]) -> Non
     args.atol = 1e-5 if args.atol is None else args.atol
 
 
+def _add_sde_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sde", default="vp", type=cli_args.sde_name, metavar="{" + ",".join(SDE_CHOICES) + "}",
+                   help="SDE of the shipped default model (default: vp)")
+
+
 def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    import solvers
-
-    from .sde_names import SDE_NAMES
-
+    # no import of torch here: `scoresde sample --help` stays instant (names are checked when given)
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
-    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
-    p.add_argument("--solver", default="pc", help="a name from `scoresde solvers` (default: pc)")
+    _add_sde_argument(p)
+    p.add_argument("--solver", default="pc",
+                   help="a name from `scoresde solvers` (default: pc), or module:Class, a solvers.Solver subclass "
+                        "built with the --option values; module:Class imports that module (the current folder "
+                        "first), running its code as `python -m` would: name only code you trust")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=_steps, help=f"grid steps, 1..{MAX_STEPS} (default: the solver's)")
-    p.add_argument("--grid", choices=sorted(solvers.grids.GRIDS), help="time grid (default: the solver's)")
+    p.add_argument("--grid", type=cli_args.grid_name, metavar="{" + ",".join(GRID_CHOICES) + "}",
+                   help="time grid (default: the solver's)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--shape", type=_positive_int, nargs="+", metavar="DIM", help="sample shape without the batch")
     p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--out", default="samples.png",
-                   help=f"PNG grid to write, of the first min(n, {GRID_MAX}) samples (default: samples.png)")
+                   help=f"image grid of the first min(n, {GRID_MAX}) samples, in the format its suffix names: "
+                        f"{', '.join(cli_args.IMAGE_SUFFIXES)}; with several --y labels one row per label "
+                        "(default: samples.png)")
     p.add_argument("--scale", type=_positive_int, default=4, help="pixel upscaling of the grid (default: 4)")
     p.add_argument("--batch-size", type=_positive_int, metavar="B",
                    help="samples per solver call, bounding its memory; with it --seed S gives sample i the seed S + i, "
                         "so the samples do not depend on B (a run without it draws all --n from one generator "
                         "seeded S) (default: all --n at once)")
     p.add_argument("--save", help="also save the raw samples (not clamped) as array x: .npy or .npz are streamed "
-                                  "chunk by chunk (memory bounded by --batch-size, file written atomically); .pt "
-                                  "holds all n samples in memory")
+                                  "chunk by chunk (memory bounded by --batch-size, file written atomically); .npz "
+                                  "adds images (n, H, W, C) uint8, labels (with --y) and settings (a JSON string); "
+                                  ".pt holds all n samples in memory")
+    p.add_argument("--image-dir", metavar="DIR",
+                   help="also write each sample as DIR/000000.png, 000001.png, ... as its chunk is drawn "
+                        "(DIR is created if missing)")
     p.add_argument("--y", type=_labels, metavar="LABELS",
                    help="class labels, e.g. 3 or 0,1,...,9, repeated to fill --n; default model: the shipped "
                         "class-conditional one (vp)")
@@ -335,14 +339,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     _add_config_flags(p, TrainConfig)
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (as --no-progress)")
     p.set_defaults(func=cmd_train)
 
 
 def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
-    from .sde_names import SDE_NAMES
-
     p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
-    p.add_argument("--sde", default="vp", choices=sorted(SDE_NAMES), help="SDE of the shipped default model (default: vp)")
+    _add_sde_argument(p)
     p.add_argument("--data", default="digits", choices=["digits", "cifar10", "folder"], help="data set (default: digits)")
     p.add_argument("--data-root", help="folder of the data (cifar10, folder)")
     p.add_argument("--image-size", type=_positive_int, help="--data folder: resize images to this size (default: the model's)")
@@ -357,11 +360,37 @@ def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=float, help="absolute tolerance of an adaptive method (default: 1e-5)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of probes and dequantization, 0..2**63-1 (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bpd)
 
 
 def _add_solvers_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_solvers)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import collect, main_report
+
+    _check_device(args.device, "the speed probe")
+    main_report(collect(probe_seconds=args.probe_seconds, device=args.device))
+    return 0
+
+
+def _probe_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"expected seconds in 0..600, got {text!r}")
+    return value
+
+
+def _add_doctor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe-seconds", type=_probe_seconds, default=5.0, metavar="S",
+                   help="length of the speed probe (0: none; default: 5)")
+    p.add_argument("--device", default="cpu", help="device of the speed probe (default: cpu)")
+    p.set_defaults(func=cmd_doctor)
 
 
 # command -> (its help line, the function that adds its arguments)
@@ -370,7 +399,9 @@ COMMANDS = {
     "train": ("train a score network (multi-GPU: torchrun --nproc_per_node N -m scoresde train ...)", _add_train_arguments),
     "bpd": ("bits/dim of a data split through the probability-flow ODE", _add_bpd_arguments),
     "solvers": ("list every solver with its order, kind, SDEs and options", _add_solvers_arguments),
+    "doctor": ("versions, threads, CPUs, devices and a speed probe: why is my run slow?", _add_doctor_arguments),
 }
+QUICK = ("solvers", "doctor")  # commands that print no "done in" line
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -402,12 +433,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this try
+    except BrokenPipeError:  # e.g. `scoresde solvers | head`: the reader left; stop quietly
+        _silence_stdout()
+        return 1
     except USER_ERRORS as e:
         print(f"scoresde {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command != "solvers":
+    if args.command not in QUICK:
         print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at os.devnull, so that Python's final flush at exit meets no closed pipe (the
+    recipe of the Python docs, "Note on SIGPIPE" in the signal module)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (e.g. captured by a test): nothing to flush
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from solvers import grids
 from solvers.protocol import GeneratorArg, Model
-from solvers.validate import check_int, check_name, check_number
+from solvers.validate import check_bool, check_int, check_name, check_number
 
 from ..sde import DiscreteVPSDE
 from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
@@ -132,22 +132,32 @@ def _logp_draws(model, x, *, y, settings: dict, generator: GeneratorArg) -> tupl
     return logp, z, nfe
 
 
-def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, **options) -> Likelihood:
+def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, progress: bool = False,
+              **options) -> Likelihood:
     """bits_per_dim with every option given; log_likelihood is its case levels=None, repeats=1."""
     if levels is not None:
         check_levels(levels)
     check_int("repeats", repeats, 1)
+    check_bool("progress", progress)
     settings = _check_settings(model, x, y=y, **options)
     if levels is not None:
         levels_of(x, levels)  # raise before any integration when x is off the grid
     d = x[0].numel()
     rounds, z, nfe = [], None, 0
-    for _ in range(repeats):
-        x_r = x if levels is None else dequantize(x, levels, generator=generator)
-        draws, z_r, nfe_r = _logp_draws(model, x_r, y=y, settings=settings, generator=generator)
-        rounds.append(draws)
-        z = z_r if z is None else z
-        nfe += nfe_r
+    bar = _bar(x.shape[0] * repeats) if progress else None
+    try:
+        for _ in range(repeats):
+            x_r = x if levels is None else dequantize(x, levels, generator=generator)
+            draws, z_r, nfe_r = _logp_draws(model, x_r, y=y, settings=settings, generator=generator)
+            rounds.append(draws)
+            z = z_r if z is None else z
+            nfe += nfe_r
+            if bar is not None:
+                bar.update(x.shape[0])
+                bar.set_postfix(nfe=nfe)
+    finally:
+        if bar is not None:
+            bar.close()
     offset_nats = 0.0 if levels is None else d * math.log(2.0 / levels)
     all_draws = torch.stack(rounds, 1)  # (B, repeats, K)
     logp = all_draws.mean((1, 2)) + offset_nats
@@ -160,6 +170,13 @@ def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: Gener
     settings.update(levels=levels, repeats=repeats, dequantization=None if levels is None else "uniform")
     return Likelihood(logp=logp, bpd=bpd_from_logp(logp, d), z=z, nfe=nfe, logp_se=se,
                       bpd_se=se / (d * math.log(2.0)), settings=MappingProxyType(settings))
+
+
+def _bar(total: int):
+    """A tqdm bar over images (one ODE solve of the batch per dequantization round)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="log-likelihood", unit="image")
 
 
 def log_likelihood(
@@ -178,6 +195,7 @@ def log_likelihood(
     probe: Probe = "rademacher",
     n_probes: int = 1,
     generator: GeneratorArg = None,
+    progress: bool = False,
 ) -> Likelihood:
     """Log-likelihood log p_{t_eps}(x) of continuous data x through the probability-flow ODE.
 
@@ -193,10 +211,12 @@ def log_likelihood(
     t_eps: start time, default model.sde.t_eps_likelihood. divergence: "hutchinson" (n_probes
     probes of kind `probe`, averaged; drawn from `generator`, one torch.Generator or one per
     sample), "exact" (autograd, d backward passes per evaluation) or "analytic" (model.pf_divergence).
+    progress: a tqdm bar over the images (B per round; bits_per_dim runs `repeats` rounds), with the NFE.
     """
     return _estimate(
         model, x, levels=None, repeats=1, y=y, method=method, rtol=rtol, atol=atol, steps=steps, grid=grid,
         variable=variable, t_eps=t_eps, divergence=divergence, probe=probe, n_probes=n_probes, generator=generator,
+        progress=progress,
     )
 
 

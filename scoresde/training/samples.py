@@ -49,9 +49,20 @@ def sample_images(model: ScoreModel, shape, *, steps: int = 250, y: Tensor | Non
     return x.clamp(-1.0, 1.0)
 
 
+# file suffix -> the format Pillow writes for a grid
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def save_image_grid(x: Tensor, path: str | os.PathLike, *, nrow: int | None = None, scale: int = 1) -> None:
-    """Save images x (B, C, H, W) in [-1, 1] as one PNG grid (1 pixel border), each upscaled `scale` times."""
+    """Save images x (B, C, H, W) in [-1, 1] as one grid (1 pixel border), each upscaled `scale` times.
+
+    nrow: images per row (default: about sqrt(B)). The format follows the suffix of `path`: .png,
+    .jpg / .jpeg (quality 95) or .webp (lossless); another suffix is a ValueError."""
     from PIL import Image
+
+    fmt = GRID_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"image grid {str(path)!r}: use a file name ending in {', '.join(GRID_FORMATS)}")
 
     B, C, H, W = x.shape
     nrow = nrow or max(1, math.ceil(math.sqrt(B)))
@@ -65,8 +76,8 @@ def save_image_grid(x: Tensor, path: str | os.PathLike, *, nrow: int | None = No
     im = Image.fromarray(arr[..., 0] if C == 1 else arr, mode="L" if C == 1 else "RGB")
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
-    path = Path(path)
-    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
+    options = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    atomic_write(Path(path), lambda tmp: im.save(tmp, format=fmt, **options))
 
 
 def write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfig, step: int, out: Path,
