@@ -298,7 +298,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
     p.add_argument("--solver", default="pc",
-                   help="a name from `scoresde solvers` (default: pc), or module:Class, a solvers.Solver subclass "
+                   help="a name from `scoresde solvers` (default: pc); auto: the best measured deterministic solver, "
+                        "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "
                         "built with the --option values; module:Class imports that module (the current folder "
                         "first), running its code as `python -m` would: name only code you trust")
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
