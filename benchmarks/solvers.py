@@ -55,7 +55,7 @@ import torch  # noqa: E402
 import torchdiffeq  # noqa: E402
 
 import solvers  # noqa: E402
-from scoresde import AnalyticModel, DiscreteVPSDE, GaussianMixture, VPSDE  # noqa: E402
+from scoresde import VESDE, AnalyticModel, DiscreteVPSDE, FlowSDE, GaussianMixture, SubVPSDE, VPSDE  # noqa: E402
 from solvers import grids  # noqa: E402
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50, 100)
@@ -74,7 +74,11 @@ PRESETS: dict[str, list[dict]] = {
         {"solver_type": "multistep", "order": 2},
         {"solver_type": "multistep", "order": 3},
     ],
-    "unipc": [{"order": p, "variant": v} for p in (1, 2, 3) for v in ("bh1", "bh2")],
+    "unipc": [{"order": p, "variant": v} for p in (1, 2, 3) for v in ("bh1", "bh2")]
+    + [{"order": p, "variant": v, "prediction": "eps"} for p in (2, 3) for v in ("bh1", "bh2")],
+    "dpm_solver_multistep": [{"order": 2}, {"order": 3}],
+    "deis": [{"order": 2}, {"order": 3}],
+    "ipndm": [{"order": 2}, {"order": 3}, {"order": 4}],
 }
 QUICK_PRESETS: dict[str, list[dict]] = {
     "ddim": [{}],
@@ -123,14 +127,22 @@ def fitted_grid(model, sampler, steps: int, x_cal: torch.Tensor, ref_cal: torch.
     )
 
 
+# the processes the tables can run on: the two VP schedules of the docstring, and (for solvers.recommend's other
+# rows) the cosine VP schedule, sub-VP, VE and flow matching with scoresde's default parameters
+SCHEDULES = {
+    "vp": VPSDE, "ddpm": DiscreteVPSDE, "vp_cosine": lambda: VPSDE(schedule="cosine"), "subvp": SubVPSDE, "ve": VESDE,
+    "flow": FlowSDE,
+}
+
+
 def make_problem(schedule: str, n: int, seed: int = 0) -> tuple[AnalyticModel, torch.Tensor]:
-    """The mixture model under `schedule` ("vp" or "ddpm") and n prior draws (float64)."""
+    """The mixture model under `schedule` (a key of SCHEDULES) and n prior draws (float64)."""
     gen = torch.Generator().manual_seed(1234)  # the data law is the same for every run
     d, k = 64, 8
     means = 2 * torch.rand(k, d, generator=gen, dtype=torch.float64) - 1
     stds = torch.linspace(0.05, 0.3, k, dtype=torch.float64)
     data = GaussianMixture(torch.full((k,), 1.0 / k, dtype=torch.float64), means, stds)
-    sde = VPSDE() if schedule == "vp" else DiscreteVPSDE()
+    sde = SCHEDULES[schedule]()
     x_T = sde.prior_sample((n, d), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     return AnalyticModel(data, sde), x_T
 
@@ -141,7 +153,8 @@ def reference(model: AnalyticModel, x_T: torch.Tensor, *, t_end: float = T_END, 
     lam = sde.lambda_(torch.tensor([sde.T, t_end], dtype=torch.float64))
 
     def rhs(lam_now, y):
-        t = sde.t_of_lambda(lam_now.reshape(1))
+        # dopri8's first-step heuristic may probe just past the interval (VE: past lambda(0)): stay inside it
+        t = sde.t_of_lambda(lam_now.clamp(lam[0], lam[1]).reshape(1))
         sigma = sde.sigma(t)
         # d(x / sigma)/dlambda = e^lambda x0 (Lu et al. 2022b, the data-prediction form of the ODE)
         return torch.exp(lam_now) * model.x0(sigma * y, t.expand(y.shape[0]))
@@ -290,6 +303,26 @@ def print_target(schedule: str, results: dict, nfes) -> None:
         print(f"NFE {k:>3}: baseline {base:.2e}; best {best:.2e} = {best / base:.2f} x baseline  <- {best_key[0]} | {best_key[1]}")
 
 
+def print_ratios(schedule: str, results: dict, nfes) -> None:
+    """Every row's RMS and median as ratios to DPM-Solver++(3M) on uniform lambda ("rms / median")."""
+    base_key = (label(BASELINE[0], BASELINE[1]), BASELINE[2])
+    if base_key not in results:
+        return
+    base = results[base_key]
+    width = max(len(f"{a} | {b}") for a, b in results) + 2
+    print(f"\n## {schedule}: RMS / median per-sample error as ratios to {base_key[0]} | {base_key[1]}")
+    print("config | grid".ljust(width) + "".join(f"{'NFE ' + str(k):>14}" for k in nfes))
+    for (lab, grid_name), row in results.items():
+        cells = []
+        for k in nfes:
+            if k not in row or k not in base:
+                cells.append(f"{'-':>14}")
+                continue
+            rms, med = row[k][0] / base[k][0], row[k][1] / base[k][1]
+            cells.append(f"{f'{rms:.2f}/{med:.2f}':>14}" if math.isfinite(rms) and math.isfinite(med) else f"{'nan':>14}")
+        print(f"{lab} | {grid_name}".ljust(width) + "".join(cells))
+
+
 def tune(schedule: str, n: int, nfes, kappas) -> None:
     """Sweep the tuned grid's kappa for UniPC-3 on held-out start states (seed 1)."""
     model, x_T = make_problem(schedule, n, seed=1)
@@ -317,14 +350,51 @@ def adaptive_sweep(schedule: str, n: int) -> None:
             print(f"order {order} tol {tol:.0e}: NFE {sol.nfe:4d}  RMS {float(e.pow(2).mean().sqrt()):.2e}  median {float(e.median()):.2e}")
 
 
+# the digits check (--digits N): (label, solver, options, grid); the row that solvers.recommend picks is marked "auto"
+DIGITS_CONFIGS = [
+    ("DPM-Solver++(3M), uniform lambda", "dpm_solver++", {"order": 3}, "uniform_lambda"),
+    ("DPM-Solver++ defaults (2M, uniform lambda)", "dpm_solver++", {}, "uniform_lambda"),
+    ("UniPC defaults (3, bh2, x0, uniform lambda)", "unipc", {}, "uniform_lambda"),
+    ("iPNDM-3, quadratic t", "ipndm", {"order": 3}, "quadratic_t"),
+    ("UniPC-2 bh1 eps, quadratic t", "unipc", {"order": 2, "variant": "bh1", "prediction": "eps"}, "quadratic_t"),
+    ("UniPC-3 bh1 eps, quadratic t", "unipc", {"order": 3, "variant": "bh1", "prediction": "eps"}, "quadratic_t"),
+]
+
+
+def digits_check(n: int, steps_list, *, batch_size: int = 250) -> None:
+    """Classifier Fréchet distance (scoresde.metrics.digits_quality, against the 360 test digits) of n samples
+    (seed 0) of the shipped digits VP model for each of DIGITS_CONFIGS at each step count."""
+    import scoresde
+    from scoresde.metrics import digits_floor, digits_quality
+
+    model = scoresde.default_model("vp")
+    dequantized = bool(getattr(model, "config", {}).get("dequantize", False))
+    print(f"\n## digits VP model: classifier FD of {n} samples (seed 0) to the 360 test digits; "
+          f"floor (train vs test) {digits_floor():.2f}")
+    print("config | steps | NFE | FD | seconds")
+    for steps in steps_list:
+        rec = solvers.recommend(model.sde, steps)
+        for lab, name, options, grid in DIGITS_CONFIGS:
+            full = solvers.get(name, **options).options()
+            auto = name == rec.solver and grid == rec.grid and all(full[k] == v for k, v in rec.options.items())
+            t0 = time.time()
+            s = scoresde.sample(model, solver=name, steps=steps, grid=grid, n=n, seed=0, batch_size=batch_size, **options)
+            fd = digits_quality(s.x, dequantized=dequantized).fd
+            print(f"{lab}{' (auto)' if auto else ''} | {steps} | {s.nfe // len(s.settings['nfe_per_chunk'])} | {fd:.2f} | "
+                  f"{time.time() - t0:.0f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--schedules", nargs="+", choices=["vp", "ddpm"], default=["vp", "ddpm"])
+    parser.add_argument("--schedules", nargs="+", choices=[*SCHEDULES, "none"], default=["vp", "ddpm"])
+    parser.add_argument("--match", nargs="+", default=None,
+                        help="keep only the configurations whose label contains one of these strings (the baseline always)")
     parser.add_argument("--solvers", nargs="+", default=None, help="names from solvers.available() (default: all deterministic)")
     parser.add_argument("--grids", nargs="+", choices=sorted(GRID_BUILDERS), default=None)
     parser.add_argument("--nfe", nargs="+", type=int, default=None)
     parser.add_argument("--n", type=int, default=None, help="start states (default 256; 64 with --quick)")
     parser.add_argument("--median", action="store_true", help="also print the median per-sample error")
+    parser.add_argument("--ratios", action="store_true", help="also print RMS / median ratios to the baseline")
     parser.add_argument("--quick", action="store_true", help="NFE 10, 15, 20; 64 states; main configurations")
     parser.add_argument("--adaptive", action="store_true", help="also sweep dpm_solver_adaptive tolerances")
     parser.add_argument("--tune", action="store_true", help="sweep the tuned grid's kappa on held-out states")
@@ -334,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-fit", action="store_true", help="skip the fitted grids")
     parser.add_argument("--cal-seed", type=int, default=CAL_SEED,
                         help=f"seed of the {N_CAL} calibration states (not 0: seed 0 draws the scored states)")
+    parser.add_argument("--digits", type=int, default=None, metavar="N",
+                        help="also sample N images from the shipped digits VP model per config and step count (--nfe) "
+                        "and print the classifier Fréchet distance (skips the analytic tables with --schedules none)")
     parser.add_argument("--check-reference", action="store_true", help="compare the reference with dopri5 in t")
     args = parser.parse_args(argv)
     if args.solvers is not None:
@@ -353,12 +426,14 @@ def main(argv: list[str] | None = None) -> None:
     n = args.n or (64 if args.quick else 256)
     grid_names = args.grids or (["uniform_lambda", "karras", "tuned"] if args.quick else sorted(GRID_BUILDERS))
     configs = configurations(args.solvers, args.quick)
+    if args.match:
+        configs = [c for c in configs if c == BASELINE[:2] or any(m in label(*c) for m in args.match)]
     if args.no_fit:
         fit_nfes = ()
     else:
         fit_nfes = tuple(args.fit_nfe) if args.fit_nfe is not None else tuple(k for k in FIT_NFES if k in nfes)
     print(f"# {len(configs)} configurations x {len(grid_names)} grids; NFE {list(nfes)}; {n} start states; d = 64")
-    for schedule in args.schedules:
+    for schedule in [s for s in args.schedules if s != "none"]:
         if args.check_reference:
             model, x_T = make_problem(schedule, n)
             ref = reference(model, x_T)
@@ -376,9 +451,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.median:
             print_table(f"{schedule}: median per-sample endpoint error", results, nfes, 1)
         print_target(schedule, results, nfes)
+        if args.ratios:
+            print_ratios(schedule, results, nfes)
         if args.adaptive:
             adaptive_sweep(schedule, n)
         sys.stdout.flush()
+    if args.digits:
+        digits_check(args.digits, nfes)
 
 
 if __name__ == "__main__":

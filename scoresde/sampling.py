@@ -21,7 +21,7 @@ from .devices import check_device
 from .guidance import CFGModel, check_labels
 from .sampling_args import (
     MAX_COUNT, MAX_STEPS, check_callables, check_count, check_dtype, check_label_ints, check_shape, check_x_T,
-    custom_grid, noise_source,
+    custom_grid, is_auto, noise_source, resolve_auto,
 )
 from .sde_names import SDE_NAMES, make_sde
 from .sde import SDE
@@ -112,6 +112,7 @@ class _Plan:
     device: torch.device
     dtype: torch.dtype
     callback: Callback | None
+    auto: bool = False  # solver="auto" chose solver, options and grid (solvers.recommend)
 
 
 def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,
@@ -125,6 +126,9 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
     device = None if device is None else check_device(device)
     model, image_shape, null_label, labels = _resolve_model(model, sde, y, guidance_scale, null_label, device)
     check_callables(model, callback)
+    auto = is_auto(solver)
+    if auto:
+        solver, solver_options, grid, steps = resolve_auto(model.sde, solver_options, grid, steps)
     solver = build_solver(solver, solver_options, model.sde)
     n, shape, device = _batch(x_T, n, shape, image_shape, labels, device)
     if labels is not None:
@@ -137,7 +141,7 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
     return _Plan(
         model=model, solver=solver, ts=ts, grid_name=grid_name, steps=steps, n=n, shape=shape, x_T=x_T, seeds=seeds,
         generator=gen, seed=seed, y=labels, guidance_scale=guidance_scale, null_label=null_label, device=device,
-        dtype=(torch.float32 if x_T is None else x_T.dtype) if dtype is None else dtype, callback=callback,
+        dtype=(torch.float32 if x_T is None else x_T.dtype) if dtype is None else dtype, callback=callback, auto=auto,
     )
 
 
@@ -166,6 +170,8 @@ def _draw(plan: _Plan, lo: int, hi: int, progress: bool) -> Samples:
     settings = run_settings(plan.solver, plan.steps, plan.grid_name, plan.ts, model.sde, plan.seed, x_T, plan.device)
     if plan.grid_name == "custom":
         settings["ts"] = plan.ts.tolist()
+    if plan.auto:
+        settings["auto"] = True  # solver, options and grid above are what solver="auto" chose
     if plan.y is not None:
         settings["guidance"] = {
             "y": model.y.tolist(), "scale": model.scale, "null_label": plan.null_label,
@@ -259,7 +265,10 @@ def sample(
 
     model: a Model (e.g. `ScoreModel`, `AnalyticModel`); its `sde` is used, and `sde`, if given,
     must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
-    ``snr=0.16``) or a built solver. steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
+    ``snr=0.16``), a built solver, or "auto": the best measured deterministic configuration for the
+    model's SDE and `steps` evaluations (default 20), `solvers.recommend(model.sde, steps)`, which
+    chooses solver, options and grid (so "auto" refuses options and grid; settings record the
+    concrete choice and settings["auto"] = True). steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",

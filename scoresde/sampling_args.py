@@ -10,13 +10,16 @@ from torch import Tensor
 
 from solvers.base import check_grid
 from solvers.grids import MAX_STEPS  # grid steps, 1..1_000_000 (the CLI's MAX_STEPS)
+from solvers.recommended import AUTO, recommend
 
 __all__ = [
-    "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_callables", "check_count", "check_dtype", "check_generator",
-    "check_label_ints", "check_seed", "check_shape", "check_x_T", "custom_grid", "noise_source",
+    "AUTO", "AUTO_STEPS", "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_callables", "check_count", "check_dtype",
+    "check_generator", "check_label_ints", "check_seed", "check_shape", "check_x_T", "custom_grid", "is_auto",
+    "noise_source", "resolve_auto",
 ]
 
 MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
+AUTO_STEPS = 20  # solver="auto" without steps: 20 steps (20 evaluations)
 MAX_SEED = 2**63 - 1  # seeds 0..2**63-1: torch.Generator.manual_seed takes a signed 64-bit int (the CLI's MAX_SEED)
 
 
@@ -135,3 +138,23 @@ def check_callables(model, callback) -> None:
         raise ValueError(f"model must be a Model (an `sde` and methods eps, x0, score, v), got {type(model).__name__}")
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be None or a function of a solvers.Step, got {callback!r}")
+
+
+def is_auto(solver) -> bool:
+    """True for solver="auto" (a name, not a built solver)."""
+    return isinstance(solver, str) and solver == AUTO
+
+
+def resolve_auto(sde, solver_options: dict, grid, steps) -> tuple[str, dict, str, int]:
+    """solver="auto": (solver name, options, grid name, steps) that `solvers.recommend(sde, steps)` chooses
+    (steps default AUTO_STEPS; every recommended solver costs one evaluation per step). "auto" chooses the
+    options and the grid itself, so solver options and a grid are refused: name a solver to set them."""
+    if solver_options:
+        raise ValueError(f"solver='auto' chooses the solver's options itself, got options {sorted(solver_options)}; "
+                         "name a solver (solvers.recommend(sde, steps) shows the choice) to set them")
+    if grid is not None:
+        raise ValueError(f"solver='auto' chooses the grid itself, got grid={grid if isinstance(grid, str) else 'a tensor'!r}; "
+                         "omit grid or name a solver")
+    steps = check_count("steps", AUTO_STEPS if steps is None else steps, MAX_STEPS)
+    name, options, grid_name = recommend(sde, steps)
+    return name, options, grid_name, steps

@@ -6,6 +6,7 @@
     sol = solver(model, x_T, solvers.grids.uniform_lambda(model.sde, 20))
     sol.x, sol.nfe
     ts = solvers.fit_grid(solver, model, x_cal, x_cal_ref, 10)  # a grid fitted to this model
+    name, options, grid = solvers.recommend(model.sde, 10)     # the best measured choice for 10 evaluations
 
 Importing the package loads the ground floor (protocols, conversions, coefficients, validators), the
 base class, the registry and the grids; each solver's module (and torchdiffeq, torchsde) is
@@ -21,9 +22,9 @@ from .protocol import SDE, Model, PredictionWrapper, bcast, pf_drift, randn, ran
 from .registry import available, get, names, register, unregister
 
 __all__ = [
-    "SDE", "FitStep", "Model", "PredictionWrapper", "Solution", "Solver", "State", "Step", "available", "bcast",
-    "fit_grid", "get", "grids", "names", "pf_drift", "randn", "randn_like", "register", "reverse_drift",
-    "time_like", "unregister",
+    "SDE", "FitStep", "Model", "PredictionWrapper", "Recommendation", "Solution", "Solver", "State", "Step",
+    "available", "bcast", "fit_grid", "get", "grids", "names", "pf_drift", "randn", "randn_like", "recommend",
+    "register", "reverse_drift", "time_like", "unregister",
 ]
 
 # names before version 0.2 -> (new name, object); docs/conventions.md
@@ -31,6 +32,10 @@ _DEPRECATED = {"Sampler": ("Solver", Solver), "Process": ("SDE", SDE)}
 
 
 def __getattr__(name: str):
+    if name in ("Recommendation", "recommend"):  # imported when first asked for, like the solvers' modules
+        from . import recommended
+
+        return getattr(recommended, name)
     if name in _DEPRECATED:
         new, obj = _DEPRECATED[name]
         warnings.warn(f"solvers.{name} is deprecated; use solvers.{new}", DeprecationWarning, stacklevel=2)
