@@ -268,7 +268,8 @@ def sample(
     ``snr=0.16``), a built solver, or "auto": the best measured deterministic configuration for the
     model's SDE and `steps` evaluations (default 20), `solvers.recommend(model.sde, steps)`, which
     chooses solver, options and grid (so "auto" refuses options and grid; settings record the
-    concrete choice and settings["auto"] = True). steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
+    concrete choice and settings["auto"] = True).
+    steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",

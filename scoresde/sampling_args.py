@@ -153,8 +153,8 @@ def resolve_auto(sde, solver_options: dict, grid, steps) -> tuple[str, dict, str
         raise ValueError(f"solver='auto' chooses the solver's options itself, got options {sorted(solver_options)}; "
                          "name a solver (solvers.recommend(sde, steps) shows the choice) to set them")
     if grid is not None:
-        raise ValueError(f"solver='auto' chooses the grid itself, got grid={grid if isinstance(grid, str) else 'a tensor'!r}; "
-                         "omit grid or name a solver")
+        given = grid if isinstance(grid, str) else "a tensor"
+        raise ValueError(f"solver='auto' chooses the grid itself, got grid={given!r}; omit grid or name a solver")
     steps = check_count("steps", AUTO_STEPS if steps is None else steps, MAX_STEPS)
     name, options, grid_name = recommend(sde, steps)
     return name, options, grid_name, steps

@@ -33,7 +33,7 @@ from .grids import MAX_STEPS
 from .protocol import SDE
 from .validate import check_int
 
-__all__ = ["AUTO", "FALLBACK", "RECOMMENDED", "Recommendation", "family", "recommend"]
+__all__ = ["AUTO", "RECOMMENDED", "Recommendation", "family", "recommend"]
 
 AUTO = "auto"  # the name `scoresde.sample(solver=...)` and the CLI's --solver resolve through `recommend`
 
@@ -63,6 +63,9 @@ class Recommendation(NamedTuple):
 # "subvp":  iPNDM-2, quadratic t: NFE 5 0.21/0.07; iPNDM-3, quadratic t: 8 0.20/0.07, 10 0.40/0.06, 15 0.10/0.10,
 #   20 0.09/0.16
 # "flow":   iPNDM-3, uniform t:   NFE 5 0.45/0.53, 8 0.19/0.11, 10 0.12/0.11, 15 0.10/0.09, 20 0.24/0.11
+# "ve" (log-SNR is linear in t: uniform log-SNR = uniform t; nothing measured reached 0.5x in RMS):
+#   iPNDM-3, uniform log-SNR:      NFE 5 0.81/0.24, 8 0.66/0.16, 10 0.84/0.14
+#   DPM-Solver-3M (eps), uniform log-SNR (= DEIS-3 here): NFE 15 0.67/0.26, 20 0.80/0.39
 # Above 20 evaluations (50 for "vp") nothing was measured: the last row carries on.
 _UNIPC_EPS = {"variant": "bh1", "prediction": "eps"}
 RECOMMENDED: dict[str, tuple[tuple[int, str, dict, str], ...]] = {
@@ -81,11 +84,10 @@ RECOMMENDED: dict[str, tuple[tuple[int, str, dict, str], ...]] = {
         (MAX_STEPS, "ipndm", {"order": 3}, "quadratic_t"),
     ),
     "flow": ((MAX_STEPS, "ipndm", {"order": 3}, "uniform_t"),),
-}
-# families the benchmark did not measure: VE, from the 2-D mixture of docs/solvers.md at 10 steps, where iPNDM was
-# the most accurate on uniform log-SNR (the same grid as uniform t on VE, whose log-SNR is linear in t)
-FALLBACK: dict[str, tuple[tuple[int, str, dict, str], ...]] = {
-    "ve": ((MAX_STEPS, "ipndm", {"order": 3}, "uniform_lambda"),),
+    "ve": (
+        (12, "ipndm", {"order": 3}, "uniform_lambda"),
+        (MAX_STEPS, "dpm_solver_multistep", {"order": 3}, "uniform_lambda"),
+    ),
 }
 
 
@@ -102,16 +104,14 @@ def recommend(sde: SDE, nfe: int) -> Recommendation:
     """The recommended deterministic (solver, options, grid) for `sde` with a budget of `nfe` evaluations.
 
     sde: any SDE of the protocol (`family(sde)` selects the rows); nfe: 1..MAX_STEPS, which is also the grid's
-    step count (every recommended solver costs one evaluation per step). Families the benchmark did not
-    measure (VE) use FALLBACK's documented choice.
+    step count (every recommended solver costs one evaluation per step).
     """
     check_int("nfe", nfe, 1, MAX_STEPS)
     key = family(sde)
-    table = {**FALLBACK, **RECOMMENDED}
-    if key not in table:
+    if key not in RECOMMENDED:
         raise ValueError(f"no recommendation for an SDE of kind {getattr(sde, 'kind', None)!r}; known kinds: "
                          f"{sorted({'vp', 'subvp', 've', 'flow'})}")
-    for high, name, options, grid in table[key]:
+    for high, name, options, grid in RECOMMENDED[key]:
         if nfe <= high:
             return Recommendation(name, dict(options), grid)
     raise AssertionError("unreachable: every family's last row holds up to MAX_STEPS")

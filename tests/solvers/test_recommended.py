@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import solvers
-from solvers.recommended import FALLBACK, RECOMMENDED
+from solvers.recommended import RECOMMENDED
 
 from .gaussian import F64, LinearVP, MixtureModel, gaussian, make_sde
 
-FAMILIES = sorted({*RECOMMENDED, *FALLBACK})
+FAMILIES = sorted(RECOMMENDED)
 
 
 def sde_of(family):
@@ -43,7 +43,7 @@ def test_the_choice_uses_exactly_nfe_evaluations(kind, nfe):
 
 
 def test_rows_increase_and_end_at_the_largest_budget():
-    for kind, rows in {**RECOMMENDED, **FALLBACK}.items():
+    for kind, rows in RECOMMENDED.items():
         highs = [row[0] for row in rows]
         assert highs == sorted(set(highs)) and highs[-1] == solvers.grids.MAX_STEPS, kind
 
