@@ -117,6 +117,16 @@ class ProbabilityFlowODE(Solver):
         self._set(order=_TORCHDIFFEQ_SOLVERS[self.method].order, nfe_per_step=FIXED_STAGES.get(self.method, 0),
                   grid_ends_only=self.method in ADAPTIVE)
 
+    def check_dtype(self, x: Tensor) -> None:
+        """Refuse half precision for methods with step-size control or a multistep history: in float16 and
+        bfloat16 their error estimates and step sizes underflow (dopri5 met NaN times, explicit Adams
+        returned inf on a two-component mixture), so the result would not be a solution."""
+        if x.dtype in (torch.float16, torch.bfloat16) and self.method not in FIXED_STAGES:
+            raise ValueError(
+                f"dtype {x.dtype} is too coarse for ode method {self.method!r}: use float32 or float64, "
+                f"or a fixed-grid one-step method {sorted(FIXED_STAGES)}"
+            )
+
     def tolerances(self) -> dict[str, float]:
         """rtol and atol as odeint takes them (1e-5 each unless given)."""
         return {"rtol": 1e-5 if self.rtol is None else self.rtol, "atol": 1e-5 if self.atol is None else self.atol}
@@ -132,6 +142,7 @@ class ProbabilityFlowODE(Solver):
         hook: Hook | None = None,
     ) -> Tensor:
         """The base loop for one-step methods and whenever a hook is given; otherwise one odeint call over ts."""
+        self.check_dtype(x)
         if hook is not None or self.method in FIXED_STAGES:
             return super().integrate(model, x, ts, generator=generator, callback=callback, hook=hook)
         drift = ProbabilityFlowDrift(model, ts.min(), ts.max())

@@ -261,3 +261,16 @@ def test_sample_checks_labels_against_the_class_count(y):
         scoresde.sample(_NoNumClasses(model), solver="ddim", steps=3, n=n, shape=(2,), seed=0, y=y, null_label=3)
     res = scoresde.sample(model, solver="ddim", steps=3, n=3, shape=(2,), seed=0, y=torch.tensor([0, 2, 3]))
     assert torch.isfinite(res.x).all()
+
+
+@pytest.mark.parametrize("method", ["dopri5", "explicit_adams"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ode_refuses_half_precision_where_step_control_underflows(method, dtype):
+    """In float16, dopri5 met NaN times and explicit Adams returned inf on this mixture; now a dtype error."""
+    mixture = scoresde.GaussianMixture(torch.tensor([0.5, 0.5]), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([0.1, 0.2]))
+    model = AnalyticModel(mixture, VPSDE())
+    with pytest.raises(ValueError, match=rf"dtype torch.{str(dtype).removeprefix('torch.')} is too coarse for ode method '{method}'"):
+        scoresde.sample(model, solver="ode", method=method, n=3, shape=(2,), seed=0, dtype=dtype)
+    # a fixed-grid one-step method still runs in half precision
+    res = scoresde.sample(model, solver="ode", method="rk4", steps=20, n=3, shape=(2,), seed=0, dtype=dtype)
+    assert res.x.dtype == dtype and torch.isfinite(res.x).all()
