@@ -63,10 +63,11 @@ class IPNDMState(State):
 class IPNDM(Solver):
     """iPNDM (Zhang & Chen 2023, arXiv:2204.13902): Adams–Bashforth on eps with the DDIM transfer.
 
-    Options: `order` (1 to 4; default 4) of the Adams–Bashforth combination; `lower_order_final`
-    (default False: every step after the warm start at `order`, as in the paper; True applies the
-    rule of the other multistep solvers, orders 3, 2, 1 on the last steps of grids of fewer than
-    10 steps, which on the analytic mixture of docs/solvers.md was mostly worse);
+    Options: `order` (1 to 4) of the Adams–Bashforth combination, default 3: the most accurate at 5 to 15
+    evaluations on the analytic benchmark and on the digits model (docs/solvers.md; the paper's iPNDM is
+    order 4); `lower_order_final` (default False: every step after the warm start at `order`, as in the
+    paper; True applies the rule of the other multistep solvers, orders 3, 2, 1 on the last steps of grids
+    of fewer than 10 steps, which on the analytic mixture of docs/solvers.md was mostly worse);
     `denoise_final`. One evaluation per step; the first steps ramp up from order 1 (iPNDM's warm
     start). Order 1 is DDIM (eta = 0). Global order: `order` on grids uniform in sigma / alpha
     (`karras` with rho = 1), 2 on other grids (module docstring); `order` is the option.
@@ -79,7 +80,7 @@ class IPNDM(Solver):
     default_steps = 20
     default_grid = "quadratic_t"
 
-    order: int = 4
+    order: int = 3  # 4 before issue 18 (docs/solvers.md, "Recommended configurations")
     lower_order_final: bool = False
 
     def __post_init__(self):

@@ -234,7 +234,7 @@ def test_bad_options_name_the_valid_choices(name, options, match):
 
 @pytest.mark.parametrize(
     "name,order,lower_order_final,grid",
-    [("dpm_solver_multistep", 2, True, "uniform_lambda"), ("ipndm", 4, False, "quadratic_t"), ("deis", 3, False, "quadratic_t")],
+    [("dpm_solver_multistep", 3, True, "uniform_lambda"), ("ipndm", 3, False, "quadratic_t"), ("deis", 3, False, "quadratic_t")],
 )
 def test_defaults_options_round_trip_and_metadata(name, order, lower_order_final, grid):
     sampler = solvers.get(name)
