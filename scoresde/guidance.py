@@ -69,6 +69,8 @@ def check_labels(y, batch: int | None = None, *, classes: int | None = None) -> 
     if isinstance(y, bool):
         raise ValueError(f"y must be an int or a 1-D integer tensor of labels, got {y!r}")
     if isinstance(y, int):
+        if not 0 <= y < 2**63:  # torch.tensor would overflow past int64
+            raise ValueError(f"y: labels must be >= 0 and < 2**63; got {y}")
         y = torch.tensor([y], dtype=torch.long)
     if not isinstance(y, Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, Tensor) else repr(y)

@@ -274,3 +274,10 @@ def test_ode_refuses_half_precision_where_step_control_underflows(method, dtype)
     # a fixed-grid one-step method still runs in half precision
     res = scoresde.sample(model, solver="ode", method="rk4", steps=20, n=3, shape=(2,), seed=0, dtype=dtype)
     assert res.x.dtype == dtype and torch.isfinite(res.x).all()
+
+
+@pytest.mark.parametrize("y", [2**70, -(2**70), -1])
+def test_cfg_model_refuses_int_labels_outside_int64_naming_y(y):
+    """CFGModel(model, 2**70, 1.0) raised torch's 'Overflow when unpacking long long'."""
+    with pytest.raises(ValueError, match=r"^y: labels must be >= 0"):
+        scoresde.CFGModel(_three_classes(), y, 1.0)
