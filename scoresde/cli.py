@@ -235,8 +235,11 @@ def cmd_bpd(args: argparse.Namespace) -> int:
             raise UsageError("--data folder: this model does not record its image size; pass --image-size")
         channels = 3 if shape is None else shape[0]
         image_size = shape[-1] if image_size is None else image_size
+    elif args.data == "patches":  # 16 or 32: the model's size unless --image-size says otherwise
+        shape = getattr(model, "image_shape", None)
+        image_size = image_size if image_size is not None else (16 if shape is None else shape[-1])
     elif image_size is not None:
-        raise UsageError(f"--image-size is for --data folder only (data {args.data!r} has a fixed size)")
+        raise UsageError(f"--image-size is for --data folder or patches only (data {args.data!r} has a fixed size)")
     images = data_mod.load(args.data, root=args.data_root, split=args.split, image_size=image_size, channels=channels)
     n = len(images) if args.n is None else min(args.n, len(images))
     x_int = images.images[:n]
@@ -279,8 +282,8 @@ def _bar(total: int, desc: str, unit: str, *, quiet: bool):
 
 def _check_bpd_flags(args: argparse.Namespace, adaptive: tuple[str, ...]) -> None:
     """Flags that the chosen data or method would ignore are refused (nothing is silently ignored)."""
-    if args.data == "digits" and args.data_root is not None:
-        raise UsageError(f"--data-root is for --data cifar10 or folder (data 'digits' comes with scikit-learn), got {args.data_root!r}")
+    if args.data in ("digits", "patches") and args.data_root is not None:
+        raise UsageError(f"--data-root is for --data cifar10 or folder (data {args.data!r} comes with scikit-learn), got {args.data_root!r}")
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and args.method not in adaptive:
             raise UsageError(f"{flag} applies to the adaptive methods {list(adaptive)}, not to --method {args.method!r} (set --steps)")
@@ -347,15 +350,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
-    p.add_argument("--data", default="digits", choices=["digits", "cifar10", "folder"], help="data set (default: digits)")
+    p.add_argument("--data", default="digits", choices=["digits", "patches", "cifar10", "folder"],
+                   help="data set (default: digits; patches: natural-image patches, docs/backbones.md)")
     p.add_argument("--data-root", help="folder of the data (cifar10, folder)")
-    p.add_argument("--image-size", type=_positive_int, help="--data folder: resize images to this size (default: the model's)")
+    p.add_argument("--image-size", type=_positive_int, help="--data folder: resize images to this size; --data patches: 16 or 32 (default: the model's)")
     p.add_argument("--split", default="test", choices=["train", "test"], help="split (default: test)")
     p.add_argument("--n", type=_positive_int, help="first n images only (default: all)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="images per ODE solve (default: 128)")
     p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes (default: 1)")
     p.add_argument("--repeats", type=_positive_int, default=1, help="dequantization repeats (default: 1)")
-    p.add_argument("--method", default="dopri5", help="torchdiffeq method, or dpm_solver for the fixed budget (default: dopri5)")
+    p.add_argument("--method", default="dopri5", help="torchdiffeq method, or a fixed budget: dpm_solver, dpm_solver_4m, dpm_solver_6m "
+                   "(docs/likelihood.md; default: dopri5)")
     p.add_argument("--steps", type=_steps, help=f"steps of a fixed-grid or fixed-budget method, 1..{MAX_STEPS}")
     p.add_argument("--rtol", type=float, help="relative tolerance of an adaptive method (default: 1e-5)")
     p.add_argument("--atol", type=float, help="absolute tolerance of an adaptive method (default: 1e-5)")

@@ -249,3 +249,17 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     ckpt = load_checkpoint(out / "checkpoint.safetensors")
     assert ckpt.step == 4 and ckpt.net_kind == "dit" and all(torch.equal(ckpt.net[k], w0[k]) for k in w0)
+
+
+def test_cli_bpd_on_patches_uses_the_models_patch_size(tmp_path, capsys):
+    """`scoresde bpd --data patches` with a 16x16 RGB patch model: the patch size comes from the model."""
+    from scoresde.cli import main
+
+    out = tmp_path / "run"
+    train(TrainConfig(**{**TINY, "net": "dit_patches"}, data="patches", steps=1, out_dir=str(out)))
+    argv = ["bpd", "--model", str(out / "checkpoint.safetensors"), "--data", "patches", "--n", "2",
+            "--method", "dpm_solver", "--steps", "2", "--quiet"]
+    assert main(argv) == 0
+    assert "(standard error over 2 images)" in capsys.readouterr().out
+    assert main(["bpd", "--data", "patches", "--data-root", str(tmp_path)]) == 2
+    assert "--data-root is for --data cifar10 or folder (data 'patches'" in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_bpd_on_an_image_folder_uses_the_models_size(tmp_path, capsys):
 
 
 def test_bpd_image_size_is_for_folders_only(capsys):
-    assert_usage_error(["bpd", "--image-size", "8"], "--image-size is for --data folder only", capsys)
+    assert_usage_error(["bpd", "--image-size", "8"], "--image-size is for --data folder or patches only", capsys)
 
 
 # --- 5. integer ranges --------------------------------------------------------------------------
