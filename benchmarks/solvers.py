@@ -29,6 +29,16 @@ depend on the calibration draw through the few hard states: --cal-seed 2 gives
 (vp) and 0.20 / 0.43 / 0.34 x (ddpm). So NFE 10 on vp misses the 0.5 x target for two of the three
 draws.
 
+Recommended configurations (issue 18; `solvers.recommend`, `sample(solver="auto")`; the table and its
+commands are in solvers/recommended.py, the full ratios in docs/solvers.md). With the noise-form solvers and
+UniPC in eps form among the presets, the best configuration without fitting per budget (RMS / median as
+ratios to DPM-Solver++(3M) on uniform lambda, vp; ddpm within 0.02): iPNDM-2 on quadratic_t at 5
+(0.70 / 0.30), iPNDM-3 on quadratic_t at 8 (0.46 / 0.17), UniPC-2 bh1 eps on quadratic_t at 10 and 15
+(0.13 / 0.13, 0.29 / 0.25), UniPC-3 bh1 eps on quadratic_t at 20 (0.43 / 0.18): the 0.5 x RMS / 0.25 x
+median target is met at 10, 15 and 20 on both schedules without a fitted grid. The other processes
+(--schedules subvp flow vp_cosine ve) have rows of their own; on the cosine VP schedule quadratic_t is
+5-8 x worse than the baseline at 15-20 evaluations.
+
 Errors: per-sample RMS over the 64 coordinates, e_i; the tables show RMS_i e_i (and the median with
 --median) at each NFE budget. A configuration gets the largest grid that fits the budget; when
 lower-order final steps make it cheaper, the NFE actually used is shown in brackets.
@@ -37,6 +47,9 @@ lower-order final steps make it cheaper, the NFE actually used is shown in brack
     python benchmarks/solvers.py --quick         # NFE 10, 15, 20; 64 states; main configurations
     python benchmarks/solvers.py --schedules vp --solvers unipc dpm_solver++ --grids uniform_lambda tuned
     python benchmarks/solvers.py --solvers unipc dpm_solver++ --grids uniform_lambda --nfe 10 15 20 --cal-seed 2
+    python benchmarks/solvers.py --solvers dpm_solver++ unipc dpm_solver_multistep deis ipndm --no-fit --median \
+        --ratios --grids uniform_lambda quadratic_t uniform_t karras --nfe 5 8 10 15 20   # solvers.recommend's table
+    python benchmarks/solvers.py --schedules none --digits 1000 --nfe 10 20   # classifier FD on the digits VP model
 """
 
 from __future__ import annotations
@@ -319,7 +332,8 @@ def print_ratios(schedule: str, results: dict, nfes) -> None:
                 cells.append(f"{'-':>14}")
                 continue
             rms, med = row[k][0] / base[k][0], row[k][1] / base[k][1]
-            cells.append(f"{f'{rms:.2f}/{med:.2f}':>14}" if math.isfinite(rms) and math.isfinite(med) else f"{'nan':>14}")
+            text = f"{rms:.2f}/{med:.2f}" if math.isfinite(rms) and math.isfinite(med) else "nan"
+            cells.append(f"{text:>14}")
         print(f"{lab} | {grid_name}".ljust(width) + "".join(cells))
 
 
@@ -358,29 +372,37 @@ DIGITS_CONFIGS = [
     ("iPNDM-3, quadratic t", "ipndm", {"order": 3}, "quadratic_t"),
     ("UniPC-2 bh1 eps, quadratic t", "unipc", {"order": 2, "variant": "bh1", "prediction": "eps"}, "quadratic_t"),
     ("UniPC-3 bh1 eps, quadratic t", "unipc", {"order": 3, "variant": "bh1", "prediction": "eps"}, "quadratic_t"),
+    ("iPNDM-4, quadratic t", "ipndm", {"order": 4}, "quadratic_t"),
+    ("DPM-Solver-2M (eps), uniform lambda", "dpm_solver_multistep", {"order": 2}, "uniform_lambda"),
+    ("DPM-Solver-3M (eps), uniform lambda", "dpm_solver_multistep", {"order": 3}, "uniform_lambda"),
 ]
 
 
-def digits_check(n: int, steps_list, *, batch_size: int = 250) -> None:
+def digits_check(n: int, steps_list, *, seed: int = 0, match=None, batch_size: int = 250) -> None:
     """Classifier Fréchet distance (scoresde.metrics.digits_quality, against the 360 test digits) of n samples
-    (seed 0) of the shipped digits VP model for each of DIGITS_CONFIGS at each step count."""
+    (seeds seed..seed+n-1) of the shipped digits VP model for each of DIGITS_CONFIGS (those whose label
+    contains one of `match`, when given) at each step count."""
     import scoresde
     from scoresde.metrics import digits_floor, digits_quality
 
     model = scoresde.default_model("vp")
     dequantized = bool(getattr(model, "config", {}).get("dequantize", False))
-    print(f"\n## digits VP model: classifier FD of {n} samples (seed 0) to the 360 test digits; "
+    print(f"\n## digits VP model: classifier FD of {n} samples (seed {seed}) to the 360 test digits; "
           f"floor (train vs test) {digits_floor():.2f}")
     print("config | steps | NFE | FD | seconds")
     for steps in steps_list:
         rec = solvers.recommend(model.sde, steps)
         for lab, name, options, grid in DIGITS_CONFIGS:
+            if match and not any(m in lab for m in match):
+                continue
             full = solvers.get(name, **options).options()
             auto = name == rec.solver and grid == rec.grid and all(full[k] == v for k, v in rec.options.items())
             t0 = time.time()
-            s = scoresde.sample(model, solver=name, steps=steps, grid=grid, n=n, seed=0, batch_size=batch_size, **options)
+            s = scoresde.sample(model, solver=name, steps=steps, grid=grid, n=n, seed=seed, batch_size=batch_size,
+                                **options)
             fd = digits_quality(s.x, dequantized=dequantized).fd
-            print(f"{lab}{' (auto)' if auto else ''} | {steps} | {s.nfe // len(s.settings['nfe_per_chunk'])} | {fd:.2f} | "
+            nfe = s.nfe // len(s.settings["nfe_per_chunk"])  # per sample
+            print(f"{lab}{' (auto)' if auto else ''} | {steps} | {nfe} | {fd:.2f} | "
                   f"{time.time() - t0:.0f}", flush=True)
 
 
@@ -388,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schedules", nargs="+", choices=[*SCHEDULES, "none"], default=["vp", "ddpm"])
     parser.add_argument("--match", nargs="+", default=None,
-                        help="keep only the configurations whose label contains one of these strings (the baseline always)")
+                        help="keep only the configurations whose label contains one of these strings (the baseline "
+                        "always; with --digits, the digits rows likewise)")
     parser.add_argument("--solvers", nargs="+", default=None, help="names from solvers.available() (default: all deterministic)")
     parser.add_argument("--grids", nargs="+", choices=sorted(GRID_BUILDERS), default=None)
     parser.add_argument("--nfe", nargs="+", type=int, default=None)
@@ -407,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--digits", type=int, default=None, metavar="N",
                         help="also sample N images from the shipped digits VP model per config and step count (--nfe) "
                         "and print the classifier Fréchet distance (skips the analytic tables with --schedules none)")
+    parser.add_argument("--digits-seed", type=int, default=0, help="seed of the first digits sample (default 0)")
     parser.add_argument("--check-reference", action="store_true", help="compare the reference with dopri5 in t")
     args = parser.parse_args(argv)
     if args.solvers is not None:
@@ -457,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             adaptive_sweep(schedule, n)
         sys.stdout.flush()
     if args.digits:
-        digits_check(args.digits, nfes)
+        digits_check(args.digits, nfes, seed=args.digits_seed, match=args.match)
 
 
 if __name__ == "__main__":
