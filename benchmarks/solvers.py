@@ -366,6 +366,7 @@ def adaptive_sweep(schedule: str, n: int) -> None:
 
 # the digits check (--digits N): (label, solver, options, grid); the row that solvers.recommend picks is marked "auto"
 DIGITS_CONFIGS = [
+    ("auto (solvers.recommend)", "auto", {}, None),
     ("DPM-Solver++(3M), uniform lambda", "dpm_solver++", {"order": 3}, "uniform_lambda"),
     ("DPM-Solver++ defaults (2M, uniform lambda)", "dpm_solver++", {}, "uniform_lambda"),
     ("UniPC defaults (3, bh2, x0, uniform lambda)", "unipc", {}, "uniform_lambda"),
@@ -378,16 +379,16 @@ DIGITS_CONFIGS = [
 ]
 
 
-def digits_check(n: int, steps_list, *, seed: int = 0, match=None, batch_size: int = 250) -> None:
+def digits_check(n: int, steps_list, *, sde: str = "vp", seed: int = 0, match=None, batch_size: int = 250) -> None:
     """Classifier Fréchet distance (scoresde.metrics.digits_quality, against the 360 test digits) of n samples
-    (seeds seed..seed+n-1) of the shipped digits VP model for each of DIGITS_CONFIGS (those whose label
+    (seeds seed..seed+n-1) of the shipped digits model of `sde` for each of DIGITS_CONFIGS (those whose label
     contains one of `match`, when given) at each step count."""
     import scoresde
     from scoresde.metrics import digits_floor, digits_quality
 
-    model = scoresde.default_model("vp")
+    model = scoresde.default_model(sde)
     dequantized = bool(getattr(model, "config", {}).get("dequantize", False))
-    print(f"\n## digits VP model: classifier FD of {n} samples (seed {seed}) to the 360 test digits; "
+    print(f"\n## digits {sde} model: classifier FD of {n} samples (seed {seed}) to the 360 test digits; "
           f"floor (train vs test) {digits_floor():.2f}")
     print("config | steps | NFE | FD | seconds")
     for steps in steps_list:
@@ -395,7 +396,7 @@ def digits_check(n: int, steps_list, *, seed: int = 0, match=None, batch_size: i
         for lab, name, options, grid in DIGITS_CONFIGS:
             if match and not any(m in lab for m in match):
                 continue
-            full = solvers.get(name, **options).options()
+            full = solvers.get(rec.solver if name == "auto" else name, **options).options()
             auto = name == rec.solver and grid == rec.grid and all(full[k] == v for k, v in rec.options.items())
             t0 = time.time()
             s = scoresde.sample(model, solver=name, steps=steps, grid=grid, n=n, seed=seed, batch_size=batch_size,
@@ -428,8 +429,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cal-seed", type=int, default=CAL_SEED,
                         help=f"seed of the {N_CAL} calibration states (not 0: seed 0 draws the scored states)")
     parser.add_argument("--digits", type=int, default=None, metavar="N",
-                        help="also sample N images from the shipped digits VP model per config and step count (--nfe) "
-                        "and print the classifier Fréchet distance (skips the analytic tables with --schedules none)")
+                        help="also sample N images from the shipped digits model (--digits-sde) per config and step "
+                        "count (--nfe) and print the classifier Fréchet distance (only these with --schedules none)")
+    parser.add_argument("--digits-sde", choices=["vp", "subvp", "ve"], default="vp",
+                        help="the shipped digits model of --digits (default vp)")
     parser.add_argument("--digits-seed", type=int, default=0, help="seed of the first digits sample (default 0)")
     parser.add_argument("--check-reference", action="store_true", help="compare the reference with dopri5 in t")
     args = parser.parse_args(argv)
@@ -481,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
             adaptive_sweep(schedule, n)
         sys.stdout.flush()
     if args.digits:
-        digits_check(args.digits, nfes, seed=args.digits_seed, match=args.match)
+        digits_check(args.digits, nfes, sde=args.digits_sde, seed=args.digits_seed, match=args.match)
 
 
 if __name__ == "__main__":
