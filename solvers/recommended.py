@@ -21,8 +21,10 @@ probability-flow endpoint, no fitted grids, run on 2026-12-02 (torch 2.13 CPU, f
         --grids uniform_lambda quadratic_t uniform_t karras --nfe 5 8 10 15 20 --no-fit --median --ratios
 
 A row was chosen for being best or near best in both RMS and median, on both VP schedules at once for
-"vp". docs/solvers.md ("Recommended configurations") has the tables and the check on the shipped
-digits VP model (classifier Fréchet distance).
+"vp". docs/solvers.md ("Recommended configurations") has the tables and the check on the shipped digits
+VP, sub-VP and VE models (classifier Fréchet distance; `benchmarks/solvers.py --schedules none --digits N`).
+The discrete cosine DDPM schedule was not measured (the benchmark's reference solver fails on it); it
+uses the "vp_cosine" rows, whose grids are spaced in log-SNR.
 """
 
 from __future__ import annotations
