@@ -34,7 +34,6 @@ small nets for the 8 x 8 digits (`dit_digits`) and 16 x 16 RGB patches (`dit_pat
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -43,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from solvers.validate import check_bool, check_int, check_name, check_number, dataclass_from_dict
+from solvers.validate import check_name, check_number
 
+from .config_common import NetConfig, bounded_int
 from .layers import FourierEmbedding, PositionalEmbedding, zero_
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "imagenet_preset", "sincos_pos_embed_2d",
 ]
 
-EMBEDDINGS = ("positional", "fourier")
 # Bounds on what a configuration (e.g. one read from a file) may ask for: far above any sensible net
 # (DiT-XL: hidden 1152, depth 28, 16 heads), far below what exhausts memory.
 LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "patch_size": 64, "hidden_size": 16384,
@@ -61,14 +60,8 @@ LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "patch_size
 LN_EPS = 1e-6
 
 
-def _bounded_int(name: str, value, low: int, high: int) -> None:
-    """An integer >= low (that message first: it is the usual mistake), then <= high (a file's bound)."""
-    check_int(name, value, low)
-    check_int(name, value, None, high)
-
-
 @dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(NetConfig):
     """Configuration of `DiT`.
 
     image_size: H = W of the input; in_channels; out_channels (None: same as in_channels);
@@ -98,11 +91,11 @@ class DiTConfig:
     learn_variance: bool = False
     augment_dim: int = 0
 
+    LIMITS = LIMITS  # the module's bounds, for NetConfig.check_conditioning (a class attribute, not a field)
+
     def __post_init__(self):
         for name in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads"):
-            _bounded_int(name, getattr(self, name), 1, LIMITS[name])
-        if self.out_channels is not None:
-            _bounded_int("out_channels", self.out_channels, 1, LIMITS["out_channels"])
+            bounded_int(name, getattr(self, name), 1, LIMITS[name])
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         tokens = (self.image_size // self.patch_size) ** 2
@@ -117,20 +110,10 @@ class DiTConfig:
         check_number("mlp_ratio", self.mlp_ratio, 0, LIMITS["mlp_ratio"], low_open=True)
         if self.mlp_hidden < 1:
             raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an MLP of width {self.mlp_hidden}; it must be >= 1")
-        check_name("embedding", self.embedding, EMBEDDINGS)
-        _bounded_int("embedding_dim", self.embedding_dim, 4, LIMITS["embedding_dim"])
+        bounded_int("embedding_dim", self.embedding_dim, 4, LIMITS["embedding_dim"])
         if self.embedding_dim % 2:
             raise ValueError(f"embedding_dim must be even, got {self.embedding_dim}")
-        check_number("embedding_scale", self.embedding_scale, 0, low_open=True)
-        if self.num_classes is not None:
-            _bounded_int("num_classes", self.num_classes, 1, LIMITS["num_classes"])
-        check_bool("learn_variance", self.learn_variance)
-        _bounded_int("augment_dim", self.augment_dim, 0, LIMITS["augment_dim"])
-
-    @property
-    def output_channels(self) -> int:
-        """Channels of the output: out_channels (or in_channels), doubled when learn_variance."""
-        return (self.out_channels or self.in_channels) * (2 if self.learn_variance else 1)
+        self.check_conditioning()
 
     @property
     def grid_size(self) -> int:
@@ -160,15 +143,6 @@ class DiTConfig:
         labels = 0 if self.num_classes is None else (self.num_classes + 1) * D
         final = (D * 2 * D + 2 * D) + (D * p * p * self.output_channels + p * p * self.output_channels)
         return patch + noise + labels + self.augment_dim * D + self.depth * block + final
-
-    def to_dict(self) -> dict:
-        """JSON-serializable fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DiTConfig:
-        """Inverse of `to_dict`; unknown keys raise."""
-        return dataclass_from_dict(cls, d)
 
 
 def sincos_pos_embed_1d(dim: int, pos: Tensor) -> Tensor:

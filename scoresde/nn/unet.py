@@ -25,7 +25,6 @@ classifier-free guidance, and y=None means null.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from solvers.validate import check_bool, check_int, check_name, check_number, dataclass_from_dict
+from solvers.validate import check_name, check_number
 
+from .config_common import NetConfig, bounded_int
 from .layers import AttnBlock, FourierEmbedding, PositionalEmbedding, ResBlock, group_norm, zero_
 
-EMBEDDINGS = ("positional", "fourier")
 # Bounds on what a configuration (e.g. one read from a file) may ask for: far above any sensible net
 # (DDPM++ CIFAR-10: image_size 32, ch 128, 4 levels, 4 blocks), far below what exhausts memory.
 LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "ch": 2048, "levels": 12, "ch_mult": 64,
@@ -45,14 +44,8 @@ LIMITS = {"image_size": 2048, "in_channels": 64, "out_channels": 64, "ch": 2048,
 MAX_PARAMETERS = 2_000_000_000  # implied by a file's configuration (checked before building the net)
 
 
-def _bounded_int(name: str, value, low: int, high: int) -> None:
-    """An integer >= low (that message first: it is the usual mistake), then <= high (a file's bound)."""
-    check_int(name, value, low)
-    check_int(name, value, None, high)
-
-
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(NetConfig):
     """Configuration of `UNet`.
 
     image_size: H = W of the input; in_channels; out_channels (None: same as in_channels);
@@ -86,15 +79,15 @@ class UNetConfig:
     learn_variance: bool = False
     augment_dim: int = 0
 
+    LIMITS = LIMITS  # the module's bounds, for NetConfig.check_conditioning (a class attribute, not a field)
+
     def __post_init__(self):
         # JSON round trips give lists; store tuples so that configs compare and hash
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         for name in ("image_size", "in_channels", "ch"):
-            _bounded_int(name, getattr(self, name), 1, LIMITS[name])
-        _bounded_int("num_res_blocks", self.num_res_blocks, 0, LIMITS["num_res_blocks"])
-        if self.out_channels is not None:
-            _bounded_int("out_channels", self.out_channels, 1, LIMITS["out_channels"])
+            bounded_int(name, getattr(self, name), 1, LIMITS[name])
+        bounded_int("num_res_blocks", self.num_res_blocks, 0, LIMITS["num_res_blocks"])
         if not self.ch_mult or any(not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= LIMITS["ch_mult"]
                                    for m in self.ch_mult) or len(self.ch_mult) > LIMITS["levels"]:
             raise ValueError(f"ch_mult must be a non-empty tuple of at most {LIMITS['levels']} integers in "
@@ -110,31 +103,13 @@ class UNetConfig:
         if bad:
             raise ValueError(f"attn_resolutions {bad} are not level resolutions; choose from {list(self.resolutions)}")
         check_number("dropout", self.dropout, 0, 1, high_open=True)
-        check_name("embedding", self.embedding, EMBEDDINGS)
-        check_number("embedding_scale", self.embedding_scale, 0, low_open=True)
-        if self.num_classes is not None:
-            _bounded_int("num_classes", self.num_classes, 1, LIMITS["num_classes"])
-        check_bool("learn_variance", self.learn_variance)
-        _bounded_int("augment_dim", self.augment_dim, 0, LIMITS["augment_dim"])
-
-    @property
-    def output_channels(self) -> int:
-        """Channels of the output: out_channels (or in_channels), doubled when learn_variance."""
-        return (self.out_channels or self.in_channels) * (2 if self.learn_variance else 1)
+        self.check_conditioning()
 
     @property
     def resolutions(self) -> tuple[int, ...]:
         """Resolution of each level, e.g. (32, 16, 8, 4)."""
         return tuple(self.image_size // 2**i for i in range(len(self.ch_mult)))
 
-    def to_dict(self) -> dict:
-        """JSON-serializable fields."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> UNetConfig:
-        """Inverse of `to_dict`; unknown keys raise."""
-        return dataclass_from_dict(cls, d)
 
 
 class UNet(nn.Module):
