@@ -6,6 +6,7 @@ Booleans are never accepted as numbers (``True`` is not an order or a step size)
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 __all__ = ["check_bool", "check_choice", "check_int", "check_name", "check_number", "dataclass_from_dict"]
@@ -22,7 +23,9 @@ def check_choice(name: str, value, choices: Iterable):
     """value itself, unless it is not one of `choices` ("order must be one of [1, 2, 3], got 4")."""
     choices = list(choices)
     bool_mixup = isinstance(value, bool) and not all(isinstance(c, bool) for c in choices)
-    if bool_mixup or value not in choices:
+    # 2.0 == 2: among integer choices a float would pass `in` and be recorded as given
+    type_mixup = all(type(c) is int for c in choices) and not isinstance(value, numbers.Integral)
+    if bool_mixup or type_mixup or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 

@@ -65,6 +65,7 @@ def test_conversions_cast_float64_coefficients_to_the_data_dtype():
     [
         (lambda: check_bool("flag", 1), r"flag must be True or False, got 1"),
         (lambda: check_choice("order", True, (1, 2)), r"order must be one of \[1, 2\], got True"),
+        (lambda: check_choice("order", 2.0, (1, 2)), r"order must be one of \[1, 2\], got 2\.0"),
         (lambda: check_name("grid", "cubic", ["a", "b"]), r"unknown grid 'cubic'; choose one of \['a', 'b'\]"),
         (lambda: check_int("steps", 0, 1), r"steps must be an integer >= 1, got 0"),
         (lambda: check_int("steps", 2.0, 1), r"steps must be an integer >= 1, got 2.0"),
