@@ -82,6 +82,14 @@ def replace_known(
     return x if basis is None else from_basis(x, basis)
 
 
+def _check_finite(name: str, x: Tensor, where: str = "") -> None:
+    """ValueError if x holds NaN or inf: one host read on any device (a GPU tensor is checked too)."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (shapes without data); pass a tensor with values")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values{where}")
+
+
 def _check_problem(known: Tensor, mask: Tensor, basis: Tensor | None) -> tuple[Tensor, Tensor | None]:
     if not isinstance(known, Tensor) or known.ndim < 2 or not known.is_floating_point():
         got = f"shape {tuple(known.shape)}, dtype {known.dtype}" if isinstance(known, Tensor) else type(known).__name__
@@ -95,8 +103,7 @@ def _check_problem(known: Tensor, mask: Tensor, basis: Tensor | None) -> tuple[T
             f"{', '.join(map(str, known.shape[1:]))}) to match known, got {tuple(mask.shape)}"
         )
     # only the known entries are read: NaN may mark the others
-    if known.device.type == "cpu" and not bool(torch.isfinite(known.masked_fill(~mask, 0)).all()):
-        raise ValueError("known contains NaN or infinite values where mask is True")
+    _check_finite("known", known.masked_fill(~mask.to(known.device), 0), " where mask is True")
     if basis is not None:
         C = known.shape[1]
         try:
@@ -123,8 +130,7 @@ def _check_x_T(x_T, known: Tensor) -> None:
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.shape != known.shape:
         got = f"a {x_T.dtype} tensor of shape {tuple(x_T.shape)}" if isinstance(x_T, Tensor) else type(x_T).__name__
         raise ValueError(f"x_T must have the shape of known {tuple(known.shape)} and a float dtype, got {got}")
-    if x_T.device.type == "cpu" and not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains NaN or infinite values")
+    _check_finite("x_T", x_T)
 
 
 def inpaint(
@@ -211,8 +217,7 @@ def colorize(model, gray: Tensor, **options) -> Samples:
     if not isinstance(gray, Tensor) or gray.ndim < 2 or gray.shape[1] != 1 or not gray.is_floating_point():
         got = tuple(gray.shape) if isinstance(gray, Tensor) else type(gray).__name__
         raise ValueError(f"gray must be a float tensor of shape (B, 1, *S), got {got}")
-    if gray.device.type == "cpu" and not bool(torch.isfinite(gray).all()):
-        raise ValueError("gray contains NaN or infinite values")
+    _check_finite("gray", gray)
     if "basis" in options:
         raise ValueError("colorize fixes basis=COLOR_BASIS; call inpaint for another basis")
     known = torch.cat([math.sqrt(3) * gray, torch.zeros_like(gray), torch.zeros_like(gray)], dim=1)

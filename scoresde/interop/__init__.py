@@ -19,6 +19,7 @@ from .denoisers import Denoiser, EDMPrecond, as_denoiser, edm_preconditioning, e
 from .diffusers_grids import SUPPORTED_SCHEDULERS, grid_from_scheduler, grid_from_timesteps
 from .diffusers_models import (
     PREDICTION_TYPES,
+    SUPPORTED_UNETS,
     DiffusersModel,
     DiffusersStyleUNet,
     DiffusersUNet,
@@ -31,7 +32,8 @@ from .diffusers_models import (
 )
 
 __all__ = [
-    "EXTRA_HINT", "PREDICTION_TYPES", "SUPPORTED_SCHEDULERS", "Denoiser", "DiffusersModel", "DiffusersStyleUNet",
+    "EXTRA_HINT", "PREDICTION_TYPES", "SUPPORTED_SCHEDULERS", "SUPPORTED_UNETS",
+    "Denoiser", "DiffusersModel", "DiffusersStyleUNet",
     "DiffusersUNet", "EDMPrecond", "as_denoiser", "diffusers_timestep", "edm_preconditioning", "edm_sde",
     "from_denoiser", "from_diffusers", "grid_from_scheduler", "grid_from_timesteps", "load_diffusers",
     "prediction_from_scheduler", "require_diffusers", "scheduler_betas", "sde_from_scheduler",

@@ -121,7 +121,9 @@ class Denoiser:
 
     def __call__(self, x: Tensor, sigma, y: Tensor | None = None) -> Tensor:
         n = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
-        if n.device.type == "cpu" and not bool(torch.all(n > 0)):
+        if n.device.type == "meta":
+            raise ValueError("x is on the meta device (shapes without data); pass a tensor with values")
+        if not bool(torch.all(n > 0)):  # one host read, on any device: a GPU's bad level would give NaN
             raise ValueError(f"noise levels must be > 0, got min {float(n.min())}")
         t = self.time(n)
         x_t = bcast(self.sde.alpha(t), x).to(x.dtype) * x

@@ -34,7 +34,7 @@ from ..sde_discrete import DiscreteVPSDE
 from ._optional import require_diffusers
 
 __all__ = [
-    "PREDICTION_TYPES", "DiffusersModel", "DiffusersStyleUNet", "DiffusersUNet", "diffusers_timestep", "from_diffusers",
+    "PREDICTION_TYPES", "SUPPORTED_UNETS", "DiffusersModel", "DiffusersStyleUNet", "DiffusersUNet", "diffusers_timestep", "from_diffusers",
     "load_diffusers", "prediction_from_scheduler", "scheduler_betas", "sde_from_scheduler",
 ]
 
@@ -161,12 +161,26 @@ class DiffusersModel:
     scheduler: Any
 
 
-def _class_name(folder: str, filename: str, default: str) -> str:
+# the classes `load_diffusers` builds from a saved config's `_class_name` (never an arbitrary attribute)
+SUPPORTED_UNETS = ("UNet2DModel",)
+
+
+def _class_name(folder: str, filename: str, default: str, choices: tuple[str, ...]) -> str:
+    """The config's `_class_name` (default where the file or the key is absent), one of `choices`, else ValueError."""
     path = os.path.join(folder, filename)
     if not os.path.isfile(path):
         return default
     with open(path, encoding="utf-8") as f:
-        return json.load(f).get("_class_name", default)
+        try:
+            config = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object (a diffusers config), got a {type(config).__name__}")
+    name = config.get("_class_name", default)
+    if name not in choices:
+        raise ValueError(f"{path}: unsupported _class_name {name!r}"[:300] + f"; choose one of {list(choices)}")
+    return name
 
 
 def load_diffusers(path: str | os.PathLike, *, unet_subfolder: str | None = "unet",
@@ -176,9 +190,13 @@ def load_diffusers(path: str | os.PathLike, *, unet_subfolder: str | None = "une
 
     path: a pipeline folder (`unet/`, `scheduler/`, as `DDPMPipeline.save_pretrained` writes) or, with
     unet_subfolder / scheduler_subfolder None, a folder holding the files themselves. The classes
-    come from the saved configs' `_class_name` (UNet2DModel, DDPMScheduler by default).
+    come from the saved configs' `_class_name` (UNet2DModel, DDPMScheduler by default), one of
+    SUPPORTED_UNETS / SUPPORTED_SCHEDULERS, else ValueError. Weights are read from .safetensors only
+    (a .bin pickle could run code when loaded): a folder without one raises ValueError.
     local_files_only=True (the default) never downloads: a missing file raises.
     """
+    from .diffusers_grids import SUPPORTED_SCHEDULERS  # (diffusers_grids imports this module)
+
     diffusers = require_diffusers()
     path = os.fspath(path)
     unet_dir = path if unet_subfolder is None else os.path.join(path, unet_subfolder)
@@ -186,11 +204,15 @@ def load_diffusers(path: str | os.PathLike, *, unet_subfolder: str | None = "une
     if not os.path.isdir(unet_dir):
         raise ValueError(f"no UNet folder {unet_dir!r}; pass the folder save_pretrained wrote (unet_subfolder=None "
                          "for a UNet saved on its own)")
-    unet_cls = getattr(diffusers, _class_name(unet_dir, "config.json", "UNet2DModel"))
-    sched_cls = getattr(diffusers, _class_name(sched_dir, "scheduler_config.json", "DDPMScheduler"))
+    unet_cls = getattr(diffusers, _class_name(unet_dir, "config.json", "UNet2DModel", SUPPORTED_UNETS))
+    sched_cls = getattr(diffusers, _class_name(sched_dir, "scheduler_config.json", "DDPMScheduler", SUPPORTED_SCHEDULERS))
     dtype = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-    # low_cpu_mem_usage=False: the plain load, which needs no `accelerate`
-    unet = unet_cls.from_pretrained(unet_dir, local_files_only=local_files_only, low_cpu_mem_usage=False, **dtype)
+    if not any(f.endswith(".safetensors") for f in os.listdir(unet_dir)):
+        raise ValueError(f"no .safetensors weights in {unet_dir!r}: load_diffusers reads safetensors only (a .bin "
+                         "pickle could run code); convert it with save_pretrained(..., safe_serialization=True)")
+    # low_cpu_mem_usage=False: the plain load, which needs no `accelerate`; use_safetensors=True: never a pickle
+    unet = unet_cls.from_pretrained(unet_dir, local_files_only=local_files_only, low_cpu_mem_usage=False,
+                                    use_safetensors=True, **dtype)
     scheduler = sched_cls.from_pretrained(sched_dir, local_files_only=local_files_only)
     unet.eval()
     return DiffusersModel(model=from_diffusers(unet, scheduler), unet=unet, scheduler=scheduler)

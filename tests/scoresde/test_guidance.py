@@ -783,3 +783,32 @@ def test_ddpm_learned_with_exact_classifier_guidance_equals_conditional_sampling
     c = sampler(CFGModel(WithVariance(model), 1, 3.0, null_label=3), x_T, ts, generator=gen(5))
     assert c.nfe == 31 and torch.isfinite(c.x).all()
     assert float(c.x[:, 0].mean()) > float(b.x[:, 0].mean()) > 1.0  # class 1 sits at (2, 0); w = 3 overshoots
+
+
+def test_finite_checks_run_on_every_device():
+    """known / x_T / gray are checked on any device (one host read), not on CPU only: a tensor on a
+    non-CPU device ("meta" stands in here, CUDA being absent) is refused instead of passing unchecked."""
+    from scoresde.controllable import _check_finite
+
+    data, mask, x_known = gp_problem()
+    model = CorrelatedGaussianModel(data, VPSDE())
+    known = x_known.expand(2, -1).clone()
+    bad = known.clone()
+    bad[0, 0] = float("nan")
+    for x in (bad, bad.float(), torch.full((2, 3), float("inf"))):
+        with pytest.raises(ValueError, match="q contains NaN or infinite values"):
+            _check_finite("q", x)
+    _check_finite("q", known)
+    with pytest.raises(ValueError, match="known contains NaN or infinite values where mask is True"):
+        inpaint(model, bad, mask)
+    with pytest.raises(ValueError, match="x_T contains NaN or infinite values"):
+        inpaint(model, known, mask, x_T=bad)
+    with pytest.raises(ValueError, match="gray contains NaN or infinite values"):
+        colorize(model, torch.full((1, 1, 2, 2), float("nan"), dtype=F64))
+    on_meta = torch.empty(2, 16, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match="known is on the meta device"):
+        inpaint(model, on_meta, mask)
+    with pytest.raises(ValueError, match="x_T is on the meta device"):
+        inpaint(model, known, mask, x_T=on_meta)
+    with pytest.raises(ValueError, match="gray is on the meta device"):
+        colorize(model, torch.empty(1, 1, 2, 2, dtype=F64, device="meta"))

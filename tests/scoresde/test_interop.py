@@ -7,6 +7,7 @@ over max |reference|). Measured on 0.42.1: about 5e-7 for every scheduler and pr
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -266,6 +267,59 @@ def test_load_saved_folder_without_download(unet, tmp_path, x_T):
         torch.testing.assert_close(loaded.model.v(x_T, t), from_diffusers(unet, dict(scheduler.config)).v(x_T, t))
     with pytest.raises(ValueError, match="no UNet folder"):
         load_diffusers(tmp_path / "missing")
+
+
+@needs_diffusers
+def test_load_refuses_unknown_classes_non_object_configs_and_pickled_weights(unet, tmp_path):
+    import shutil
+
+    good = tmp_path / "good"
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(good)
+
+    def copy_with(name, edit=None, drop_safetensors=False):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        if edit is not None:
+            sub, text = edit
+            (folder / sub).write_text(text)
+        if drop_safetensors:
+            weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+            torch.save(unet.state_dict(), folder / "unet" / "diffusion_pytorch_model.bin")
+            weights.unlink()
+        return folder
+
+    config = json.loads((good / "unet" / "config.json").read_text())
+    bad_unet = copy_with("bad_unet", ("unet/config.json", json.dumps({**config, "_class_name": "os"})))
+    with pytest.raises(ValueError, match=r"unsupported _class_name 'os'; choose one of \['UNet2DModel'\]"):
+        load_diffusers(bad_unet)
+    sched = json.loads((good / "scheduler" / "scheduler_config.json").read_text())
+    bad_sched = copy_with("bad_sched", ("scheduler/scheduler_config.json",
+                                        json.dumps({**sched, "_class_name": "UNet2DModel"})))
+    with pytest.raises(ValueError, match=r"unsupported _class_name 'UNet2DModel'; choose one of \['DDIMScheduler'"):
+        load_diffusers(bad_sched)
+    for name, text in [("list", "[1, 2]"), ("string", '"UNet2DModel"')]:
+        folder = copy_with(name, ("unet/config.json", text))
+        with pytest.raises(ValueError, match=r"config\.json: expected a JSON object"):
+            load_diffusers(folder)
+    with pytest.raises(ValueError, match=r"scheduler_config\.json: not valid JSON"):
+        load_diffusers(copy_with("broken", ("scheduler/scheduler_config.json", "{")))
+    # a .bin pickle alone is never loaded (unpickling can run code)
+    with pytest.raises(ValueError, match=r"no \.safetensors weights in .*reads safetensors only"):
+        load_diffusers(copy_with("pickled", drop_safetensors=True))
+    assert type(load_diffusers(good).unet).__name__ == "UNet2DModel"
+
+
+def test_denoiser_checks_noise_levels_on_every_device():
+    """The noise-level check is one host read on any device, not CPU only ("meta" stands in for a GPU)."""
+    model = AnalyticModel(Gaussian(torch.zeros(2, 3, dtype=torch.float64), 0.5), VPSDE())
+    D = as_denoiser(model)
+    x = torch.randn(2, 2, 3, dtype=torch.float64)
+    for sigma in (0.0, -1.0, torch.tensor([0.5, float("nan")], dtype=torch.float64)):
+        with pytest.raises(ValueError, match="noise levels must be > 0"):
+            D(x, sigma)
+    with pytest.raises(ValueError, match="x is on the meta device"):
+        D(torch.empty(2, 2, 3, dtype=torch.float64, device="meta"), 0.5)
+    assert D(x, 0.5).shape == x.shape
 
 
 @needs_diffusers
