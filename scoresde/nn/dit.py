@@ -287,6 +287,11 @@ class DiT(nn.Module):
                 y = torch.full((B,), cfg.num_classes, dtype=torch.long, device=c_noise.device)
             elif y.shape != (B,) or y.is_floating_point():
                 raise ValueError(f"expected integer labels y of shape ({B},), got {y.dtype} {tuple(y.shape)}")
+            # 0..K-1 classes, K the null label; a host read on CPU only (a per-step sync on a GPU would cost,
+            # and the embedding's own index check fires there)
+            elif y.device.type == "cpu" and B and not bool(((y >= 0) & (y <= cfg.num_classes)).all()):
+                raise ValueError(f"labels y must be in 0..{cfg.num_classes} ({cfg.num_classes} classes; "
+                                 f"{cfg.num_classes} is the null label), got {y.tolist()}"[:300])
             c = c + self.class_embed(y)
         elif y is not None:
             raise ValueError("this DiT is unconditional (num_classes=None) but labels y were given")

@@ -270,3 +270,12 @@ def test_class_conditional_guided_sampling():
     res = scoresde.sample(model, solver="ddim", steps=3, shape=(1, 8, 8), y=torch.tensor([1, 2]), guidance_scale=2.0,
                           null_label=10, seed=0)
     assert res.x.shape == (2, 1, 8, 8) and torch.isfinite(res.x).all()
+
+
+def test_labels_outside_the_classes_and_null_label_are_refused():
+    net = DiT(tiny(num_classes=3)).eval()
+    x, c = torch.zeros(2, 1, 8, 8), torch.zeros(2)
+    for y in ([0, 4], [-1, 0], [7, 2]):
+        with pytest.raises(ValueError, match=r"labels y must be in 0\.\.3 \(3 classes; 3 is the null label\), got \["):
+            net(x, c, torch.tensor(y))
+    assert net(x, c, torch.tensor([0, 3])).shape == x.shape  # 3: the null label
