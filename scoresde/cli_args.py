@@ -71,13 +71,27 @@ def count(text: str) -> int:
     return bounded_int(text, 0, MAX_INT)
 
 
+MAX_LITERAL = 10_000  # characters of a KEY=VALUE or literal flag: far above any option, far below a parser blow-up
+
+
+def _bounded_literal(text: str, flag: str):
+    """ast.literal_eval of text; ValueError/SyntaxError propagate; an over-long or deeply nested text
+    (a MemoryError or RecursionError in the parser) is a one-line usage error naming the flag."""
+    if len(text) > MAX_LITERAL:
+        raise argparse.ArgumentTypeError(f"{flag} value is {len(text)} characters long; at most {MAX_LITERAL}")
+    try:
+        return ast.literal_eval(text)
+    except (MemoryError, RecursionError):
+        raise argparse.ArgumentTypeError(f"{flag} value is nested too deeply to parse: {text[:40]!r}...") from None
+
+
 def parse_option(text: str) -> tuple[str, object]:
     """KEY=VALUE, VALUE parsed as a Python literal (number, bool, string, tuple) when it is one."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        value = ast.literal_eval(raw)
+        value = _bounded_literal(raw, "--option")
     except (ValueError, SyntaxError):
         value = raw
     return key.strip(), value
@@ -95,8 +109,9 @@ def labels(text: str) -> list[int]:
 
 
 def literal(text: str):
+    """A config flag's value as a Python literal (tuples, lists, dicts, numbers)."""
     try:
-        return ast.literal_eval(text)
+        return _bounded_literal(text, "the flag's")
     except (ValueError, SyntaxError):
         raise argparse.ArgumentTypeError(f"expected a Python literal, got {text!r}") from None
 

@@ -250,3 +250,12 @@ def test_unknown_sde_and_grid_are_argparse_errors(flag, value, capsys):
         main(["sample", flag, value])
     assert exit_.value.code == 2
     _one_line_error(capsys, f"argument {flag}: invalid choice: {value!r} (choose from")
+
+
+@pytest.mark.parametrize("value", ["-" * 100_000 + "1", "-" * 3_000 + "1", "-" * 9_999 + "1"],
+                         ids=["over-long", "recursion-error", "memory-error"])
+def test_an_option_value_that_blows_up_the_literal_parser_is_one_line(value, capsys):
+    """`--option order=` + 100,000 minus signs crashed with a MemoryError traceback (found by review)."""
+    from .test_reliability_cli import assert_usage_error
+
+    assert_usage_error(["sample", "--option", f"order={value}", "--n", "1"], "--option value is", capsys)
