@@ -56,6 +56,7 @@ class MetricsLog:
         self.out, self.rank, self.world, self.batch_size, self.bar = out, rank, world, batch_size, bar
         self.loss_sum = torch.zeros((), device=device)
         self.n, self.t, self.last_loss = 0, time.perf_counter(), None
+        self.timed = 0  # steps since the clock last started: the images/s of a resumed interval counts only these
         self._resume(open_log)
 
     def _resume(self, interval: LogInterval) -> None:
@@ -71,9 +72,10 @@ class MetricsLog:
     def add(self, loss: Tensor) -> None:
         self.loss_sum += loss.detach()
         self.n += 1
+        self.timed += 1
 
     def restart_clock(self) -> None:
-        self.t = time.perf_counter()
+        self.t, self.timed = time.perf_counter(), 0
 
     def open_interval(self) -> LogInterval:
         """The interval open now, for a checkpoint: step count and every rank's loss sum (rank order).
@@ -97,11 +99,11 @@ class MetricsLog:
         self.last_loss = float(self.loss_sum) / self.n  # host sync, once per log interval
         now = time.perf_counter()
         record = {"step": step, "loss": self.last_loss, "lr": lr, "grad_norm": float(grad_norm),
-                  "images_per_s": self.n * self.batch_size / max(now - self.t, 1e-9)}
+                  "images_per_s": self.timed * self.batch_size / max(now - self.t, 1e-9)}
         if self.rank == 0:
             with open(self.out / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{record['images_per_s']:.0f}")
         self.loss_sum.zero_()
-        self.n, self.t = 0, now
+        self.n, self.t, self.timed = 0, now, 0

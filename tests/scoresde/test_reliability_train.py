@@ -327,3 +327,20 @@ def test_shipped_classifier_assets_have_no_digest():
     for path in (ASSET, *(ASSETS / f for f in SHIPPED.values())):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             assert DIGEST_KEY not in (f.metadata() or {}), path
+
+
+def test_images_per_second_of_a_resumed_interval_counts_only_the_steps_since_the_clock_started(tmp_path, monkeypatch):
+    """A resumed run's first log line counted the checkpoint's open steps against the time since the
+    resume (found by review): 5 restored + 1 new step in 2 s was 6 x 8 / 2 = 24 images/s, not 4."""
+    import json
+
+    import scoresde.training.metrics_log as ml
+
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(ml.time, "perf_counter", lambda: next(clock))
+    log = ml.MetricsLog(tmp_path, rank=0, world=1, device=torch.device("cpu"), batch_size=8,
+                        open_log=ml.LogInterval(5, (2.5,)))
+    log.add(torch.tensor(0.5))
+    log.write(6, 1e-3, torch.tensor(1.0))
+    record = json.loads((tmp_path / ml.METRICS).read_text())
+    assert record["loss"] == pytest.approx(0.5) and record["images_per_s"] == pytest.approx(4.0)
