@@ -7,7 +7,9 @@ folders may instead raise an OSError (FileNotFoundError) that names the path. Th
 argparse's SystemExit(2)), never a traceback.
 
 Each test draws keyword arguments that are either valid or odd (None, booleans, NaN, huge numbers,
-strings, containers, tensors of the wrong shape or dtype) and checks the contract. Examples are few and
+strings, containers, tensors of the wrong shape or dtype) and checks the contract. Some arguments also
+draw from an explicit list of invalid values (`refuse=`): a call given one of those must raise, so a
+check that silently accepts it fails the test. Examples are few and
 derandomized so that CI is reproducible, and models are tiny (AnalyticModel on 2 dimensions; the
 shipped U-Net only with n = 1 and one step). `scoresde.sample` itself is fuzzed by its owner; here it is
 reached only through the CLI.
@@ -31,6 +33,7 @@ import scoresde
 import solvers
 from scoresde import VPSDE, AnalyticModel, Gaussian
 from scoresde.cli import main
+from scoresde.likelihood import ADAPTIVE_METHODS, METHODS
 
 # SCORESDE_FUZZ_EXAMPLES=500 runs a deeper search locally; CI keeps the default
 EXAMPLES = int(os.environ.get("SCORESDE_FUZZ_EXAMPLES", "40"))
@@ -60,15 +63,25 @@ odd_count = st.sampled_from([v for v in ODD_SCALARS if not (type(v) is int and v
 
 @dataclass(frozen=True)
 class Arg:
-    """A drawn value and whether it is one of the odd ones."""
+    """A drawn value, whether it is one of the odd ones, and whether it must be refused (`bad`: drawn
+    from the argument's list of invalid values, which no call may accept)."""
 
     value: object
     odd: bool
+    bad: bool = False
 
 
-def arg(valid: st.SearchStrategy, bad: st.SearchStrategy = odd) -> st.SearchStrategy:
-    """A valid value, or an odd one (tagged)."""
-    return st.one_of(valid.map(lambda v: Arg(v, False)), bad.map(lambda v: Arg(v, True)))
+def arg(valid: st.SearchStrategy, odd_values: st.SearchStrategy = odd, refuse=()) -> st.SearchStrategy:
+    """A valid value, an odd one (valid or not: the call decides), or one of `refuse` (must be refused)."""
+    options = [valid.map(lambda v: Arg(v, False)), odd_values.map(lambda v: Arg(v, True))]
+    if refuse:
+        options.append(st.sampled_from(list(refuse)).map(lambda v: Arg(v, True, True)))
+    return st.one_of(*options)
+
+
+def refused(*args: Arg, **drawn: Arg) -> list[str]:
+    """The names of the drawn arguments that must be refused."""
+    return [k for k, a in drawn.items() if a.bad] + [f"#{i}" for i, a in enumerate(args) if a.bad]
 
 
 def kwargs(**strategies: st.SearchStrategy) -> st.SearchStrategy:
@@ -102,10 +115,11 @@ def finite(value) -> bool:
     return True
 
 
-def contract(call, names, *, paths=(), skip=()):
+def contract(call, names, *, paths=(), skip=(), refuse=()):
     """call() returns finite results, or raises ValueError/TypeError naming one of `names` (OSError
     naming one of `paths` for file entry points). `skip`: fields of the result not checked for
-    finiteness (standard errors that are NaN by definition with one draw), or "all"."""
+    finiteness (standard errors that are NaN by definition with one draw), or "all". `refuse`: the
+    arguments drawn from their invalid lists: then the call must raise."""
     try:
         result = call()
     except (ValueError, TypeError) as e:
@@ -115,6 +129,7 @@ def contract(call, names, *, paths=(), skip=()):
     except OSError as e:
         assert paths and any(str(p) in str(e) for p in paths), f"{type(e).__name__} without a path: {e}"
         return None
+    assert not refuse, f"accepted the invalid {list(refuse)}"
     if skip == "all":
         return result
     if hasattr(result, "__dataclass_fields__") and skip:
@@ -150,19 +165,26 @@ odd_x = st.sampled_from([
 # --- likelihoods -------------------------------------------------------------------------------------
 
 LIKELIHOOD_OPTIONS = dict(
-    method=arg(st.sampled_from(["dopri5", "rk4", "euler", "dpm_solver", "bosh3"])),
-    rtol=arg(st.sampled_from([1e-3, 1e-2])),
-    atol=arg(st.sampled_from([1e-3, 1e-2])),
-    steps=arg(st.integers(2, 6)),
-    grid=arg(st.sampled_from(sorted(solvers.grids.GRIDS))),
-    variable=arg(st.sampled_from([None, "t", "lambda"])),
-    t_eps=arg(st.sampled_from([None, 1e-3, 0.5])),
-    divergence=arg(st.sampled_from(["hutchinson", "exact", "analytic"])),
-    probe=arg(st.sampled_from(["rademacher", "gaussian"])),
-    n_probes=arg(st.integers(1, 3)),
+    method=arg(st.sampled_from(["dopri5", "rk4", "euler", "dpm_solver", "dpm_solver_4m", "dpm_solver_6m", "bosh3"]),
+               refuse=["nope", "DOPRI5", 3, ["euler"]]),
+    rtol=arg(st.sampled_from([1e-3, 1e-2]), refuse=[-1.0, float("nan"), "x"]),
+    atol=arg(st.sampled_from([1e-3, 1e-2]), refuse=[-1.0, float("nan"), "x"]),
+    steps=arg(st.integers(2, 6), refuse=[0, -1, 1.5, "x"]),
+    grid=arg(st.sampled_from(sorted(solvers.grids.GRIDS)), refuse=["cubic", 3]),
+    variable=arg(st.sampled_from([None, "t", "lambda"]), refuse=["x", 3]),
+    t_eps=arg(st.sampled_from([None, 1e-3, 0.5]), refuse=[-1.0, float("nan"), "x"]),
+    divergence=arg(st.sampled_from(["hutchinson", "exact", "analytic"]), refuse=["bogus", 3]),
+    probe=arg(st.sampled_from(["rademacher", "gaussian"]), refuse=["bogus", 3]),
+    n_probes=arg(st.integers(1, 3), refuse=[0, -1, 1.5, "x"]),
     y=arg(st.none()),
-    generator=arg(st.builds(lambda s: torch.Generator().manual_seed(s), st.integers(0, 3))),
+    generator=arg(st.builds(lambda s: torch.Generator().manual_seed(s), st.integers(0, 3)), refuse=[5, "x"]),
 )
+
+
+# Options the likelihood ignores today where the method does not use them, bad values included:
+# grid for the adaptive methods, rtol / atol for the fixed-grid ones (test_likelihood_ignores_... below
+# is the strict xfail that flips when they are checked; then drop this table).
+IGNORED_BY_METHOD = {"adaptive": {"grid"}, "fixed": {"rtol", "atol"}}
 
 
 def _likelihood_call(func, x, options):
@@ -171,50 +193,54 @@ def _likelihood_call(func, x, options):
     if "method" not in kw or kw["method"] in ("dopri5", "bosh3"):  # keep the adaptive solves short
         kw.setdefault("rtol", 1e-3)
         kw.setdefault("atol", 1e-3)
-    return (lambda: func(model2(), x.value, **kw)), names | ({"x"} if given_x else set())
+    method = kw.get("method", "dopri5")
+    kind = "adaptive" if method in ADAPTIVE_METHODS else "fixed" if method in METHODS else None
+    refuse = [k for k in refused(**options) if k not in IGNORED_BY_METHOD.get(kind, ())]
+    return (lambda: func(model2(), x.value, **kw)), names | ({"x"} if given_x else set()), refuse
 
 
 @FUZZ
 @given(x=arg(valid_x, odd_x), options=kwargs(**LIKELIHOOD_OPTIONS))
 def test_fuzz_log_likelihood(x, options):
-    call, names = _likelihood_call(scoresde.log_likelihood, x, options)
-    contract(call, names, skip=("logp_se", "bpd_se"))
+    call, names, refuse = _likelihood_call(scoresde.log_likelihood, x, options)
+    contract(call, names, skip=("logp_se", "bpd_se"), refuse=refuse)
 
 
 @FUZZ
-@given(x=arg(valid_x, odd_x), options=kwargs(levels=arg(st.sampled_from([None, 2, 17, 256])),
-                                             repeats=arg(st.integers(1, 2), odd_count), **LIKELIHOOD_OPTIONS))  # 2**31 repeats: valid, and endless
+@given(x=arg(valid_x, odd_x), options=kwargs(levels=arg(st.sampled_from([None, 2, 17, 256]), refuse=[1, 0, "x"]),
+                                             repeats=arg(st.integers(1, 2), odd_count, refuse=[0, -1, 1.5]),
+                                             **LIKELIHOOD_OPTIONS))  # 2**31 repeats: valid, and endless
 def test_fuzz_bits_per_dim(x, options):
-    call, names = _likelihood_call(scoresde.bits_per_dim, x, options)
-    contract(call, names, skip=("logp_se", "bpd_se"))
+    call, names, refuse = _likelihood_call(scoresde.bits_per_dim, x, options)
+    contract(call, names, skip=("logp_se", "bpd_se"), refuse=refuse)
 
 
 @FUZZ
 @given(x=arg(valid_x, odd_x), options=kwargs(
-    levels=arg(st.sampled_from([2, 17, 256])), steps=arg(st.integers(1, 4)),
-    variance=arg(st.sampled_from(["small", "large", "learned"])),
-    variance_head=arg(st.just(lambda x, t: torch.full_like(x, 0.5))),
-    generator=arg(st.builds(lambda s: torch.Generator().manual_seed(s), st.integers(0, 3))),
+    levels=arg(st.sampled_from([2, 17, 256]), refuse=[1, 0, "x"]), steps=arg(st.integers(1, 4), refuse=[0, -1, 1.5]),
+    variance=arg(st.sampled_from(["small", "large", "learned"]), refuse=["bogus", 3]),
+    variance_head=arg(st.just(lambda x, t: torch.full_like(x, 0.5)), refuse=[5, "x"]),
+    generator=arg(st.builds(lambda s: torch.Generator().manual_seed(s), st.integers(0, 3)), refuse=[5, "x"]),
 ))
 def test_fuzz_vlb_bits_per_dim(x, options):
     kw, names = unwrap(options)
     kw.setdefault("steps", 3)  # a continuous-time SDE needs steps
     names = names | {"steps"} | ({"x"} if x.odd else set())
-    contract(lambda: scoresde.vlb_bits_per_dim(model2(), x.value, **kw), names)
+    contract(lambda: scoresde.vlb_bits_per_dim(model2(), x.value, **kw), names, refuse=refused(**options))
 
 
 # --- conditioning by replacement -------------------------------------------------------------------
 
-SOLVER_NAMES = ["ddim", "dpm_solver++", "unipc", "pc", "euler_maruyama", "heun", "dpm_solver"]
+SOLVER_NAMES = solvers.names()  # every registered solver, new ones included
 generators = st.builds(lambda s: torch.Generator().manual_seed(s), st.integers(0, 3))
 REPLACEMENT_OPTIONS = dict(
-    solver=arg(st.sampled_from(SOLVER_NAMES)),
-    steps=arg(st.integers(1, 4)),
-    grid=arg(st.sampled_from(sorted(solvers.grids.GRIDS))),
-    seed=arg(st.integers(0, 2**63 - 1)),
-    generator=arg(generators),
-    callback=arg(st.just(lambda step: None)),
-    noise=arg(st.sampled_from(["fresh", "fixed"])),
+    solver=arg(st.sampled_from(SOLVER_NAMES), refuse=["nope", "DDIM", 3]),
+    steps=arg(st.integers(1, 4), refuse=[0, -1, 1.5, "x"]),
+    grid=arg(st.sampled_from(sorted(solvers.grids.GRIDS)), refuse=["cubic", 3]),
+    seed=arg(st.integers(0, 2**63 - 1), refuse=[-1, 2**64, 1.5, "x"]),
+    generator=arg(generators, refuse=[5, "x"]),
+    callback=arg(st.just(lambda step: None), refuse=[3, "f"]),
+    noise=arg(st.sampled_from(["fresh", "fixed"]), refuse=["bogus", 3]),
 )
 
 
@@ -230,10 +256,10 @@ def _replacement_call(func, first, drawn, model):
 @given(
     known=arg(st.builds(lambda b: torch.linspace(-1, 1, 2 * b, dtype=torch.float64).reshape(b, 2), st.integers(1, 3)),
               odd_x),
-    mask=arg(st.sampled_from([torch.tensor([True, False]), torch.tensor([[False, True]])]),
-             st.sampled_from([torch.tensor([1, 0]), torch.tensor([True, False, True]), None, [True, False]])),
+    mask=arg(st.sampled_from([torch.tensor([True, False]), torch.tensor([[False, True]])]), st.nothing(),
+             refuse=[torch.tensor([1, 0]), torch.tensor([True, False, True]), None, [True, False]]),
     options=kwargs(x_T=arg(st.just(None), odd_x),
-                   basis=arg(st.sampled_from([None, torch.eye(2)]), st.sampled_from([torch.ones(2, 2), torch.eye(3), "x"])),
+                   basis=arg(st.sampled_from([None, torch.eye(2)]), st.nothing(), refuse=[torch.ones(2, 2), torch.eye(3), "x"]),
                    **REPLACEMENT_OPTIONS),
 )
 def test_fuzz_inpaint(known, mask, options):
@@ -244,7 +270,7 @@ def test_fuzz_inpaint(known, mask, options):
         names |= {"known"}
     if known.odd:  # a shape the model does not take: the model's own check names its input x
         names |= {"x"}
-    contract(call, names)
+    contract(call, names, refuse=refused(mask=mask, **options))
 
 
 def _model_rgb() -> AnalyticModel:
@@ -253,14 +279,14 @@ def _model_rgb() -> AnalyticModel:
 
 @FUZZ
 @given(
-    gray=arg(st.builds(lambda b: torch.zeros(b, 1, 2, 2, dtype=torch.float64), st.integers(1, 2)),
-             st.sampled_from([torch.zeros(1, 3, 2, 2), torch.zeros(1, 2), torch.zeros(2, 1, 2, 2, dtype=torch.long),
-                              torch.full((1, 1, 2, 2), float("nan")), torch.zeros(1, 1, 3, 3), None, "gray", 0.5])),
+    gray=arg(st.builds(lambda b: torch.zeros(b, 1, 2, 2, dtype=torch.float64), st.integers(1, 2)), st.nothing(),
+             refuse=[torch.zeros(1, 3, 2, 2), torch.zeros(1, 2), torch.zeros(2, 1, 2, 2, dtype=torch.long),
+                     torch.full((1, 1, 2, 2), float("nan")), torch.zeros(1, 1, 3, 3), None, "gray", 0.5]),
     options=kwargs(basis=arg(st.nothing()), **REPLACEMENT_OPTIONS),
 )
 def test_fuzz_colorize(gray, options):
     call, names = _replacement_call(scoresde.colorize, gray.value, options, _model_rgb())
-    contract(call, names | ({"gray", "x"} if gray.odd else set()))  # x: the model's own shape check
+    contract(call, names | ({"gray", "x"} if gray.odd else set()), refuse=refused(gray=gray, **options))  # x: the model's own shape check
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -379,7 +405,8 @@ def _coefficients(sde) -> list[Tensor]:
 
 
 @FUZZ
-@given(name=arg(st.sampled_from(["vp", "vp_cosine", "subvp", "ve", "ddpm", "flow"]), st.sampled_from(["VP", "", None, 1, ["vp"]])),
+@given(name=arg(st.sampled_from(["vp", "vp_cosine", "subvp", "ve", "ddpm", "flow"]), st.nothing(),
+                refuse=["VP", "", None, 1, ["vp"]]),
        schedule=kwargs(beta_min=arg(numbers), beta_max=arg(numbers), sigma_min=arg(numbers), sigma_max=arg(numbers)))
 def test_fuzz_make_sde(name, schedule):
     from scoresde.sde import make_sde
@@ -387,7 +414,7 @@ def test_fuzz_make_sde(name, schedule):
     kw, names = unwrap(schedule)
     names |= {"sde"} | ({"beta_min", "beta_max"} if {"beta_min", "beta_max"} & names else set())
     names |= {"sigma_min", "sigma_max"} if {"sigma_min", "sigma_max"} & names else set()
-    sde = contract(lambda: make_sde(name.value, **kw), names)
+    sde = contract(lambda: make_sde(name.value, **kw), names, refuse=refused(name=name))
     if sde is not None:
         assert finite(_coefficients(sde))
 
@@ -411,24 +438,30 @@ def test_fuzz_sde_constructors(cls, args):
 
 
 SOLVER_OPTIONS = dict(
-    order=arg(st.integers(1, 3)), eta=arg(st.sampled_from([0.0, 0.5, 1.0])), snr=arg(st.sampled_from([0.16, 0.01])),
-    n_corrector=arg(st.integers(1, 2)), denoise_final=arg(st.booleans()), lower_order_final=arg(st.booleans()),
-    solver_type=arg(st.sampled_from(["multistep", "singlestep"])), method=arg(st.sampled_from(["euler", "rk4", "dopri5"])),
-    rtol=arg(st.sampled_from([1e-3])), atol=arg(st.sampled_from([1e-3])), S_churn=arg(st.sampled_from([0.0, 1.0])),
-    prediction=arg(st.sampled_from(["x0", "eps"])), step_size=arg(st.sampled_from(["per_sample", "batch"])),
+    order=arg(st.integers(1, 3), refuse=[0, -1, 99, "x"]), eta=arg(st.sampled_from([0.0, 0.5, 1.0]), refuse=[-1.0, float("nan"), "x"]),
+    snr=arg(st.sampled_from([0.16, 0.01]), refuse=[-0.1, float("nan"), "x"]),
+    n_corrector=arg(st.integers(1, 2), refuse=[-1, 1.5, "x"]), denoise_final=arg(st.booleans(), refuse=["yes", 2]),
+    lower_order_final=arg(st.booleans(), refuse=["yes", 2]),
+    solver_type=arg(st.sampled_from(["multistep", "singlestep"]), refuse=["bogus", 3]),
+    method=arg(st.sampled_from(["euler", "rk4", "dopri5"]), refuse=["bogus", 3]),
+    rtol=arg(st.sampled_from([1e-3]), refuse=[-1.0, float("nan")]), atol=arg(st.sampled_from([1e-3]), refuse=[-1.0, float("nan")]),
+    S_churn=arg(st.sampled_from([0.0, 1.0]), refuse=[-1.0, float("nan")]),
+    prediction=arg(st.sampled_from(["x0", "eps"]), refuse=["bogus", 3]),
+    step_size=arg(st.sampled_from(["per_sample", "batch"]), refuse=["bogus", 3]),
 )
+# solvers that run on a plain model (ddpm_learned needs a learned variance, which the analytic model lacks)
+PLAIN_SOLVERS = sorted(n for n in solvers.names() if not getattr(solvers.registry._all()[n], "needs_learned_variance", False))
 
 
 @FUZZ
-@given(name=arg(st.sampled_from(["ddim", "dpm_solver", "dpm_solver++", "unipc", "pc", "heun", "ode", "euler_maruyama",
-                                 "ancestral", "reverse_diffusion", "langevin", "sde_dpm_solver++"]),
-                st.sampled_from(["DDIM", "", None, 3, ["ddim"], {"ddim": 1}, "ddim "])),
+@given(name=arg(st.sampled_from(PLAIN_SOLVERS), st.nothing(), refuse=["DDIM", "", None, 3, ["ddim"], {"ddim": 1}, "ddim "]),
        options=kwargs(**SOLVER_OPTIONS))
 def test_fuzz_solvers_get(name, options):
     """solvers.get(name, **options), and the solver it builds runs 2 steps on a 2-D Gaussian."""
     kw, names = unwrap(options)
     names |= {"solver", "option(s)"}
-    solver = contract(lambda: solvers.get(name.value, **kw), names, skip="all")  # options such as S_max=inf
+    solver = contract(lambda: solvers.get(name.value, **kw), names, skip="all",  # options such as S_max=inf
+                      refuse=refused(name=name, **options))
     if solver is None:
         return
     model = model2()
@@ -439,11 +472,12 @@ def test_fuzz_solvers_get(name, options):
 
 
 @FUZZ
-@given(name=arg(st.sampled_from(sorted(solvers.grids.GRIDS)), st.sampled_from(["UNIFORM_T", "", None, 0, ["karras"]])),
+@given(name=arg(st.sampled_from(sorted(solvers.grids.GRIDS)), st.nothing(), refuse=["UNIFORM_T", "", None, 0, ["karras"]]),
        sde=st.sampled_from(["vp", "subvp", "ve", "vp_cosine", "ddpm", "flow"]),
-       steps=arg(st.integers(1, 50)),
-       options=kwargs(t_start=arg(st.sampled_from([0.5, 0.9])), t_end=arg(st.sampled_from([0.0, 1e-3, 0.1])),
-                      rho=arg(st.sampled_from([7.0, 1.0]))))
+       steps=arg(st.integers(1, 50), refuse=[0, -1, 1.5, "x", 10**7]),
+       options=kwargs(t_start=arg(st.sampled_from([0.5, 0.9]), refuse=[float("nan"), -1.0, "x"]),
+                      t_end=arg(st.sampled_from([0.0, 1e-3, 0.1]), refuse=[float("nan"), -1.0, "x"]),
+                      rho=arg(st.sampled_from([7.0, 1.0]), refuse=[0.0, -1.0, float("nan")])))
 def test_fuzz_grids_make(name, sde, steps, options):
     from scoresde.sde import make_sde
 
@@ -452,7 +486,8 @@ def test_fuzz_grids_make(name, sde, steps, options):
     names |= {"steps"} if steps.odd else set()
     if "rho" in names:  # rho is karras's own: other grids refuse the keyword
         names |= {"keyword"}
-    ts = contract(lambda: solvers.grids.make(name.value, make_sde(sde), steps.value, **kw), names)
+    ts = contract(lambda: solvers.grids.make(name.value, make_sde(sde), steps.value, **kw), names,
+                  refuse=refused(name=name, steps=steps, **options))
     if ts is not None:
         assert ts.dtype == torch.float64 and ts.shape == (steps.value + 1,) and bool((ts[1:] < ts[:-1]).all())
 
@@ -653,6 +688,15 @@ def test_likelihood_bounds_probes_and_steps():
         solvers.grids.uniform_t(VPSDE(), 2**31)
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 1000000\]"):
         scoresde.vlb_bits_per_dim(model2(), x, steps=2**31)
+
+
+@pytest.mark.xfail(strict=True, reason="likelihood/api.py checks grid only for fixed-grid methods and rtol / atol "
+                                       "only for adaptive ones; a bad value of the other is ignored (IGNORED_BY_METHOD)")
+@pytest.mark.parametrize("kw", [dict(grid="cubic"), dict(method="euler", steps=2, rtol=-1.0),
+                                dict(method="euler", steps=2, atol=float("nan"))])
+def test_likelihood_ignores_bad_options_its_method_does_not_use(kw):
+    with pytest.raises(ValueError, match="grid|rtol|atol"):
+        scoresde.log_likelihood(model2(), _grid_x(1, torch.float64), **kw)
 
 
 def test_likelihood_refuses_x_whose_square_overflows_its_dtype():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -89,12 +90,13 @@ def test_largest_seed_and_steps_bound_are_accepted():
 
 # --- the fuzz --------------------------------------------------------------------------------------------
 
-EXAMPLES = int(os.environ.get("SCORESDE_FUZZ_EXAMPLES", "100"))  # e.g. 2000 for a deeper local search
+EXAMPLES = int(os.environ.get("SCORESDE_FUZZ_EXAMPLES", "200"))  # e.g. 2000 for a deeper local search; a third of the
+# drawn values are invalid, so 200 examples give about as many accepted calls as 100 did before
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 ODD = [None, True, -1, 0, 2**70, 1.5, float("nan"), float("inf"), "x", [1, 2], (), {"a": 1}, b"1", 1j]
-SOLVERS = solvers.names()
+SOLVERS = [*solvers.names(), "auto"]  # "auto": scoresde.sample's recommended solver
 
 
 def _tensor(kind: str):
@@ -115,31 +117,43 @@ def _tensor(kind: str):
     }[kind]
 
 
-def one_of(valid, odd=ODD):
-    return st.one_of(st.sampled_from(valid), st.sampled_from(odd))
+@dataclass(frozen=True)
+class Drawn:
+    """A drawn value; `bad`: one that every call must refuse (drawn from the argument's invalid list)."""
+
+    value: object
+    bad: bool = False
+
+
+def one_of(valid, odd=ODD, bad=()):
+    """A valid value, an odd one (valid or not: the call decides), or a bad one (must be refused)."""
+    options = [st.sampled_from(valid).map(Drawn), st.sampled_from(odd).map(Drawn)]
+    if bad:
+        options.append(st.sampled_from(bad).map(lambda v: Drawn(v, True)))
+    return st.one_of(*options)
 
 
 ARGS = {
-    "solver": one_of(SOLVERS, ["nope", 3, None]),
-    "steps": one_of([1, 2, 3, 5], ODD + [10**6 + 1]),
-    "n": one_of([1, 2, 3], ODD + [2**31]),
-    "shape": one_of([(2,), [2], torch.Size([2])], [(0,), (2, 2), (3,), 2, (2.0,), ("a",), (-1,), (True,)]),
-    "seed": one_of([0, 7, 2**63 - 1, [1, 2, 3], (4, 5), range(3)], ODD + [[1.5], [-1], [2**63]]),
-    "generator": one_of([torch.Generator().manual_seed(3)], [[torch.Generator()], 4, "gen"]),
-    "grid": one_of(["uniform_t", "uniform_lambda", "karras", "quadratic_t", "@grid"],
-                   ["cubic", [1.0, 0.5], "@grid_up", "@grid_2d", "@grid_long", "@grid_one"] + ODD),
+    "solver": one_of(SOLVERS, [None], bad=["nope", 3, "DDIM", ["ddim"]]),
+    "steps": one_of([1, 2, 3, 5], ODD, bad=[0, -1, 10**6 + 1, 2**70, 1.5, "x"]),
+    "n": one_of([1, 2, 3], ODD, bad=[0, -1, 2**31, 1.5, "x"]),
+    "shape": one_of([(2,), [2], torch.Size([2])], [(2, 2), (3,)], bad=[(0,), 2, (2.0,), ("a",), (-1,), (True,)]),
+    "seed": one_of([0, 7, 2**63 - 1, [1, 2, 3], (4, 5), range(3)], ODD, bad=[-1, 2**70, 1.5, "x", [1.5], [-1], [2**63]]),
+    "generator": one_of([torch.Generator().manual_seed(3)], [[torch.Generator()]], bad=[4, "gen"]),
+    "grid": one_of(["uniform_t", "uniform_lambda", "karras", "quadratic_t", "@grid"], ODD + ["@grid_long"],
+                   bad=["cubic", [1.0, 0.5], "@grid_up", "@grid_2d", "@grid_one"]),
     "t_start": one_of([0.9, 1.0, 0.5]),
     "t_end": one_of([0.0, 1e-3, 0.2]),
-    "x_T": one_of(["@x_T", "@x_T32"], ["@x_T_int", "@x_T_nan", "@x_T_wide", "@x_T_0d", "@x_T_complex", 3, [[0.0, 1.0]]]),
-    "dtype": one_of([torch.float32, torch.float64], [torch.int32, "float64", torch.complex64, 3]),
-    "device": one_of(["cpu", torch.device("cpu")], ["bogus", "cuda:7", "meta", 3, ""]),
+    "x_T": one_of(["@x_T", "@x_T32"], ["@x_T_wide"], bad=["@x_T_int", "@x_T_nan", "@x_T_0d", "@x_T_complex", 3, [[0.0, 1.0]]]),
+    "dtype": one_of([torch.float32, torch.float64], [None], bad=[torch.int32, "float64", torch.complex64, 3]),
+    "device": one_of(["cpu", torch.device("cpu")], [None], bad=["bogus", "cuda:7", "meta", 3, ""]),
     "batch_size": one_of([1, 2, 5], ODD),
     "y": one_of([0, 1, 2, "@labels"], [-1, 3, 1.5, "@float_labels", "@labels_2d"] + ODD),
     "guidance_scale": one_of([0.0, 1.0, 2.5], ODD),
     "null_label": one_of([2], ODD),
     "sde": one_of(["vp"], ["ve", "nope", 3, VPSDE(beta_max=10.0)]),
-    "callback": one_of([None, lambda step: None], [3, "f"]),
-    "progress": one_of([False], [1, "yes", None]),
+    "callback": one_of([None, lambda step: None], [None], bad=[3, "f"]),
+    "progress": one_of([False], [1, None], bad=["yes"]),
 }
 # solver options: names some solver knows, and values valid for some of them
 OPTIONS = st.dictionaries(
@@ -170,7 +184,9 @@ ALIASES = {
 
 
 def _names(kwargs: dict, options: dict) -> set[str]:
-    words = set(options) | {"solver", "option"}
+    """The words a refusal may use: the arguments given, and "solver" / "option" only where a solver or
+    its options were given (the default "ddim" with no options is not a reason to refuse)."""
+    words = set(options) | ({"solver", "option"} if options else set())
     for k in kwargs:
         words.update(ALIASES.get(k, [k]))
     return words
@@ -182,17 +198,20 @@ def _names(kwargs: dict, options: dict) -> set[str]:
     options=OPTIONS,
 )
 def test_fuzz_sample_returns_finite_samples_or_names_the_argument(data, options):
-    kwargs = {k: _materialize(k, v, data.get("n")) for k, v in data.items()}
+    n = data["n"].value if "n" in data else None
+    kwargs = {k: _materialize(k, d.value, n) for k, d in data.items()}
+    bad = sorted(k for k, d in data.items() if d.bad)
     if "x_T" not in kwargs and "shape" not in kwargs:
         kwargs["shape"] = (2,)
+    words = _names(kwargs, options)  # before the default solver is filled in
     kwargs.setdefault("solver", "ddim")
     try:
         res = scoresde.sample(MODEL, **kwargs, **options)
     except (ValueError, TypeError) as e:
         message = str(e)
-        words = _names(kwargs, options)
         assert any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(w)}(?![A-Za-z0-9_])", message) for w in words), (
             f"{type(e).__name__}: {message!r} names none of {sorted(words)}")
         return
+    assert not bad, f"accepted the invalid {bad}: {kwargs}, {options}"
     assert torch.isfinite(res.x).all(), (kwargs, options)
     assert res.x.shape[0] == res.settings["batch"]
