@@ -244,7 +244,9 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     n = len(images) if args.n is None else min(args.n, len(images))
     x_int = images.images[:n]
     x = data_mod.to_model_input(x_int, images.levels, dtype=torch.float32).to(args.device)
-    gen = torch.Generator(args.device).manual_seed(args.seed)
+    if args.seed + n - 1 > MAX_SEED:  # image i draws from its own generator seeded --seed + i
+        raise UsageError(f"--seed {args.seed} gives the {n} images the seeds {args.seed}..{args.seed + n - 1}, "
+                         f"past 2**63 - 1; choose --seed <= {MAX_SEED - n + 1}")
     values, nfes = [], []
     start = time.perf_counter()
     bar = _bar(n, "bits/dim", "image", quiet=args.quiet)
@@ -252,7 +254,7 @@ def cmd_bpd(args: argparse.Namespace) -> int:
         for i in range(0, n, args.batch_size):
             res = bits_per_dim(
                 model, x[i:i + args.batch_size], levels=images.levels, repeats=args.repeats, n_probes=args.probes,
-                rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, generator=gen,
+                rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, seed=args.seed + i,
             )
             values.append(res.bpd.cpu())
             nfes.append(res.nfe)
@@ -364,7 +366,10 @@ def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_steps, help=f"steps of a fixed-grid or fixed-budget method, 1..{MAX_STEPS}")
     p.add_argument("--rtol", type=float, help="relative tolerance of an adaptive method (default: 1e-5)")
     p.add_argument("--atol", type=float, help="absolute tolerance of an adaptive method (default: 1e-5)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of probes and dequantization, 0..2**63-1 (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of dequantization and probes, 0..2**63-1: image i draws from its own generator seeded "
+                        "S + i, so the result does not depend on --batch-size (adaptive --method: up to the step "
+                        "sizes a batch shares) (default: 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bpd)

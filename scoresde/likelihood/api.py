@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from types import MappingProxyType
 
 import torch
@@ -18,6 +19,7 @@ from solvers import grids
 from solvers.protocol import GeneratorArg, Model
 from solvers.validate import check_bool, check_int, check_name, check_number
 
+from ..sampling_args import MAX_SEED, check_seed
 from ..sde import DiscreteVPSDE
 from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
 from .fixed_budget import EXPONENTIAL_METHODS, integrate_exponential
@@ -26,7 +28,7 @@ from .results import (
     Likelihood, bpd_from_logp, check_data, check_levels, checked, dequantize, levels_of, standard_error,
 )
 
-__all__ = ["MAX_PROBES", "METHODS", "bits_per_dim", "log_likelihood"]
+__all__ = ["MAX_PROBES", "METHODS", "bits_per_dim", "log_likelihood", "per_sample_generators"]
 
 METHODS = ADAPTIVE_METHODS + FIXED_METHODS + EXPONENTIAL_METHODS
 # Hutchinson probes per evaluation: each is a tensor of x's size; past this, divergence="exact" costs less
@@ -132,14 +134,39 @@ def _logp_draws(model, x, *, y, settings: dict, generator: GeneratorArg) -> tupl
     return logp, z, nfe
 
 
-def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, progress: bool = False,
-              **options) -> Likelihood:
+def per_sample_generators(seed, generator: GeneratorArg, x: Tensor) -> GeneratorArg:
+    """The noise source of x's B samples: `generator` as given, or one generator per sample from `seed`.
+
+    seed: an int S gives sample i the generator seeded S + i (the rule of `scoresde.sample(seed=S,
+    batch_size=...)`), a list (tuple, range) of B ints the seeds themselves; each sample then draws
+    its dequantization and probes from its own generator, so its estimate does not depend on the batch
+    it sits in. Generators live on x's device.
+    """
+    if seed is None:
+        return generator
+    if generator is not None:
+        raise ValueError("give seed or generator, not both")
+    check_seed(seed)
+    n = x.shape[0]
+    if isinstance(seed, int):
+        if seed + n - 1 > MAX_SEED:
+            raise ValueError(f"seed: {seed} gives the {n} samples the seeds {seed}..{seed + n - 1}, past 2**63 - 1; "
+                             f"choose seed <= {MAX_SEED - n + 1}")
+        seed = range(seed, seed + n)
+    if len(seed) != n:
+        raise ValueError(f"seed: a list needs one seed per sample, got {len(seed)} for {n} samples")
+    return [torch.Generator(x.device).manual_seed(s) for s in seed]
+
+
+def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, seed=None,
+              progress: bool = False, **options) -> Likelihood:
     """bits_per_dim with every option given; log_likelihood is its case levels=None, repeats=1."""
     if levels is not None:
         check_levels(levels)
     check_int("repeats", repeats, 1)
     check_bool("progress", progress)
     settings = _check_settings(model, x, y=y, **options)
+    generator = per_sample_generators(seed, generator, x)
     if levels is not None:
         levels_of(x, levels)  # raise before any integration when x is off the grid
     d = x[0].numel()
@@ -195,6 +222,7 @@ def log_likelihood(
     probe: Probe = "rademacher",
     n_probes: int = 1,
     generator: GeneratorArg = None,
+    seed: int | Sequence[int] | None = None,
     progress: bool = False,
 ) -> Likelihood:
     """Log-likelihood log p_{t_eps}(x) of continuous data x through the probability-flow ODE.
@@ -211,12 +239,15 @@ def log_likelihood(
     t_eps: start time, default model.sde.t_eps_likelihood. divergence: "hutchinson" (n_probes
     probes of kind `probe`, averaged; drawn from `generator`, one torch.Generator or one per
     sample), "exact" (autograd, d backward passes per evaluation) or "analytic" (model.pf_divergence).
+    seed (in place of generator): an int S gives sample i its own generator seeded S + i, a list one
+    seed per sample (`per_sample_generators`), so that a sample's result does not depend on the batch
+    (with an adaptive method, up to the step sizes the batch shares; docs/likelihood.md).
     progress: a tqdm bar over the images (B per round; bits_per_dim runs `repeats` rounds), with the NFE.
     """
     return _estimate(
         model, x, levels=None, repeats=1, y=y, method=method, rtol=rtol, atol=atol, steps=steps, grid=grid,
         variable=variable, t_eps=t_eps, divergence=divergence, probe=probe, n_probes=n_probes, generator=generator,
-        progress=progress,
+        seed=seed, progress=progress,
     )
 
 
@@ -225,9 +256,10 @@ def bits_per_dim(model: Model, x: Tensor, *, levels: int | None = 256, repeats: 
 
     levels = K (256 for 8-bit images, 17 for scikit-learn digits): x must lie on the grid
     {-1 + 2k/(K-1)}; each of `repeats` rounds draws a uniform dequantization (`dequantize`) and
-    probes from `generator`, in that order, and integrates the ODE. Returned logp (B,) is the
-    lower bound mean_r log p(x + u_r) + d log(2/K) on the log-probability of the discrete data,
-    in nats, so bpd = mean_r[-log2 p(x + u_r)] / d + log2(K/2) (`dequantization_offset`).
+    probes from `generator` (or each sample from its own generator, given `seed`), in that order, and
+    integrates the ODE. Returned logp (B,) is the lower bound mean_r log p(x + u_r) + d log(2/K) on
+    the log-probability of the discrete data, in nats, so bpd = mean_r[-log2 p(x + u_r)] / d +
+    log2(K/2) (`dequantization_offset`).
     levels=None: continuous data, no dequantization and no offset (log_likelihood averaged over
     `repeats` probe draws). The other options are those of `log_likelihood`; z is that of the
     first round, nfe counts all rounds, and the standard error spans probes and dequantization
