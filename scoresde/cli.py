@@ -122,7 +122,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     res = save_samples(None if pt else args.save, n=args.n, batch_size=args.batch_size, image_dir=args.image_dir,
                        keep_first=args.n if pt else GRID_MAX, **kwargs)
     if pt:
-        torch.save(res.first.cpu(), args.save)
+        from .files import atomic_write
+
+        atomic_write(args.save, lambda tmp: torch.save(res.first.cpu(), tmp))
     grid, per_row, shown = _grid_images(res.first, args.n, args.y)
     save_image_grid(grid.clamp(-1, 1), args.out, nrow=per_row, scale=args.scale)
     shown = f"{args.n} samples" if shown == args.n else f"the first {shown} of {args.n} samples"

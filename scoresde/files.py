@@ -47,11 +47,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+def clean_stale_tmp(folder: str | os.PathLike, *, target: str | None = None) -> list[Path]:
     """Delete the temporary files `atomic_write` left in `folder` when a process died mid-write.
 
     Only plain files named like `atomic_write`'s temporaries (".<name>.tmp<pid>") whose process is
-    no longer running are removed (this process's own and live ones are kept); returns the removed paths.
+    no longer running are removed (this process's own and live ones are kept); with `target`, only
+    those of that file (<name> is target, or starts with target + "."); returns the removed paths.
     """
     folder = Path(folder)
     removed = []
@@ -60,6 +61,8 @@ def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     for p in folder.iterdir():
         m = _TMP_NAME.fullmatch(p.name)
         if m is None or not p.is_file() or p.is_symlink():
+            continue
+        if target is not None and m["name"] != target and not m["name"].startswith(target + "."):
             continue
         pid = int(m["pid"])
         if pid == os.getpid() or _pid_alive(pid):

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from solvers.validate import check_bool, check_int
 
-from .files import atomic_write
+from .files import atomic_write, clean_stale_tmp
 from .sampling import Samples, _chunks, _plan, _Tally
 from .sampling_args import MAX_COUNT
 
@@ -99,6 +99,8 @@ def save_samples(path: str | os.PathLike | None, *, n: int, batch_size: int | No
         image_dir.mkdir(parents=True, exist_ok=True)
         rows = _write_image_files(rows, image_dir)
     header = _npy_header((plan.n, *plan.shape), np_dtype)
+    if path is not None:  # what a killed earlier run of this file left: its temporary file and image spool
+        clean_stale_tmp(path.parent, target=path.name)
     if path is None:
         for _ in rows:
             pass
@@ -148,7 +150,9 @@ def _write_image_files(rows: Iterator[np.ndarray], folder: Path) -> Iterator[np.
     i = 0
     for block in rows:
         for img in quantize_images(block):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png", format="PNG")
+            pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            # atomic: a killed run leaves whole files only (FID tools read every file in the folder)
+            atomic_write(folder / f"{i:06d}.png", lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
             i += 1
         yield block
 
@@ -177,7 +181,8 @@ def _write_npy(tmp: Path, header: bytes, rows: Iterator[np.ndarray]) -> None:
 def _write_npz(tmp: Path, header: bytes, rows: Iterator[np.ndarray], images: bytes | None, extras) -> None:
     """The ZIP tmp: entry x.npy streamed from rows; with an `images` header, images.npy (their uint8
     images, kept in a temporary file beside tmp while x is written); then the arrays extras() returns."""
-    spool = tmp.with_name(tmp.name + ".images")
+    stem, pid = tmp.name.rsplit(".tmp", 1)
+    spool = tmp.with_name(f"{stem}.images.tmp{pid}")  # .<name>.images.tmp<pid>: what clean_stale_tmp finds
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             with zf.open("x.npy", "w", force_zip64=True) as f:  # ZIP64: the size is not known in advance

@@ -4,6 +4,9 @@ Samples must not depend on batch_size (an int seed s means per-sample seeds s..s
 never see more than batch_size rows, and a file appears only when complete.
 """
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +182,38 @@ def test_cli_batch_size_and_streamed_save(tmp_path, capsys):
 def test_cli_refuses_other_save_suffixes(tmp_path, capsys):
     assert main(["sample", "--n", "2", "--steps", "2", "--save", str(tmp_path / "x.txt"), "--quiet"]) == 2
     assert "use a .npy, .npz or .pt file name" in capsys.readouterr().err
+
+
+def test_image_files_and_pt_saves_go_through_atomic_write(tmp_path, monkeypatch):
+    """Every per-sample PNG and the .pt file are written by files.atomic_write (a kill leaves whole files only)."""
+    import scoresde.files
+    from scoresde.cli import main
+
+    written = []
+    real = scoresde.files.atomic_write
+
+    def spy(path, write, **kw):
+        written.append(Path(path).name)
+        return real(path, write, **kw)
+
+    monkeypatch.setattr(scoresde.files, "atomic_write", spy)
+    monkeypatch.setattr("scoresde.sampling_files.atomic_write", spy)
+    argv = ["sample", "--solver", "ddim", "--steps", "2", "--n", "3", "--quiet", "--out", str(tmp_path / "g.png"),
+            "--save", str(tmp_path / "x.pt"), "--image-dir", str(tmp_path / "imgs")]
+    assert main(argv) == 0
+    assert {"000000.png", "000001.png", "000002.png", "x.pt"} <= set(written)
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+
+
+def test_a_killed_runs_temporaries_of_the_same_file_are_removed_and_others_kept(tmp_path):
+    """save_samples removes what a killed earlier run of the same file left (its temporary file and the
+    uint8 image spool of a .npz), and nothing else (found by review: they stayed, possibly GBs)."""
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    stale = [tmp_path / f".x.npz.tmp{dead}", tmp_path / f".x.npz.images.tmp{dead}"]
+    kept = [tmp_path / f".other.npz.tmp{dead}", tmp_path / "x.npz.tmp", tmp_path / f".x.npz.tmp{os.getppid()}"]  # a live process
+    for p in stale + kept:
+        p.write_bytes(b"\0" * 100)
+    model = AnalyticModel(Gaussian(torch.zeros(2)), VPSDE())
+    scoresde.save_samples(tmp_path / "x.npz", n=4, batch_size=2, model=model, solver="ddim", steps=2, shape=(2,), seed=0)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert np.load(tmp_path / "x.npz")["x"].shape == (4, 2)
