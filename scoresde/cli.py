@@ -291,8 +291,6 @@ def _check_bpd_flags(args: argparse.Namespace, adaptive: tuple[str, ...]) -> Non
     for flag, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and args.method not in adaptive:
             raise UsageError(f"{flag} applies to the adaptive methods {list(adaptive)}, not to --method {args.method!r} (set --steps)")
-    args.rtol = 1e-5 if args.rtol is None else args.rtol
-    args.atol = 1e-5 if args.atol is None else args.atol
 
 
 def _add_sde_argument(p: argparse.ArgumentParser) -> None:

@@ -56,20 +56,35 @@ def _check_estimator(model, x: Tensor, y, divergence, probe, n_probes) -> None:
                 raise ValueError(f"a label y was given but {type(model).__name__}.{name} takes no y")
 
 
-def _check_solver(method: str, rtol, atol, steps, grid) -> None:
-    """Tolerances for the adaptive methods, steps and grid for the others."""
+DEFAULT_TOLERANCE = 1e-5  # rtol and atol of the adaptive methods (Song et al. 2021)
+DEFAULT_GRID = "uniform_lambda"  # grid of the fixed-grid and fixed-budget methods
+
+
+def _check_solver(method: str, rtol, atol, steps, grid) -> tuple[float | None, float | None, str | None]:
+    """(rtol, atol, grid) with defaults filled in: tolerances for the adaptive methods, steps and grid
+    for the others; an option the method does not use is refused (nothing is silently ignored)."""
+    fixed = list(FIXED_METHODS) + list(EXPONENTIAL_METHODS)
     if method in ADAPTIVE_METHODS:
-        if steps is not None:
-            raise ValueError(f"steps applies to fixed-grid methods {list(FIXED_METHODS) + list(EXPONENTIAL_METHODS)}; "
-                             f"{method!r} is adaptive (set rtol, atol)")
+        for name, value in (("steps", steps), ("grid", grid)):
+            if value is not None:
+                raise ValueError(f"{name} applies to fixed-grid methods {fixed}; {method!r} is adaptive "
+                                 f"(set rtol, atol), got {name}={value!r}")
+        rtol = DEFAULT_TOLERANCE if rtol is None else rtol
+        atol = DEFAULT_TOLERANCE if atol is None else atol
         check_number("rtol", rtol, 0, low_open=True)
         check_number("atol", atol, 0, low_open=True)
-        return
+        return rtol, atol, None
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None:
+            raise ValueError(f"{name} applies to the adaptive methods {list(ADAPTIVE_METHODS)}; {method!r} takes "
+                             f"steps (and grid), got {name}={value!r}")
     checked(check_int, "steps", steps, 1, grids.MAX_STEPS,
             message=f"method {method!r} needs steps, an integer in [1, {grids.MAX_STEPS}], got {steps!r}")
     if method in EXPONENTIAL_METHODS and steps < 2:
         raise ValueError(f"method {method!r} needs steps >= 2, got {steps!r}")
+    grid = DEFAULT_GRID if grid is None else grid
     check_name("grid", grid, sorted(grids.GRIDS))
+    return None, None, grid
 
 
 def _variable(sde, method: str, variable: str | None) -> str:
@@ -93,7 +108,7 @@ def _check_settings(
     check_data(x)
     check_name("method", method, METHODS)
     _check_estimator(model, x, y, divergence, probe, n_probes)
-    _check_solver(method, rtol, atol, steps, grid)
+    rtol, atol, grid = _check_solver(method, rtol, atol, steps, grid)
     sde = model.sde
     variable = _variable(sde, method, variable)
     t_eps = float(sde.t_eps_likelihood) if t_eps is None else t_eps
@@ -212,10 +227,10 @@ def log_likelihood(
     *,
     y=None,
     method: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     steps: int | None = None,
-    grid: str = "uniform_lambda",
+    grid: str | None = None,
     variable: str | None = None,
     t_eps: float | None = None,
     divergence: Divergence = "hutchinson",
@@ -232,14 +247,15 @@ def log_likelihood(
     in nats, bpd (B,) = -logp / (d ln 2) with no dequantization offset, the latent z (B, *D), NFE,
     standard errors and the settings.
 
-    method: adaptive torchdiffeq solver (ADAPTIVE_METHODS; rtol, atol), fixed-grid torchdiffeq
-    solver (FIXED_METHODS; `steps` intervals of the solvers.grids grid `grid`, uniform in
+    method: adaptive torchdiffeq solver (ADAPTIVE_METHODS; rtol, atol, default 1e-5 each), fixed-grid
+    torchdiffeq solver (FIXED_METHODS; `steps` intervals of the solvers.grids grid `grid`, uniform in
     log-SNR by default) or "dpm_solver" / "dpm_solver_4m" / "dpm_solver_6m" (fixed budget: steps + 1
     evaluations, see fixed_budget's module doc and docs/likelihood.md).
     t_eps: start time, default model.sde.t_eps_likelihood. divergence: "hutchinson" (n_probes
     probes of kind `probe`, averaged; drawn from `generator`, one torch.Generator or one per
     sample), "exact" (autograd, d backward passes per evaluation) or "analytic" (model.pf_divergence).
-    seed (in place of generator): an int S gives sample i its own generator seeded S + i, a list one
+    An option the method does not use (rtol/atol with a fixed-grid method, steps/grid with an
+    adaptive one) raises ValueError. seed (in place of generator): an int S gives sample i its own generator seeded S + i, a list one
     seed per sample (`per_sample_generators`), so that a sample's result does not depend on the batch
     (with an adaptive method, up to the step sizes the batch shares; docs/likelihood.md).
     progress: a tqdm bar over the images (B per round; bits_per_dim runs `repeats` rounds), with the NFE.

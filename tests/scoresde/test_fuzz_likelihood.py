@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 import scoresde
 import solvers
 from scoresde import VPSDE
-from scoresde.likelihood import ADAPTIVE_METHODS, METHODS
 
 from .fuzz_common import (
     FUZZ, arg, contract, kwargs, model2, odd_count, refused, unwrap, _grid_x, valid_x, odd_x,
@@ -36,21 +35,13 @@ LIKELIHOOD_OPTIONS = dict(
 )
 
 
-# Options the likelihood ignores today where the method does not use them, bad values included:
-# grid for the adaptive methods, rtol / atol for the fixed-grid ones (test_likelihood_ignores_... below
-# is the strict xfail that flips when they are checked; then drop this table).
-IGNORED_BY_METHOD = {"adaptive": {"grid"}, "fixed": {"rtol", "atol"}}
-
-
 def _likelihood_call(func, x, options):
     kw, names = unwrap(options)
     given_x = x.odd
     if "method" not in kw or kw["method"] in ("dopri5", "bosh3"):  # keep the adaptive solves short
         kw.setdefault("rtol", 1e-3)
         kw.setdefault("atol", 1e-3)
-    method = kw.get("method", "dopri5")
-    kind = "adaptive" if method in ADAPTIVE_METHODS else "fixed" if method in METHODS else None
-    refuse = [k for k in refused(**options) if k not in IGNORED_BY_METHOD.get(kind, ())]
+    refuse = refused(**options)
     return (lambda: func(model2(), x.value, **kw)), names | ({"x"} if given_x else set()), refuse
 
 
@@ -107,12 +98,15 @@ def test_likelihood_bounds_probes_and_steps():
         scoresde.vlb_bits_per_dim(model2(), x, steps=2**31)
 
 
-@pytest.mark.xfail(strict=True, reason="likelihood/api.py checks grid only for fixed-grid methods and rtol / atol "
-                                       "only for adaptive ones; a bad value of the other is ignored (IGNORED_BY_METHOD)")
-@pytest.mark.parametrize("kw", [dict(grid="cubic"), dict(method="euler", steps=2, rtol=-1.0),
-                                dict(method="euler", steps=2, atol=float("nan"))])
-def test_likelihood_ignores_bad_options_its_method_does_not_use(kw):
-    with pytest.raises(ValueError, match="grid|rtol|atol"):
+@pytest.mark.parametrize("kw, match", [
+    (dict(grid="cubic"), r"grid applies to fixed-grid methods .*'dopri5' is adaptive .*got grid='cubic'"),
+    (dict(grid="karras"), r"grid applies to fixed-grid methods .*got grid='karras'"),
+    (dict(method="euler", steps=2, rtol=-1.0), r"rtol applies to the adaptive methods .*'euler' takes steps"),
+    (dict(method="dpm_solver_6m", steps=4, atol=1e-3), r"atol applies to the adaptive methods .*'dpm_solver_6m'"),
+])
+def test_likelihood_refuses_options_its_method_does_not_use(kw, match):
+    """rtol/atol with a fixed-grid method and grid with an adaptive one were silently ignored (found by review)."""
+    with pytest.raises(ValueError, match=match):
         scoresde.log_likelihood(model2(), _grid_x(1, torch.float64), **kw)
 
 
