@@ -13,7 +13,7 @@ Every loader returns an `ImageData`: `images` (N, C, H, W) uint8 integer levels 
 Augmentation draws from an explicit generator, so a training run is reproducible and resumable.
 Errors name the file or folder at fault and what was expected; nothing is skipped silently.
 
-Sources: digits from scikit-learn (`sklearn.datasets.load_digits`, an optional extra); RGB patches of
+Sources: digits from scikit-learn (`sklearn.datasets.load_digits`; scikit-learn is a dependency); RGB patches of
 scikit-learn's two sample photographs (`patches`, cut by `scoresde.patches`); CIFAR-10 from
 its python-pickle batches (https://www.cs.toronto.edu/~kriz/cifar.html), checked on their opcodes
 first (`scoresde.cifar_pickle`: size, nesting, globals) and read by a restricted unpickler that builds
@@ -154,14 +154,14 @@ def digits(split: str = "train") -> ImageData:
     """scikit-learn's 8x8 digits (17 levels, 10 classes), split as everywhere in the project.
 
     `train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)`: 1,437 train and 360 test
-    images, (N, 1, 8, 8). Needs scikit-learn (`pip install scoresde[data]`).
+    images, (N, 1, 8, 8). Needs scikit-learn (a dependency of scoresde).
     """
     check_name("split", split, SPLITS)
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the digits data set needs scikit-learn: pip install 'scoresde[data]'") from e
+        raise ImportError("the digits data set needs scikit-learn, a dependency of scoresde: pip install scikit-learn (constraints.txt pins it)") from e
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
     X, y = (X_train, y_train) if split == "train" else (X_test, y_test)
