@@ -17,11 +17,9 @@ from torch import Tensor
 
 from solvers.validate import check_int
 
-from .diffusers_models import _config
+from .diffusers_models import SUPPORTED_SCHEDULERS, _config  # noqa: F401  (SUPPORTED_SCHEDULERS: re-exported)
 
 __all__ = ["SUPPORTED_SCHEDULERS", "grid_from_scheduler", "grid_from_timesteps"]
-
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler")
 
 
 def grid_from_timesteps(timesteps, num_train_timesteps: int, *, final_timestep: int = -1) -> Tensor:

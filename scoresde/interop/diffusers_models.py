@@ -163,6 +163,7 @@ class DiffusersModel:
 
 # the classes `load_diffusers` builds from a saved config's `_class_name` (never an arbitrary attribute)
 SUPPORTED_UNETS = ("UNet2DModel",)
+SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler")  # grids and loading
 
 
 def _class_name(folder: str, filename: str, default: str, choices: tuple[str, ...]) -> str:
@@ -195,7 +196,6 @@ def load_diffusers(path: str | os.PathLike, *, unet_subfolder: str | None = "une
     (a .bin pickle could run code when loaded): a folder without one raises ValueError.
     local_files_only=True (the default) never downloads: a missing file raises.
     """
-    from .diffusers_grids import SUPPORTED_SCHEDULERS  # (diffusers_grids imports this module)
 
     diffusers = require_diffusers()
     path = os.fspath(path)
