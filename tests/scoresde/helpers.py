@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
-from scoresde.train import train
+from scoresde.train import load_checkpoint, train
 from scoresde.training import step as train_step  # where the loop looks up the loss functions
 
 
@@ -20,19 +22,23 @@ def train_killed_in_step_5(monkeypatch, config, loss: str) -> None:
     """Run `train(config)` with the loss function `scoresde.training.step.<loss>` raising KeyboardInterrupt in its
     5th call, so that the run dies in its 5th step (after the step-3 checkpoint of ckpt_every=3 and the log of
     step 4); then put the real loss function back."""
-    real = getattr(train_step, loss)
-    calls = {"n": 0}
+    train_killed_in_step(monkeypatch, config, loss, 5)
 
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_step, loss, dying)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    monkeypatch.setattr(train_step, loss, real)
+def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_loss"):
+    """Train `base` (steps=6, ckpt_every=3) uninterrupted in tmp_path/ref and, in tmp_path/run, killed in step 5
+    and resumed; assert the resumed run logs the same losses bit for bit and ends with equal net and EMA
+    weights. Returns (resumed result, reference result, the run's folder)."""
+    ref = train(replace(base, out_dir=str(tmp_path / "ref")))
+    out = tmp_path / "run"  # dies in its 5th step, after the checkpoint of step 3 and the log of step 4
+    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), loss)
+    assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(logged_losses(out)) == 4
+    res = train(replace(base, out_dir=str(out)))
+    assert logged_losses(out) == logged_losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5
+    for a, b in ((res.net, ref.net), (res.ema, ref.ema)):
+        for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), k
+    return res, ref, out
 
 
 def train_killed_in_step(monkeypatch, config, loss: str, step: int) -> None:

@@ -22,8 +22,7 @@ from scoresde.training.checkpoints import ASSETS, DEFAULT_MODELS, export_model
 from scoresde.training.config import build_net_config, build_sde
 from scoresde.training.step import compute_loss
 
-from .helpers import logged_losses as losses
-from .helpers import train_killed_in_step_5
+from .helpers import resumed_equals_uninterrupted
 from .test_reliability_files import read, refused, rewrite, set_json
 
 TINY_DIT = {"hidden_size": 32, "depth": 2, "num_heads": 2, "embedding_dim": 16}
@@ -72,16 +71,8 @@ def test_the_builder_sets_what_the_run_decides():
 
 def test_exact_resume_after_kill_then_load_and_export(tmp_path, monkeypatch):
     base = TrainConfig(**TINY, steps=6, ckpt_every=3, seed=1)
-    ref = train(replace(base, out_dir=str(tmp_path / "ref")))
+    res, ref, out = resumed_equals_uninterrupted(monkeypatch, base, tmp_path)
     assert isinstance(ref.net, DiT) and isinstance(ref.ema, DiT)
-    out = tmp_path / "run"
-    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), "dsm_loss")
-    assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(losses(out)) == 4
-    res = train(replace(base, out_dir=str(out)))
-    assert losses(out) == losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5
-    for a, b in ((res.net, ref.net), (res.ema, ref.ema)):
-        for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(p, q), k
 
     path = out / "checkpoint.safetensors"
     _, meta = read(path)

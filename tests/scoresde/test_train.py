@@ -17,7 +17,7 @@ from scoresde.param import ScoreModel
 from scoresde.train import TrainConfig, load_checkpoint, load_model, save_image_grid, train
 
 from .helpers import logged_losses as losses
-from .helpers import train_killed_in_step_5
+from .helpers import resumed_equals_uninterrupted
 
 TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
             batch_size=16, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, progress=False, device="cpu")
@@ -73,18 +73,7 @@ def test_smoke_training_on_digits_loss_falls(tmp_path):
 
 def test_exact_resume_after_kill(tmp_path, monkeypatch):
     base = TrainConfig(**TINY, steps=6, ckpt_every=3, seed=1)
-    ref = train(replace(base, out_dir=str(tmp_path / "ref")))
-
-    # the interrupted run dies in its 5th step, after the checkpoint of step 3 and the log of step 4
-    out = tmp_path / "run"
-    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), "dsm_loss")
-    assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(losses(out)) == 4
-
-    res = train(replace(base, out_dir=str(out)))
-    assert losses(out) == losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5
-    for a, b in ((res.net, ref.net), (res.ema, ref.ema)):
-        for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(p, q), k
+    _, _, out = resumed_equals_uninterrupted(monkeypatch, base, tmp_path)
     ca, cb = load_checkpoint(out / "checkpoint.safetensors"), load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
     assert ca.step == cb.step == 6
     assert all(torch.equal(ca.opt[i][k], cb.opt[i][k]) for i in cb.opt for k in cb.opt[i])
