@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import Hook, Solver, State
+from .base import Hook, Solver
 from .coefficients import marginal, step_order
 from .conversions import x0_from_eps
+from .dpm_solver_pp import MultistepState
 from .protocol import SDE, CountedModel, GeneratorArg, coef, time_like
 from .validate import check_bool, check_choice
 
@@ -116,15 +117,11 @@ def deis_update(x_s: Tensor, eps_hist: tuple[Tensor, ...], C: Tensor, alpha_s: T
 
 
 @dataclass(frozen=True)
-class DEISState(State):
-    """x and the data prediction x0 at the current grid time; the noise predictions of the current and
-    earlier grid times (newest last, at most `order`); the weights C (p_i,) of every step i of the grid;
-    the index i of the next step and the grid's step count."""
+class DEISState(MultistepState):
+    """MultistepState (hist: the noise predictions of the current and earlier grid times, newest last,
+    at most `order`) with the weights C (p_i,) of every step i of the grid."""
 
-    hist: tuple = ()
     coefs: tuple = ()
-    i: int = 0
-    steps: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

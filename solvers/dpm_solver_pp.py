@@ -164,8 +164,9 @@ def data_prediction_at_start(model: CountedModel, x: Tensor, s: Tensor, t: Tenso
 
 @dataclass(frozen=True)
 class MultistepState(State):
-    """x and x0 at the current grid time, the (lambda, x0) pairs of earlier grid times (newest last),
-    the index i of the next step and the grid's step count."""
+    """x and x0 at the current grid time, what the solver keeps of earlier grid times (newest last;
+    DPM-Solver++: (lambda, x0) pairs, the noise-form solvers and iPNDM: their predictions), the index
+    i of the next step and the grid's step count."""
 
     hist: tuple = ()
     i: int = 0

@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import Hook, Solver, State
+from .base import Hook, Solver
 from .coefficients import step_coefficients, step_order
 from .conversions import x0_from_eps
 from .ddim import ddim_update
+from .dpm_solver_pp import MultistepState  # hist: the noise predictions of the last grid times
 from .protocol import CountedModel, GeneratorArg, time_like
 from .validate import check_bool, check_choice
 
-__all__ = ["ADAMS_BASHFORTH", "IPNDM", "IPNDMState", "ipndm_eps"]
+__all__ = ["ADAMS_BASHFORTH", "IPNDM", "ipndm_eps"]
 
 # Adams–Bashforth weights b_j of orders 1 to 4, newest prediction first
 ADAMS_BASHFORTH = {
@@ -47,16 +48,6 @@ def ipndm_eps(eps_hist: tuple[Tensor, ...], p: int) -> Tensor:
     """The combined noise prediction eps'_s of order p from eps_hist (newest last, at least p entries, each (B, *D))."""
     # Zhang & Chen 2023, iPNDM (PNDM's linear multistep combination, Liu et al. 2022): eps' = sum_j b_j eps_{-j}
     return sum(b * eps for b, eps in zip(ADAMS_BASHFORTH[p], reversed(eps_hist[-p:])))
-
-
-@dataclass(frozen=True)
-class IPNDMState(State):
-    """x and the data prediction x0 at the current grid time, the noise predictions of the current and
-    earlier grid times (newest last, at most `order`), the index i of the next step and the grid's step count."""
-
-    hist: tuple = ()
-    i: int = 0
-    steps: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,12 +79,12 @@ class IPNDM(Solver):
         check_choice("order", self.order, (1, 2, 3, 4))
         check_bool("lower_order_final", self.lower_order_final)
 
-    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> IPNDMState:
-        return IPNDMState(x=x, steps=ts.numel() - 1)
+    def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> MultistepState:
+        return MultistepState(x=x, steps=ts.numel() - 1)
 
     def step(
-        self, model: CountedModel, state: IPNDMState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
-    ) -> IPNDMState:
+        self, model: CountedModel, state: MultistepState, s: Tensor, t: Tensor, *, generator: GeneratorArg, hook: Hook
+    ) -> MultistepState:
         x = state.x
         c = step_coefficients(model.sde, s, t)
         eps_s = model.eps(x, time_like(s, x))
@@ -101,4 +92,4 @@ class IPNDM(Solver):
         p = step_order(self.order, state.i, state.steps, warmup=len(hist), lower_order_final=self.lower_order_final)
         x_t, _ = ddim_update(x, ipndm_eps(hist, p), *(time_like(v, x) for v in c), 0.0, None)
         x0_s = x0_from_eps(x, eps_s, c.alpha_s.reshape(1), c.sigma_s.reshape(1))
-        return IPNDMState(x=x_t, x0=x0_s, hist=hist, i=state.i + 1, steps=state.steps)
+        return MultistepState(x=x_t, x0=x0_s, hist=hist, i=state.i + 1, steps=state.steps)
