@@ -19,7 +19,8 @@ _TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>[0-9]{1,10})")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, mode: int | None = None) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`; on failure `path` is untouched.
+    """Call write(tmp_path), fsync, rename over `path`, then fsync the folder so the rename itself
+    survives a power loss; on failure `path` is untouched.
 
     mode: permission bits to give the file (e.g. 0o644 for a package asset), else the default.
     """
@@ -32,9 +33,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, mo
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the rename is still atomic there
+        pass
+    finally:
+        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

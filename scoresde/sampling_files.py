@@ -127,8 +127,10 @@ def quantize_images(x: np.ndarray | Tensor) -> np.ndarray:
     """Samples (B, C, H, W) in [-1, 1] as uint8 images (B, H, W, C): level k = round((x + 1) * 255 / 2).
 
     The inverse of `scoresde.data.to_model_input` for 256 levels (k -> 2 k / 255 - 1), values outside
-    [-1, 1] clipped first; the grids of `save_image_grid` use the same map."""
+    [-1, 1] clipped first; the grids of `save_image_grid` use the same map. NaN has no level: ValueError."""
     x = np.asarray(x.detach().cpu().float() if isinstance(x, Tensor) else x, dtype=np.float32)
+    if np.isnan(x).any():
+        raise ValueError(f"quantize_images: {int(np.isnan(x).sum())} NaN value(s) in the samples; NaN has no 8-bit level")
     k = np.rint((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     return np.ascontiguousarray(k.transpose(0, 2, 3, 1))
 

@@ -121,6 +121,12 @@ def test_quantize_images_inverts_to_model_input():
     assert quantize_images(torch.tensor([[[[-7.0, 7.0]]]])).ravel().tolist() == [0, 255]
 
 
+def test_quantize_images_refuses_nan():
+    # NaN has no level (numpy's cast gave an arbitrary byte): refused, naming the count
+    with pytest.raises(ValueError, match="1 NaN"):
+        quantize_images(torch.tensor([[[[0.0, float("nan")]]]]))
+
+
 def test_grid_has_one_row_per_label(tmp_path, capsys):
     out = tmp_path / "g.png"
     assert main([*FAST, "--n", "7", "--y", "0,1,2", "--out", str(out), "--scale", "1"]) == 0

@@ -325,3 +325,22 @@ def test_cifar_check_accepts_protocol_2_and_4_batches_with_filenames(tmp_path):
             (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=proto))
         ds = data.cifar10(tmp_path, "train")
         assert ds.labels.tolist() == [0, 9, 3, 3] * 5 and np.array_equal(ds.images[:4].numpy().reshape(4, -1), arr)
+
+
+def test_atomic_write_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """After os.replace the folder's entry is fsynced too; without it a power loss can undo the rename."""
+    from scoresde import files
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else None)
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", recording_fsync)
+    files.atomic_write(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert synced[-1] in (True, None) and len(synced) == 2  # the file, then its folder
+    if synced[-1] is None:
+        pytest.skip("no /proc here to tell a folder's descriptor from a file's")
