@@ -56,6 +56,15 @@ def check_generator(generator) -> None:
     raise ValueError(f"generator must be None, a torch.Generator or a list of them (one per sample), got {generator!r}")
 
 
+def consecutive_seeds(seed: int, n: int, context: str = "") -> range:
+    """The per-sample seeds seed, seed+1, ..., seed+n-1 that an int seed stands for (sample i gets seed + i,
+    so a sample's draw does not depend on the batch it sits in); ValueError past 2**63 - 1."""
+    if seed + n - 1 > MAX_SEED:
+        raise ValueError(f"seed: {context}seed {seed} gives samples the seeds {seed}..{seed + n - 1}, "
+                         f"past 2**63 - 1; choose seed <= {MAX_SEED - n + 1}")
+    return range(seed, seed + n)
+
+
 def noise_source(seed, generator, device, n: int | None, batch_size: int | None) -> tuple[Sequence[int] | None, object]:
     """(per-sample seeds or None, generator(s)) for n samples (None: not checked); with batch_size an
     int seed s means the per-sample seeds s..s+n-1."""
@@ -64,10 +73,7 @@ def noise_source(seed, generator, device, n: int | None, batch_size: int | None)
     check_seed(seed)
     check_generator(generator)
     if isinstance(seed, int) and batch_size is not None:
-        if seed + n - 1 > MAX_SEED:
-            raise ValueError(f"seed: with batch_size, seed {seed} gives samples the seeds {seed}..{seed + n - 1}, "
-                             f"past 2**63 - 1; choose seed <= {MAX_SEED - n + 1}")
-        seed = range(seed, seed + n)
+        seed = consecutive_seeds(seed, n, "with batch_size, ")
     per_sample = seed if seed is not None and not isinstance(seed, int) else generator
     if n is not None and isinstance(per_sample, (list, tuple, range)) and len(per_sample) != n:
         what = "seed" if seed is not None else "generator"

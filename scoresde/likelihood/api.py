@@ -7,6 +7,7 @@ signature shows them with their defaults).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from solvers import grids
 from solvers.protocol import GeneratorArg, Model
 from solvers.validate import check_bool, check_int, check_name, check_number
 
-from ..sampling_args import MAX_SEED, check_seed
+from ..sampling_args import check_seed, consecutive_seeds
 from ..sde import DiscreteVPSDE
 from .divergence import DIVERGENCES, PROBES, Divergence, Probe, draw_probes
 from .fixed_budget import EXPONENTIAL_METHODS, integrate_exponential
@@ -164,10 +165,7 @@ def per_sample_generators(seed, generator: GeneratorArg, x: Tensor) -> Generator
     check_seed(seed)
     n = x.shape[0]
     if isinstance(seed, int):
-        if seed + n - 1 > MAX_SEED:
-            raise ValueError(f"seed: {seed} gives the {n} samples the seeds {seed}..{seed + n - 1}, past 2**63 - 1; "
-                             f"choose seed <= {MAX_SEED - n + 1}")
-        seed = range(seed, seed + n)
+        seed = consecutive_seeds(seed, n)
     if len(seed) != n:
         raise ValueError(f"seed: a list needs one seed per sample, got {len(seed)} for {n} samples")
     return [torch.Generator(x.device).manual_seed(s) for s in seed]
@@ -176,6 +174,10 @@ def per_sample_generators(seed, generator: GeneratorArg, x: Tensor) -> Generator
 def _estimate(model, x, *, levels: int | None, repeats: int, y, generator: GeneratorArg, seed=None,
               progress: bool = False, **options) -> Likelihood:
     """bits_per_dim with every option given; log_likelihood is its case levels=None, repeats=1."""
+    if hasattr(model, "latent_shape"):  # a LatentModel (scoresde.latent.model): the figure is its latents'
+        res = _estimate(model.latent, model.likelihood_input(x, levels), levels=None, repeats=repeats, y=y,
+                        generator=generator, seed=seed, progress=progress, **options)
+        return dataclasses.replace(res, settings=MappingProxyType({**res.settings, **model.likelihood_settings()}))
     if levels is not None:
         check_levels(levels)
     check_int("repeats", repeats, 1)
