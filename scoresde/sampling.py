@@ -177,7 +177,9 @@ def _draw(plan: _Plan, lo: int, hi: int, progress: bool) -> Samples:
             "y": model.y.tolist(), "scale": model.scale, "null_label": plan.null_label,
             "net_calls": model.net_calls, "net_rows": model.net_rows,
         }
-    return Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+    out = Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
+    # a latent model (scoresde.latent.LatentModel: latent_shape, decode_samples) returns decoded images
+    return plan.model.decode_samples(out) if hasattr(plan.model, "latent_shape") else out
 
 
 def _chunks(plan: _Plan, batch_size: int | None, progress: bool) -> Iterator[tuple[int, Samples]]:
@@ -330,7 +332,7 @@ def _resolve_model(model, sde, y, guidance_scale, null_label, device):
         model = default_model("vp" if sde is None else sde, conditional=y is not None, device=device)
     elif sde is not None and _sde_config(make_sde(sde)) != _sde_config(model.sde):
         raise ValueError(f"sde {sde!r} differs from the model's {model.sde!r}; omit sde when passing a model")
-    image_shape = getattr(model, "image_shape", None)
+    image_shape = getattr(model, "latent_shape", getattr(model, "image_shape", None))  # what the solver draws
     if y is None:
         if guidance_scale is not None or null_label is not None:
             raise ValueError("guidance_scale and null_label need class labels y")
