@@ -32,6 +32,8 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "ipndm": ("ipndm", "IPNDM"),
     "sde_dpm_solver++": ("dpm_solver_pp", "SDEDPMSolverPP"),
     "unipc": ("unipc", "UniPC"),
+    # few-step samplers of consistency models
+    "consistency": ("consistency", "Consistency"),
 }
 
 _REGISTERED: dict[str, Callable[..., Solver]] = {}
