@@ -2,6 +2,7 @@
 
     python benchmarks/guided_digits.py                          # the shipped class-conditional VP model
     python benchmarks/guided_digits.py --model PATH --quick     # 10 per class, dpm_solver++ only
+    python benchmarks/guided_digits.py --quick --no-fd --cfg-scales 0,1,2,4 --cg-scales 0,1,4 --plot-dir docs
 
 For a class-conditional digits model (`--model`, a file of `scoresde.pretrained.export_model`; default
 the shipped scoresde/assets/digits_vp_cond.safetensors) it draws `--n-per-class` samples of each of
@@ -24,6 +25,10 @@ and unless `--no-fd` the squared classifier Fréchet distance to the 360 test im
 train-vs-test floor `scoresde.metrics.digits_floor` for reference; N = 500 samples carry a bias of
 about tr(C)/N above it).
 
+With --plot-dir DIR, also DIR/guided_KIND_SOLVER.png per guidance kind (cfg, cg) and solver ("++" written
+"pp"): one row per scale, one column per class, the first sample of each class (the same prior noise in
+every row).
+
 Guided samplers overshoot: large scales trade diversity (Fréchet distance) for class fidelity
 (docs/guidance.md, "What law does guidance sample?").
 """
@@ -43,6 +48,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import torch  # noqa: E402
 
 import scoresde  # noqa: E402
+from scoresde import plots  # noqa: E402
 import solvers  # noqa: E402
 from scoresde.classifier import load_digits_classifier  # noqa: E402
 from scoresde.metrics import digits_floor, digits_quality, quantize_digits  # noqa: E402
@@ -93,7 +99,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--plot-dir", default=None, help="also write DIR/guided_KIND_SOLVER.png (needs the plots extra)")
     args = p.parse_args(argv)
+    if args.plot_dir is not None:
+        try:  # fail now, not after the run
+            plots.require_matplotlib()
+            plots.check_png_path(os.path.join(args.plot_dir, "guided.png"))
+        except (ImportError, ValueError) as e:
+            p.error(str(e))
     if args.n_per_class < 1:
         p.error(f"--n-per-class must be >= 1, got {args.n_per_class}")
     if args.quick:
@@ -148,6 +161,7 @@ def run_row(kind: str, scale: float, solver: str, steps: int | None, model, y, a
     row = {"kind": kind, "scale": scale, "solver": solver, "steps": "adaptive" if adaptive else res.settings["steps"], "nfe": res.nfe,
            "rows_per_sample": rows, "calls": calls, "seconds": seconds}
     row.update(score(res.x, y, clean, not args.no_fd, trained_dequantized(model)))
+    row["samples"] = res.x[::args.n_per_class].cpu()  # the first sample of each class (y is class-major)
     return row
 
 
@@ -195,7 +209,23 @@ def main(argv=None) -> list[dict]:
             print(f"classifier s={s:g} {solver}: {rows[-1]['fraction']:.3f} ({rows[-1]['seconds']:.1f} s)", file=sys.stderr)
     floor = None if args.no_fd else digits_floor(classifier=clean)
     print_table(rows, floor, len(y))
+    if args.plot_dir is not None:
+        plot_rows(rows, args.plot_dir)
     return rows
+
+
+def plot_rows(rows: list[dict], plot_dir: str) -> None:
+    """DIR/guided_KIND_SOLVER.png: one image row per scale, one column per class."""
+    names = {"cfg": ("classifier-free guidance", "w"), "cg": ("classifier guidance", "s")}
+    for kind, solver in dict.fromkeys((r["kind"], r["solver"]) for r in rows):
+        group = [r for r in rows if (r["kind"], r["solver"]) == (kind, solver)]
+        title, letter = names[kind]
+        path = os.path.join(plot_dir, f"guided_{kind}_{solver.replace('+', 'p')}.png")
+        plots.plot_image_rows([r["samples"] for r in group], path,
+                              row_labels=[f"{letter} = {r['scale']:g}" for r in group],
+                              col_labels=[str(k) for k in range(group[0]["samples"].shape[0])],
+                              title=f"{title}, {solver} ({group[0]['nfe']} NFE)")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ lower-order final steps make it cheaper, the NFE actually used is shown in brack
     python benchmarks/solvers.py --solvers dpm_solver++ unipc dpm_solver_multistep deis ipndm --no-fit --median \
         --ratios --grids uniform_lambda quadratic_t uniform_t karras --nfe 5 8 10 15 20   # solvers.recommend's table
     python benchmarks/solvers.py --schedules none --digits 1000 --nfe 10 20   # classifier FD on the digits VP model
+    python benchmarks/solvers.py --quick --solvers ddim heun dpm_solver dpm_solver++ unipc ipndm --grids uniform_lambda \
+        quadratic_t --nfe 5 8 10 15 20 50 --n 256 --no-fit --plot-dir docs   # docs/solvers_{vp,ddpm}.png
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ import torchdiffeq  # noqa: E402
 
 import solvers  # noqa: E402
 from scoresde import VESDE, AnalyticModel, DiscreteVPSDE, FlowSDE, GaussianMixture, SubVPSDE, VPSDE  # noqa: E402
+from scoresde import plots  # noqa: E402
 from solvers import grids  # noqa: E402
 
 NFES = (5, 6, 8, 10, 12, 15, 20, 25, 50, 100)
@@ -435,7 +438,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="the shipped digits model of --digits (default vp)")
     parser.add_argument("--digits-seed", type=int, default=0, help="seed of the first digits sample (default 0)")
     parser.add_argument("--check-reference", action="store_true", help="compare the reference with dopri5 in t")
+    parser.add_argument("--plot-dir", default=None, help="also write DIR/solvers_SCHEDULE.png, RMS error against NFE "
+                        "(scoresde.plots.plot_error_vs_nfe; needs the plots extra)")
     args = parser.parse_args(argv)
+    if args.plot_dir is not None:
+        try:  # fail now, not after the run
+            plots.require_matplotlib()
+            plots.check_png_path(os.path.join(args.plot_dir, "solvers.png"))
+        except (ImportError, ValueError) as e:
+            parser.error(str(e))
     if args.solvers is not None:
         unknown = sorted(set(args.solvers) - set(solvers.available()))
         if unknown:
@@ -482,6 +493,10 @@ def main(argv: list[str] | None = None) -> None:
             print_ratios(schedule, results, nfes)
         if args.adaptive:
             adaptive_sweep(schedule, n)
+        if args.plot_dir is not None:
+            out = plots.plot_error_vs_nfe(results, os.path.join(args.plot_dir, f"solvers_{schedule}.png"),
+                                          title=f"{schedule}: RMS endpoint error, Gaussian mixture d = 64, {n} start states")
+            print(f"# wrote {out}")
         sys.stdout.flush()
     if args.digits:
         digits_check(args.digits, nfes, sde=args.digits_sde, seed=args.digits_seed, match=args.match)
