@@ -89,16 +89,18 @@ def save_samples(path: str | os.PathLike | None, *, n: int, batch_size: int | No
     plan = _plan(n=n, batch_size=batch_size, **sample_kwargs)
     if plan.dtype not in _NUMPY_DTYPES:
         raise ValueError(f"dtype: save_samples writes {', '.join(str(d) for d in _NUMPY_DTYPES)}, got {plan.dtype}")
-    is_image = len(plan.shape) == 3 and plan.shape[0] in (1, 3)
+    # what the rows hold: the solver's shape, or a latent model's decoded images
+    shape = tuple(plan.model.pixel_shape) if hasattr(plan.model, "latent_shape") else plan.shape
+    is_image = len(shape) == 3 and shape[0] in (1, 3)
     if image_dir is not None and not is_image:
-        raise ValueError(f"image_dir: image files need samples of shape (C, H, W) with C 1 or 3, got {plan.shape}")
+        raise ValueError(f"image_dir: image files need samples of shape (C, H, W) with C 1 or 3, got {shape}")
     np_dtype = np.dtype(_NUMPY_DTYPES[plan.dtype])
     tally, first = _Tally(), []
     rows = _rows(_chunks(plan, batch_size, progress), tally, first, keep_first)
     if image_dir is not None:
         image_dir.mkdir(parents=True, exist_ok=True)
         rows = _write_image_files(rows, image_dir)
-    header = _npy_header((plan.n, *plan.shape), np_dtype)
+    header = _npy_header((plan.n, *shape), np_dtype)
     if path is not None:  # what a killed earlier run of this file left: its temporary file and image spool
         clean_stale_tmp(path.parent, target=path.name)
     if path is None:
@@ -114,12 +116,12 @@ def save_samples(path: str | os.PathLike | None, *, n: int, batch_size: int | No
             out["settings"] = np.asarray(json.dumps(tally.settings(plan, batch_size), default=str))
             return out
 
-        images = _npy_header((plan.n, *plan.shape[1:], plan.shape[0]), np.dtype(np.uint8)) if is_image else None
+        images = _npy_header((plan.n, *shape[1:], shape[0]), np.dtype(np.uint8)) if is_image else None
         atomic_write(path, lambda tmp: _write_npz(tmp, header, rows, images, extras))
     return SavedSamples(
-        path=path, shape=(plan.n, *plan.shape), dtype=np_dtype.name, nfe=sum(tally.nfe_per_chunk),
+        path=path, shape=(plan.n, *shape), dtype=np_dtype.name, nfe=sum(tally.nfe_per_chunk),
         nfe_per_chunk=tuple(tally.nfe_per_chunk), seconds=tally.seconds, settings=tally.settings(plan, batch_size),
-        first=torch.cat(first) if first else torch.empty((0, *plan.shape), dtype=plan.dtype), image_dir=image_dir,
+        first=torch.cat(first) if first else torch.empty((0, *shape), dtype=plan.dtype), image_dir=image_dir,
     )
 
 

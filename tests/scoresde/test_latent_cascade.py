@@ -10,6 +10,7 @@ from scoresde.latent.cascade import (
     ConditionedNet, SRStage, augment_low_res, downsample, noise_feature, sample_cascade, sr_loss, upsample,
 )
 from scoresde.latent.exact_sr import ExactGaussianSR, pool_matrix
+from scoresde.nn.dit import DiT, DiTConfig
 from scoresde.nn.unet import UNet, UNetConfig
 
 SHAPE, LOW = (1, 4, 4), (1, 2, 2)  # 16 high-resolution dims, 4 low-resolution ones (factor 2)
@@ -113,15 +114,20 @@ def test_pooling_and_upsampling():
                                downsample(x, 2))
 
 
-def tiny_sr_stage() -> SRStage:
-    config = UNetConfig(image_size=8, in_channels=6, out_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1,
-                        attn_resolutions=(), dropout=0.0, augment_dim=1)
+def tiny_sr_stage(backbone: str = "unet") -> SRStage:
     torch.manual_seed(0)
-    return SRStage(UNet(config), scoresde.VPSDE(), (3, 8, 8), 2)
+    if backbone == "unet":
+        net = UNet(UNetConfig(image_size=8, in_channels=6, out_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                              attn_resolutions=(), dropout=0.0, augment_dim=1))
+    else:
+        net = DiT(DiTConfig(image_size=8, in_channels=6, out_channels=3, patch_size=2, hidden_size=32, depth=1,
+                            num_heads=2, embedding_dim=16, augment_dim=1))
+    return SRStage(net, scoresde.VPSDE(), (3, 8, 8), 2)
 
 
-def test_the_learned_stage_concatenates_the_upsampled_condition():
-    stage = tiny_sr_stage()
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+def test_the_learned_stage_concatenates_the_upsampled_condition(backbone):
+    stage = tiny_sr_stage(backbone)
     seen = {}
 
     def spy(x_in, c_noise, y=None, augment_labels=None):

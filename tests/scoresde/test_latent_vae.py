@@ -112,3 +112,20 @@ def test_latent_sampling_through_the_vae_returns_images():
 def test_psnr():
     x = torch.zeros(2, 3, 4, 4)
     assert float(psnr(x, x + 0.02)[0]) == pytest.approx(10 * math.log10(4 / 0.0004))
+
+
+def test_save_samples_streams_the_decoded_images(tmp_path):
+    import numpy as np
+
+    from scoresde.sampling_files import save_samples
+
+    torch.manual_seed(0)
+    vae = VAE(TINY).eval()
+    model = LatentModel(AnalyticModel(Gaussian(torch.zeros(vae.latent_shape)), scoresde.VPSDE()), vae)
+    saved = save_samples(tmp_path / "s.npz", n=5, batch_size=2, model=model, solver="ddim", steps=3, seed=0)
+    assert saved.shape == (5, 3, 16, 16)
+    with np.load(tmp_path / "s.npz") as f:
+        x, images = f["x"], f["images"]
+    assert images.shape == (5, 16, 16, 3)
+    ref = scoresde.sample(model, solver="ddim", steps=3, n=5, seed=0, batch_size=2).x
+    np.testing.assert_array_equal(x, ref.numpy())
