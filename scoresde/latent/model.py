@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..guidance import _takes_labels  # the one check of a prediction method's labels keyword
+
 __all__ = ["LatentModel", "check_autoencoder"]
 
 AUTOENCODER_METHODS = ("encode", "decode")
@@ -78,6 +80,9 @@ class LatentModel:
     def _predict(self, kind: str, z: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         if y is None:
             return getattr(self.latent, kind)(z, t)
+        if not _takes_labels(getattr(self.latent, kind)):
+            raise ValueError(f"labels y were given but the latent model {type(self.latent).__name__}.{kind} takes none: "
+                             "guidance needs a class-conditional latent model")
         return getattr(self.latent, kind)(z, t, y=y)
 
     def eps(self, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

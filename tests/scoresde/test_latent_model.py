@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis.strategies import floats, integers
 
 import scoresde
 from scoresde.analytic import AnalyticModel, ConditionalAnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel
@@ -165,3 +167,24 @@ def test_bad_inputs_are_refused():
         LinearAutoencoder(torch.zeros(D, D), SHAPE)
     with pytest.raises(ValueError, match="scale_factor"):
         LinearAutoencoder(torch.eye(D), SHAPE, scale_factor=0.0)
+
+
+def test_labels_for_an_unconditional_latent_model_are_refused():
+    _, model = pixel_and_latent()
+    z_T = torch.zeros(2, *SHAPE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="takes none: guidance needs a class-conditional latent model"):
+        scoresde.sample(model, solver="ddim", steps=2, x_T=z_T, y=0, guidance_scale=2.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(scale=floats(0.05, 20.0), c=floats(0.1, 10.0), seed=integers(0, 2**16))
+def test_encode_decode_round_trip_and_the_determinant_shift(scale, c, seed):
+    A = c * orthogonal(seed) @ torch.diag(torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64))
+    ae = LinearAutoencoder(A, SHAPE, (4,), scale_factor=scale)
+    model = LatentModel(AnalyticModel(Gaussian(torch.zeros(4, dtype=torch.float64)), scoresde.VPSDE()), ae)
+    x = torch.randn(3, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    z = model.encode(x)
+    assert z.shape == (3, 4)
+    torch.testing.assert_close(z, scale * (x.flatten(1) @ torch.linalg.inv(A).T))
+    torch.testing.assert_close(model.decode(z), x)
+    assert ae.log_abs_det() == pytest.approx(4 * math.log(c) + math.log(1.5), abs=1e-9)
