@@ -5,11 +5,13 @@ import pytest
 import torch
 
 import scoresde
-from scoresde.analytic import CorrelatedGaussian, CorrelatedGaussianModel
+from scoresde.analytic import AnalyticModel, CorrelatedGaussian, CorrelatedGaussianModel, Gaussian
 from scoresde.latent.cascade import (
     ConditionedNet, SRStage, augment_low_res, downsample, noise_feature, sample_cascade, sr_loss, upsample,
 )
 from scoresde.latent.exact_sr import ExactGaussianSR, pool_matrix
+from scoresde.latent.linear import LinearAutoencoder
+from scoresde.latent.model import LatentModel
 from scoresde.nn.dit import DiT, DiTConfig
 from scoresde.nn.unet import UNet, UNetConfig
 
@@ -81,9 +83,15 @@ def test_sr_sampler_samples_the_exact_conditional_law(solver, steps, s):
         assert (downsample(x, 2) - low).abs().max() < 0.05
 
 
-def test_the_exact_cascade_samples_the_data_law():
+@pytest.mark.parametrize("latent_base", [False, True])
+def test_the_exact_cascade_samples_the_data_law(latent_base):
     stage = exact_stage()
-    base = CorrelatedGaussianModel(stage.low_res_law(), stage.sde)
+    low_law = stage.low_res_law()
+    base = CorrelatedGaussianModel(low_law, stage.sde)
+    if latent_base:  # the same low-resolution law as a latent model: z = U^T l is diagonal in the eigenbasis U
+        U, lam = low_law.eigvecs, low_law.eigvals
+        latent = AnalyticModel(Gaussian((U.T @ low_law.mean.reshape(-1)).reshape(LOW), lam.sqrt().reshape(LOW)), stage.sde)
+        base = LatentModel(latent, LinearAutoencoder(U, LOW))
     out = sample_cascade(base, stage, n=N, seed=3, dtype=torch.float64, base_options={"solver": "dpm_solver++", "steps": 20},
                          sr_options={"solver": "unipc", "steps": 20})
     assert out.x.shape == (N, *SHAPE) and out.low.shape == (N, *LOW) and torch.equal(out.w, out.low)
