@@ -20,22 +20,23 @@ F64 = torch.float64
 
 
 class PerTimeAffine(nn.Module):
-    """v(x, t_i) = a_i * (x - mean_i) / std_i + b_i with one (a_i, b_i) per grid time t_i: on Gaussian data
-    the two-step DDIM map of the exact model is affine in x at each grid time, so this student can match
-    it exactly. mean_i, std_i (the marginal's, fixed buffers) only standardize the input, which keeps the
-    least-squares problem well conditioned for Adam."""
+    """v(x, t_i) = c_i (a_i * (x - mean_i) / std_i + b_i) with one (a_i, b_i) per grid time t_i: on Gaussian
+    data the two-step DDIM map of the exact model is affine in x at each grid time, so this student can
+    match it exactly. The fixed buffers only precondition: mean_i, std_i (the marginal's) standardize the
+    input and c_i = sqrt(alpha_i^2 + sigma_i^2), the scale of v, keeps a_i, b_i of order 1 (as EDM's c_out
+    does), which keeps the least-squares problem well conditioned for Adam on every process (VE's v
+    reaches 50)."""
 
-    def __init__(self, times, mean, std):
+    def __init__(self, times, mean, std, scale):
         super().__init__()
-        self.register_buffer("times", times.clone())
-        self.register_buffer("mean", mean.clone())
-        self.register_buffer("std", std.clone())
+        for name, value in dict(times=times, mean=mean, std=std, scale=scale).items():
+            self.register_buffer(name, value.clone())
         self.a = nn.Parameter(torch.zeros_like(mean))
         self.b = nn.Parameter(torch.zeros_like(mean))
 
     def forward(self, x, c_noise):
         i = (c_noise[:, None] - self.times[None]).abs().argmin(1)
-        return self.a[i] * (x - self.mean[i]) / self.std[i] + self.b[i]
+        return self.scale[i] * (self.a[i] * (x - self.mean[i]) / self.std[i] + self.b[i])
 
 
 def student_from_teacher(teacher, ts):
@@ -43,11 +44,11 @@ def student_from_teacher(teacher, ts):
     the paper initializes the student from the teacher."""
     sde, m, s = teacher.sde, teacher.data.mean, teacher.data.std
     alpha, sigma = sde.alpha(ts)[:, None], sde.sigma(ts)[:, None]
-    net = PerTimeAffine(ts, alpha * m, (alpha**2 * s**2 + sigma**2).sqrt())
+    net = PerTimeAffine(ts, alpha * m, (alpha**2 * s**2 + sigma**2).sqrt(), (alpha**2 + sigma**2).sqrt())
     with torch.no_grad():
         for i, t in enumerate(ts):
             points = net.mean[i] + torch.cat([torch.zeros(1, len(m), dtype=F64), torch.diag(net.std[i])])
-            v = teacher.v(points, t.reshape(1).expand(len(points)))
+            v = teacher.v(points, t.reshape(1).expand(len(points))) / net.scale[i]
             net.b[i] = v[0]
             net.a[i] = (v[1:] - v[0]).diagonal()
     return ScoreModel(net, sde, "v")
@@ -80,10 +81,10 @@ def test_two_halvings_reproduce_teacher_vp():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sde, iterations", [(VPSDE(), 300), (VESDE(), 800), (FlowSDE(), 300), (SubVPSDE(), 300),
-                                             (DiscreteVPSDE(), 300)], ids=["vp", "ve", "flow", "subvp", "ddpm"])
-def test_three_halvings_reproduce_teacher(sde, iterations):
-    check_halvings(sde, iterations=iterations)  # VE (prior std 50) needs more Adam steps for the same tolerance
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), FlowSDE(), SubVPSDE(), DiscreteVPSDE()],
+                         ids=["vp", "ve", "flow", "subvp", "ddpm"])
+def test_three_halvings_reproduce_teacher(sde):
+    check_halvings(sde)
 
 
 @given(alpha_t=floats(1e-3, 1.0), sigma_t=floats(1e-2, 80.0), shrink=floats(1e-3, 0.99), grow=floats(1.01, 1e3))
