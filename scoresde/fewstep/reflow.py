@@ -91,8 +91,12 @@ def reflow_loss(model: ScoreModel, x0: Tensor, noise: Tensor, *, t_eps: float = 
 
 
 def _velocity(model: Model, x: Tensor, t: Tensor) -> Tensor:
-    """The flow velocity u = alpha' x0_hat + sigma' eps_hat at x (B, *D), t 0-d float64; one evaluation."""
+    """The flow velocity at x (B, *D), t 0-d float64; one evaluation: the model's own `flow` where it has
+    one (a ScoreModel), else u = alpha' x0_hat + sigma' eps_hat from eps (x0_hat = (x - sigma eps)/alpha
+    magnifies round-off by 1/alpha = 1000 at T, so the native form is preferred)."""
     tt = t.reshape(1).expand(x.shape[0]).to(x.dtype)
+    if callable(getattr(model, "flow", None)):
+        return model.flow(x, tt)
     sde, eps = model.sde, model.eps(x, tt)
     x0 = x0_from_eps(x, eps, sde.alpha(tt), sde.sigma(tt))
     return flow_from(x0, eps, sde.dalpha_dt(tt), sde.dsigma_dt(tt))
@@ -121,6 +125,9 @@ def straightness(model: Model, x_T: Tensor, *, steps: int = 100, solver: str | s
     states = [x_T]
     with torch.no_grad():
         sol = _solver(solver)(model, x_T, ts, callback=lambda step: states.append(step.x))
+        if len(states) != len(ts):
+            raise ValueError(f"straightness needs the state at every grid time; solver {solver!r} reported "
+                             f"{len(states) - 1} of {len(ts) - 1} steps")
         span = float(ts[0] - ts[-1])
         delta = sol.x - x_T  # Z_1 - Z_0
         # (Z_1 - Z_0) - dZ/dtau with dZ/dtau = -(T - t_eps) u, at each grid time
