@@ -47,6 +47,8 @@ def test_error_vs_nfe_writes_a_png(tmp_path):
     w, h = png_size(out)
     # 7.5 x 4.8 inches at 50 dpi, widened by the legend outside the axes and trimmed to the drawing
     assert 300 <= w <= 700 and 180 <= h <= 300, (w, h)
+    with Image.open(out) as im:
+        assert im.mode == "P" and len(im.getpalette()) <= 3 * 256  # re-encoded with a palette (plots.palette_png)
     bigger = plots.plot_error_vs_nfe(fake_results(), tmp_path / "err2.png", dpi=100)
     assert png_size(bigger)[0] > 1.8 * w  # dpi scales the picture
 
