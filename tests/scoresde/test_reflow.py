@@ -80,6 +80,14 @@ def test_two_rectified_flow_of_exact_pairs_is_straight():
     assert float((one_step(GAUSS, z) - x).abs().max()) > 0.1
 
 
+def test_one_step_is_one_euler_step_of_the_flow_ode():
+    """On FlowSDE one DDIM step equals x_T + (t_eps - T) u(x_T, T) with u = eps_hat - x0_hat (one evaluation)."""
+    x_T = SDE.prior_sample((64, 2), generator=torch.Generator().manual_seed(5), dtype=F64)
+    T = torch.full((64,), SDE.T, dtype=F64)
+    u = GAUSS.eps(x_T, T) - GAUSS.x0(x_T, T)
+    torch.testing.assert_close(one_step(GAUSS, x_T), x_T + (SDE.t_eps - SDE.T) * u, rtol=1e-12, atol=1e-12)
+
+
 class TinyFlowNet(nn.Module):
     """u(x, t): an MLP on (x, t) for 2-D data."""
 
