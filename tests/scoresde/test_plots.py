@@ -171,3 +171,20 @@ def test_guided_benchmark_plot_rows(tmp_path):
     assert out.name == "guided_cfg_dpm_solverpp.png"
     w, h = png_size(out)
     assert w > h  # 10 columns, 3 rows
+
+
+@pytest.mark.slow  # about 15 s of CPU: two tiny trainings and bits/dim evaluations, twice
+def test_training_curve_benchmark(tmp_path):
+    """benchmarks/training_curve.py on a tiny U-Net: stops, bits/dim per stop (kept on a rerun), the figure."""
+    module = load_benchmark("training_curve")
+    argv = ["--steps", "2", "--every", "1", "--n", "2", "--ch", "8", "--res-blocks", "1", "--batch-size", "8",
+            "--out", str(tmp_path / "run")]
+    plot_dir = tmp_path / "plots"
+    plot_dir.mkdir()
+    points = module.main(argv + ["--plot-dir", str(plot_dir)])
+    assert [p[0] for p in points] == [1, 2] and all(math.isfinite(b) and b > 0 for _, b, _ in points)
+    assert json.loads((tmp_path / "run" / "bpd.json").read_text()) == {str(s): [b, e] for s, b, e in points}
+    png_size(only_file(plot_dir))
+    assert module.main(argv) == points  # a rerun trains nothing and keeps the stored figures
+    with pytest.raises(SystemExit):
+        module.main(argv[:2] + ["--every", "3"])  # --every must divide --steps
