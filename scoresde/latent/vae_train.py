@@ -8,7 +8,8 @@ terms, which are not included here):
 z = mean + std e one posterior draw. Batches are drawn by a generator seeded from (seed, step), so a
 resumed run draws what the uninterrupted one would have. The file at `path` (`vae_files.save_vae`,
 atomic) is written every `save_every` steps and at the end, with the optimizer state; calling
-`train_vae` again with the same path resumes from it. At the end the scaling factor 1 / std of the
+`train_vae` again with the same path resumes from it (with more `steps`, the finished run is extended;
+every other setting must be the same). At the end the scaling factor 1 / std of the
 encoded training latents (posterior means) is computed and stored (Rombach et al., Sec. 4.3.2).
 """
 
@@ -96,8 +97,12 @@ def train_vae(images: Tensor, vae_config: VAEConfig, config: VAETrainConfig, pat
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
     if path.exists():
         saved = read_vae_file(path)
-        if saved.vae.config != vae_config or saved.train_config != config.to_dict():
-            raise ValueError(f"{path} holds a run with another configuration; choose a new path or the same configs")
+        same = {k: v for k, v in config.to_dict().items() if k != "steps"}
+        if saved.vae.config != vae_config or {k: v for k, v in saved.train_config.items() if k != "steps"} != same:
+            raise ValueError(f"{path} holds a run with another configuration; choose a new path or the same configs "
+                             "(only steps may differ: a run is extended to more steps)")
+        if saved.step > config.steps:
+            raise ValueError(f"{path} is at step {saved.step}, past steps={config.steps}")
         vae.load_state_dict(saved.vae.state_dict())
         vae.scale_factor = saved.vae.scale_factor
         if saved.optimizer_state is not None:

@@ -1,5 +1,6 @@
 """The patch VAE: shapes, a short training run, resuming, the scale factor, and its model file."""
 
+import dataclasses
 import math
 
 import pytest
@@ -65,7 +66,12 @@ def test_training_lowers_the_loss_resumes_exactly_and_stores_the_scale_factor(tm
     assert float(z.std()) == pytest.approx(1.0, abs=1e-4)
     torch.testing.assert_close(latent_model.decode(z), loaded.decode(loaded.encode(images)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="another configuration"):
-        train_vae(images, TINY, VAETrainConfig(steps=16, save_every=5), tmp_path / "a.safetensors")
+        train_vae(images, TINY, dataclasses.replace(config, lr=1e-3), tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="at step 15, past steps=10"):
+        train_vae(images, TINY, dataclasses.replace(config, steps=10), tmp_path / "a.safetensors")
+    longer = train_vae(images, TINY, dataclasses.replace(config, steps=17), tmp_path / "a.safetensors")
+    assert read_vae_file(tmp_path / "a.safetensors").step == 17
+    assert not torch.equal(longer.decoder[0].weight, vae.decoder[0].weight)
 
 
 def test_save_load_round_trip_and_refusals(tmp_path):
