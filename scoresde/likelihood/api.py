@@ -261,6 +261,8 @@ def log_likelihood(
     seed per sample (`per_sample_generators`), so that a sample's result does not depend on the batch
     (with an adaptive method, up to the step sizes the batch shares; docs/likelihood.md).
     progress: a tqdm bar over the images (B per round; bits_per_dim runs `repeats` rounds), with the NFE.
+    A `scoresde.latent.model.LatentModel` reports log p(z) of its latents z = s E(x) (per latent dimension,
+    settings["space"] = "latent"; no pixel figure: docs/latent.md), and bits_per_dim then needs levels=None.
     """
     return _estimate(
         model, x, levels=None, repeats=1, y=y, method=method, rtol=rtol, atol=atol, steps=steps, grid=grid,
