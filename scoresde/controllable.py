@@ -43,6 +43,7 @@ from solvers.protocol import GeneratorArg, bcast, randn_like, time_like
 from solvers.validate import check_name
 
 from .sampling import Samples, build_solver, make_generators, make_grid, run_settings, run_solver
+from .sampling_args import is_auto, resolve_auto
 
 __all__ = ["COLOR_BASIS", "colorize", "from_basis", "inpaint", "Replacement", "replace_known", "to_basis"]
 
@@ -155,7 +156,8 @@ def inpaint(
     dtype and on its device); mask: bool of shape (B, *D), (*D) or (1, *D), True where known; basis:
     optional orthogonal (C, C) matrix, in which case known and mask are in the coordinates
     to_basis(x, basis) (see `colorize`). solver, steps, grid, seed, generator and solver options as
-    in `scoresde.sample`. At every grid time (the first included) the known part is replaced by
+    in `scoresde.sample`, including solver="auto" (its recommended grid; a model's fitted grids are for
+    unconditional sampling and are not used here). At every grid time (the first included) the known part is replaced by
     alpha(t) known + sigma(t) z (the solver's hook; see the module docstring), with z ~ N(0, I)
     drawn anew each time from the generator (noise="fresh", Song et al.) or drawn once
     (noise="fixed": a smooth path for the known part, so ODE solvers keep their order); the final
@@ -165,6 +167,9 @@ def inpaint(
     mask, basis = _check_problem(known, mask, basis)
     _check_run(known, seed, callback)
     sde = model.sde
+    auto = is_auto(solver)
+    if auto:  # solvers.recommend(sde, steps) chooses solver, options and grid, as in `sample`
+        solver, solver_options, grid, steps = resolve_auto(sde, solver_options, grid, steps)
     solver = build_solver(solver, solver_options, sde)
     device = known.device
     gen = make_generators(seed, generator, device)
@@ -181,6 +186,8 @@ def inpaint(
     settings = run_settings(solver, steps, grid_name, ts, sde, seed, known, device)
     settings["conditioning"] = "replacement" if basis is None else "replacement in a channel basis"
     settings["replacement_noise"] = noise
+    if auto:
+        settings["auto"] = True
     return Samples(x=x, nfe=sol.nfe, ts=ts.cpu(), seconds=seconds, settings=settings)
 
 

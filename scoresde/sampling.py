@@ -17,6 +17,7 @@ import solvers
 from solvers.base import Callback, Step
 from solvers.validate import check_bool
 
+from . import fitted_grids
 from .devices import check_device
 from .guidance import CFGModel, check_labels
 from .sampling_args import (
@@ -113,6 +114,7 @@ class _Plan:
     dtype: torch.dtype
     callback: Callback | None
     auto: bool = False  # solver="auto" chose solver, options and grid (solvers.recommend)
+    fitted: int | None = None  # the index of the model's fitted grid walked (grid "fitted"), or None
 
 
 def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,
@@ -126,14 +128,17 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
     device = None if device is None else check_device(device)
     model, image_shape, null_label, labels = _resolve_model(model, sde, y, guidance_scale, null_label, device)
     check_callables(model, callback)
-    auto = is_auto(solver)
+    auto, grid_given = is_auto(solver), grid is not None
     if auto:
         solver, solver_options, grid, steps = resolve_auto(model.sde, solver_options, grid, steps)
     solver = build_solver(solver, solver_options, model.sde)
     n, shape, device = _batch(x_T, n, shape, image_shape, labels, device)
     if labels is not None:
         check_labels(labels, n)
-    if solver.grid_ends_only and not isinstance(grid, Tensor):
+    fitted = None if grid_given else fitted_grids.find(model, solver, steps, t_start, t_end)  # the model's own grid
+    if fitted is not None:
+        ts, grid_name, steps = fitted[1].grid(), "fitted", fitted[1].steps
+    elif solver.grid_ends_only and not isinstance(grid, Tensor):
         ts, grid_name, steps = adaptive_grid(solver, model.sde, grid, steps, t_start, t_end)
     else:
         ts, grid_name, steps = make_grid(solver, model.sde, grid, steps, t_start, t_end)
@@ -142,6 +147,7 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
         model=model, solver=solver, ts=ts, grid_name=grid_name, steps=steps, n=n, shape=shape, x_T=x_T, seeds=seeds,
         generator=gen, seed=seed, y=labels, guidance_scale=guidance_scale, null_label=null_label, device=device,
         dtype=(torch.float32 if x_T is None else x_T.dtype) if dtype is None else dtype, callback=callback, auto=auto,
+        fitted=None if fitted is None else fitted[0],
     )
 
 
@@ -168,8 +174,10 @@ def _draw(plan: _Plan, lo: int, hi: int, progress: bool) -> Samples:
         x_T = plan.x_T[lo:hi].to(device=plan.device, dtype=plan.dtype)
     sol, seconds = run_solver(plan.solver, model, x_T, plan.ts.to(plan.device), gen, plan.callback, progress)
     settings = run_settings(plan.solver, plan.steps, plan.grid_name, plan.ts, model.sde, plan.seed, x_T, plan.device)
-    if plan.grid_name == "custom":
+    if plan.grid_name in ("custom", "fitted"):
         settings["ts"] = plan.ts.tolist()
+    if plan.fitted is not None:
+        settings["fitted_grid"] = plan.fitted  # the index in model.fitted_grids (scoresde.fitted_grids)
     if plan.auto:
         settings["auto"] = True  # solver, options and grid above are what solver="auto" chose
     if plan.y is not None:
@@ -272,7 +280,8 @@ def sample(
     chooses solver, options and grid (so "auto" refuses options and grid; settings record the
     concrete choice and settings["auto"] = True).
     steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
-    grid: a name in `solvers.grids.GRIDS` (the solver's `default_grid` when None); the grid runs
+    grid: a name in `solvers.grids.GRIDS` (None: the model's fitted grid for this solver, options and steps when it
+    carries one, settings["grid"] = "fitted", `scoresde.fitted_grids`; else the solver's `default_grid`); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
     settings["ts"] the times). Adaptive solvers (`grid_ends_only`: "ode" with an adaptive method,

@@ -18,7 +18,9 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
   EMA weights of a checkpoint in float16 (each shipped file stays under 4 MB) with the same JSON
   metadata. Weights are cast back to float32 on load, so the model is exactly the network those
   float16 weights define. The shipped digits models (`default_model`, one per SDE, in `ASSETS`) are
-  such files; `examples/train_digits.py` retrains each from a fixed seed.
+  such files; `examples/train_digits.py` retrains each from a fixed seed. An exported model may also hold
+  "fitted_grids" (`scoresde.fitted_grids`: time grids fitted to it, which `sample` uses when its solver and
+  steps match); `store_fitted_grids` adds them, leaving the tensors untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write, read_safetensors, safetensors_format, write_safetensors
+from .. import fitted_grids
+from ..files import DIGEST_KEY, atomic_write, read_safetensors, safetensors_format, write_safetensors
 from ..losses import LossHistory
 from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
@@ -44,7 +47,7 @@ __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
     "LogInterval",
     "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "save_checkpoint",
-    "write_run_config",
+    "store_fitted_grids", "write_run_config",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"  # the file name in a run's out_dir
@@ -345,6 +348,7 @@ def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetC
     model.image_shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
     model.config = config.to_dict()
     model.null_label = net_config.num_classes
+    model.fitted_grids = ()  # load_pretrained reads a model file's own
     return model
 
 
@@ -362,7 +366,26 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     state = {k: v.to(torch.float32) for k, v in tensors.items()}
     model = _score_model(state, config, net_config, device)
     model.step = step
+    if fitted_grids.META_KEY in meta:
+        value = _meta_json(path, meta, fitted_grids.META_KEY, list)
+        model.fitted_grids = fitted_grids.from_json(str(path), value, model.sde)
     return model
+
+
+def store_fitted_grids(path: str | os.PathLike, entries) -> Path:
+    """Rewrite the model file `path` (an exported model) atomically with metadata "fitted_grids" set to
+    `entries` (`scoresde.fitted_grids.FittedGrid`s; replacing any it held). Tensors and the other metadata
+    are written back as read, so the weights stay bit-identical; a SHA-256 digest is recomputed when the
+    file had one, and none is added to a file without (the shipped models have none)."""
+    tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
+    had_digest = meta.pop(DIGEST_KEY, None) is not None
+    meta[fitted_grids.META_KEY] = fitted_grids.to_json(entries)
+    if had_digest:
+        return _write(path, tensors, meta, mode=0o644)
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)
+    return Path(path)
 
 
 def default_model(sde: str, *, conditional: bool = False, device=None) -> ScoreModel:
