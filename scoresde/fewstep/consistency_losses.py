@@ -128,7 +128,8 @@ def _lognormal_intervals(nu: Tensor, B: int, P_mean: float, P_std: float, genera
     erf((log nu_n - P_mean) / (sqrt2 P_std)) (Song & Dhariwal 2023, Sec. 3.5); nu (N,) increasing."""
     cdf = torch.erf((torch.log(nu) - P_mean) / (math.sqrt(2) * P_std))
     p = (cdf[1:] - cdf[:-1]).clamp_min(0)
-    return torch.multinomial(p / p.sum(), B, replacement=True, generator=_one(generator))
+    dev = _device(generator) or p.device  # multinomial draws on its generator's device
+    return torch.multinomial((p / p.sum()).to(dev), B, replacement=True, generator=_one(generator)).cpu()
 
 
 def _one(generator):
@@ -136,7 +137,14 @@ def _one(generator):
     return generator[0] if isinstance(generator, (list, tuple)) else generator
 
 
+def _device(generator):
+    """The device of the (first) generator, or None."""
+    g = _one(generator)
+    return None if g is None else g.device
+
+
 def _f(model, x: Tensor, t: Tensor) -> Tensor:
+    """The consistency function of `model` (its x0) at x (B, *D) and float64 times t (B,), in x's dtype."""
     return model.x0(x, t.to(x.dtype))
 
 
@@ -163,11 +171,6 @@ def cd_loss(student, target, teacher, x0: Tensor, *, generator=None, N: int = 18
     z = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     n = n.to(x0.device)
     return cd_pair_loss(student, target, teacher, x0, ts[n + 1], ts[n], z, method, dist).mean()
-
-
-def _device(generator):
-    g = _one(generator)
-    return None if g is None else g.device
 
 
 def _consistency_pair(student, target, x0: Tensor, t_next: Tensor, t_cur: Tensor, z: Tensor, weight: Tensor,
