@@ -43,8 +43,8 @@ ROOT = os.path.dirname(_HERE)
 
 # row key -> the README / docs statements it backs
 BACKS = {
-    "import": "README, Command line: `import scoresde` time",
-    "help": "README, Command line: `--help` time",
+    "import": "README, Quick start: part of the start (import, model load)",
+    "help": "no statement yet: that `--help` is quick (issue 23, item 5)",
     "eval1": "README, Quick start: ms per evaluation (one thread); docs/benchmarks.md",
     "eval2": "README, Quick start: ms per evaluation (two threads)",
     "quick": "README, Quick start: the quick start's time (the 60-s claim)",
