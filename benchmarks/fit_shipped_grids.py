@@ -76,6 +76,8 @@ def per_state_errors(x, ref):
 def fit_model(key: str, steps_list, args) -> list:
     """Fit, check and print one model's grids; returns its FittedGrid entries."""
     sde_name, conditional = MODELS[key]
+    if conditional and args.batch_size is not None:  # the labels are fixed per calibration row
+        raise SystemExit(f"{key}: --batch-size is not supported for the class-conditional model; fit on the full batch")
     base = default_model(sde_name, conditional=conditional)
     model_cal, x_cal = start_states(base, args.n_cal, CAL_SEED, conditional)
     model_held, x_held = start_states(base, args.n_held, HELD_SEED, conditional)
