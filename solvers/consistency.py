@@ -20,6 +20,7 @@ samples): the solver is meant for consistency models.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from .base import Hook, Solver, State
 from .protocol import SDE, CountedModel, GeneratorArg, coef, randn_like, time_like
 from .validate import check_number
 
-__all__ = ["Consistency", "ConsistencyState", "renoise_update", "times_grid"]
+__all__ = ["Consistency", "ConsistencyState", "boundary_time", "renoise_update", "times_grid"]
 
 
 def renoise_update(x0: Tensor, z: Tensor, alpha_e: Tensor, sigma_e: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
@@ -54,6 +55,19 @@ def times_grid(sde: SDE, times: Sequence[float], *, t_start: float | None = None
     if any(b >= a for a, b in zip(inner, inner[1:])):
         raise ValueError(f"times must be strictly decreasing, got {list(times)}")
     return torch.tensor([t0, *inner, t1], dtype=torch.float64)
+
+
+def boundary_time(model) -> float | None:
+    """The consistency boundary time t_eps of `model` or of a model it wraps (through `.model`), or None for a
+    model without one (a plain diffusion model: then f is its denoiser and any t_end goes)."""
+    seen = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        t_eps = getattr(model, "t_eps", None)
+        if isinstance(t_eps, (int, float)) and not isinstance(t_eps, bool):
+            return float(t_eps)
+        model = getattr(model, "model", None)
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,11 @@ class Consistency(Solver):
     default_grid = "karras"
 
     def init(self, model: CountedModel, x: Tensor, ts: Tensor, *, generator: GeneratorArg) -> ConsistencyState:
+        t_eps = boundary_time(model)
+        if t_eps is not None and not math.isclose(float(ts[-1]), t_eps, rel_tol=1e-9, abs_tol=1e-12):
+            # f maps to the model's t_eps while the re-noising starts from ts[-1]: they must be the same time
+            raise ValueError(f"the grid ends at t_end={float(ts[-1])!r} but the consistency model's boundary time is "
+                             f"t_eps={t_eps!r}: pass t_end={t_eps!r} (or a grid ending there)")
         return ConsistencyState(x=x, t_end=ts[-1])
 
     def step(self, model: CountedModel, state: ConsistencyState, s: Tensor, t: Tensor, *, generator: GeneratorArg,

@@ -97,11 +97,12 @@ def distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
     return torch.sqrt(diff.pow(2).sum(1) + c**2) - c
 
 
-def karras_times(sde, N: int) -> Tensor:
+def karras_times(sde, N: int, t_eps: float | None = None) -> Tensor:
     """The N boundary times t_1 = t_eps < ... < t_N = T of Song et al. 2023 (Karras et al.'s rho = 7 spacing
-    in the noise level), float64 (N,), increasing."""
+    in the noise level), float64 (N,), increasing; t_eps: the consistency model's boundary time (the
+    process's t_eps when None). The losses pass the student's, so its net is never evaluated below it."""
     check_int("N", N, 2)
-    return karras(sde, N - 1).flip(0)
+    return karras(sde, N - 1, t_end=t_eps).flip(0)
 
 
 def ict_discretization(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
@@ -165,8 +166,8 @@ def cd_pair_loss(student, target, teacher, x0: Tensor, t_next: Tensor, t_cur: Te
 def cd_loss(student, target, teacher, x0: Tensor, *, generator=None, N: int = 18, method: str = "heun",
             dist: str = "l2") -> Tensor:
     """Consistency distillation (Song et al. 2023, Algorithm 2): scalar mean loss over the batch x0 (B, *D),
-    the interval n uniform in 1..N-1 of `karras_times(sde, N)`."""
-    ts = karras_times(student.sde, N).to(x0.device)
+    the interval n uniform in 1..N-1 of `karras_times(sde, N, student.t_eps)`."""
+    ts = karras_times(student.sde, N, student.t_eps).to(x0.device)
     n = torch.randint(0, N - 1, (x0.shape[0],), generator=_one(generator), device=_device(generator))
     z = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     n = n.to(x0.device)
@@ -192,7 +193,7 @@ def ct_loss(student, target, x0: Tensor, *, generator=None, N: int = 11, P_mean:
     check_number("P_std", P_std, 0, low_open=True)
     check_number("P_mean", P_mean)
     sde = student.sde
-    ts = karras_times(sde, N)
+    ts = karras_times(sde, N, student.t_eps)  # ends at the student's boundary time
     nu = noise_level(sde, ts)
     n = _lognormal_intervals(nu, x0.shape[0], P_mean, P_std, generator)
     z = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -133,6 +133,39 @@ def test_ect_stage_0_is_the_weighted_denoising_loss():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
 
 
+class _TimeSpy(torch.nn.Module):
+    """F(x, c) with c_noise = t: records every time it is evaluated at."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.times = torch.nn.Linear(2, 2).double(), []
+
+    def forward(self, x, c):
+        self.times.append(c.detach().clone())
+        return self.lin(x) * (1 + c[:, None])
+
+
+@pytest.mark.parametrize("loss", ["cd", "ct", "ect"])
+def test_the_losses_never_evaluate_the_student_below_its_boundary_time(loss):
+    """With ConsistencyModel(..., t_eps=0.3) every time the student / target net sees is >= 0.3 (the losses'
+    grids end at the student's t_eps, not the process's), and the boundary itself is among the targets'."""
+    sde = VPSDE()
+    spy = _TimeSpy()
+    student = ConsistencyModel(spy, sde, t_eps=0.3)
+    x0 = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    gen = torch.Generator().manual_seed(1)
+    if loss == "cd":
+        cd_loss(student, student, _analytic(sde), x0, generator=gen, N=4, method="ddim")
+    elif loss == "ct":
+        ct_loss(student, student, x0, generator=gen, N=4)
+    else:
+        ect_loss(student, student, x0, generator=gen, stage=1)
+    times = torch.cat(spy.times)
+    assert float(times.min()) == 0.3, float(times.min())
+    ts = karras_times(sde, 4, 0.3)
+    assert ts[0] == 0.3 and ts[-1] == sde.T and bool((ts[1:] > ts[:-1]).all())
+
+
 def test_curricula():
     """iCT: N(k) = min(10 * 2^floor(k / K'), 1280) + 1 with K' = floor(K / 8); ECT: 8 stages."""
     K = 8000

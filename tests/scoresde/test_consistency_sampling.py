@@ -106,3 +106,23 @@ def test_cli_samples_with_the_consistency_solver(tmp_path, capsys):
     out = tmp_path / "s.png"
     assert main(["sample", "--solver", "consistency", "--steps", "1", "--n", "2", "--out", str(out), "--quiet"]) == 0
     assert out.exists() and "NFE 1," in capsys.readouterr().out
+
+
+def test_the_grid_must_end_at_the_consistency_models_boundary_time():
+    """f maps to the model's t_eps and the re-noising starts from ts[-1]: a grid ending elsewhere is refused
+    (naming both), one ending at t_eps samples, and a plain diffusion model (no consistency t_eps) takes any t_end."""
+    sde = VPSDE()
+    model = ConsistencyModel(Net().double(), sde, t_eps=0.3)
+    with pytest.raises(ValueError, match=r"t_end=0\.001.*t_eps=0\.3"):
+        scoresde.sample(model, solver="consistency", steps=2, n=3, shape=(2,), seed=0, dtype=F64)
+    with pytest.raises(ValueError, match=r"t_eps=0\.3"):
+        scoresde.sample(FlowMapConsistency(_gaussian(sde), t_eps=0.3), solver="consistency", steps=2, n=3,
+                        shape=(2,), seed=0, dtype=F64)
+    res = scoresde.sample(model, solver="consistency", steps=2, n=3, shape=(2,), seed=0, t_end=0.3, dtype=F64)
+    assert res.ts[-1] == 0.3 and res.nfe == 2
+    res = scoresde.sample(_gaussian(sde), solver="consistency", steps=2, n=3, shape=(2,), seed=0, t_end=0.3)
+    assert res.nfe == 2 and bool(torch.isfinite(res.x).all())
+
+
+def _gaussian(sde):
+    return AnalyticModel(Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.3, 1.4], dtype=F64)), sde)
