@@ -37,7 +37,7 @@ from scoresde import fitted_grids  # noqa: E402
 from scoresde.files import read_safetensors  # noqa: E402
 from scoresde.guidance import CFGModel  # noqa: E402
 from scoresde.training.checkpoints import (  # noqa: E402
-    ASSETS, CONDITIONAL_MODELS, DEFAULT_MODELS, PRETRAINED_FORMAT, default_model, store_fitted_grids,
+    ASSETS, CONDITIONAL_MODELS, DEFAULT_MODELS, PRETRAINED_FORMAT, default_model,
 )
 
 CAL_SEED = 2026_12_18_1  # calibration start states (one generator)
@@ -130,7 +130,7 @@ def write(key: str, entries: list, drop: list = ()) -> None:
     old = default_model(sde_name, conditional=conditional).fitted_grids
     new_keys = {(e.solver, repr(fitted_grids._plain(e.options)), e.steps) for e in (*entries, *drop)}
     kept = [e for e in old if (e.solver, repr(fitted_grids._plain(e.options)), e.steps) not in new_keys]
-    store_fitted_grids(path, sorted([*kept, *entries], key=lambda e: e.steps))
+    fitted_grids.store_fitted_grids(path, sorted([*kept, *entries], key=lambda e: e.steps))
     after, _ = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
     same = before.keys() == after.keys() and all(
         before[k].dtype == after[k].dtype and before[k].shape == after[k].shape

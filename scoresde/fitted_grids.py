@@ -12,22 +12,33 @@ was fitted (benchmarks/fit_shipped_grids.py writes its calibration seed, referen
 files without the entry, such as every file written before it), and `store_fitted_grids` writes them.
 
 `sample(model, solver=..., steps=N)` with no `grid` (and `solver="auto"` after its resolution) walks the entry
-whose solver name, options and steps equal the run's (`find`), when the run keeps the default ends; its
-settings then say grid "fitted", "fitted_grid" (the entry's index) and "ts". An explicit `grid=` wins.
+whose solver name, options and steps equal the run's (`find`), when the run keeps the default ends and its
+guidance is the fitted setting (no labels, or labels at guidance scale 1: `choose`); its settings then say grid
+"fitted", "fitted_grid" (the entry's index) and "ts". An explicit `grid=` wins. A guided run at another scale
+walks the usual grid, and its settings say which entry it passed over and why ("fitted_grid_unused").
+`store_fitted_grids` writes entries into a model file.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["META_KEY", "FittedGrid", "find", "from_json", "to_json"]
+from .files import DIGEST_KEY, atomic_write, read_safetensors, write_safetensors
+
+__all__ = ["META_KEY", "MODEL_FORMAT", "FittedGrid", "choose", "find", "from_json", "store_fitted_grids", "to_json"]
 
 META_KEY = "fitted_grids"
+# the exported model files that carry fitted grids (training.checkpoints.PRETRAINED_FORMAT, which is this
+# constant: defined here so that `store_fitted_grids` checks files without importing training.checkpoints)
+MODEL_FORMAT = "scoresde-pretrained-1"
+FITTED_GUIDANCE_SCALE = 1.0  # the shipped conditional model's grids were fitted on its conditional predictions
 MAX_ENTRIES = 256
 MAX_STEPS = 10_000  # a fitted grid's steps (fit_grid differentiates through every step: far fewer in practice)
 _KEYS = {"solver", "options", "steps", "ts", "fit"}
@@ -112,3 +123,37 @@ def find(model, solver, steps, t_start=None, t_end=None) -> tuple[int, FittedGri
                 and (t_start is None or t_start == entry.ts[0]) and (t_end is None or t_end == entry.ts[-1])):
             return i, entry
     return None
+
+
+def choose(model, solver, steps, t_start, t_end, *, grid_given: bool, labels, guidance_scale):
+    """(entry or None, settings) for `sample`: the fitted grid a run walks and what its settings record.
+
+    No entry when a grid is given or none matches (`find`): settings {}. A match is walked when the run is
+    unguided (labels None) or guided at scale FITTED_GUIDANCE_SCALE (None means 1), the setting the grids were
+    fitted in: settings {"fitted_grid": index}. A guided run at another scale walks the usual grid instead:
+    settings {"fitted_grid_unused": {"index": index, "reason": ...}}.
+    """
+    match = None if grid_given else find(model, solver, steps, t_start, t_end)
+    if match is None:
+        return None, {}
+    scale = FITTED_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
+    if labels is not None and scale != FITTED_GUIDANCE_SCALE:
+        reason = f"guidance_scale {scale:g}: the fitted grids were fitted at guidance scale {FITTED_GUIDANCE_SCALE:g}"
+        return None, {"fitted_grid_unused": {"index": match[0], "reason": reason}}
+    return match[1], {"fitted_grid": match[0]}  # the index in model.fitted_grids
+
+
+def store_fitted_grids(path: str | os.PathLike, entries) -> Path:
+    """Rewrite the model file `path` (an exported model) atomically with metadata "fitted_grids" set to
+    `entries` (`FittedGrid`s; replacing any it held). Tensors and the other metadata are written back as read,
+    so the weights stay bit-identical; a SHA-256 digest is recomputed when the file had one, and none is
+    added to a file without (the shipped models have none)."""
+    tensors, meta = read_safetensors(path, fmt=MODEL_FORMAT, what="pretrained model")
+    had_digest = meta.pop(DIGEST_KEY, None) is not None
+    meta[META_KEY] = to_json(entries)
+    if had_digest:
+        return write_safetensors(path, tensors, meta, mode=0o644)
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)
+    return Path(path)

@@ -20,9 +20,10 @@ from solvers.validate import check_bool
 from . import fitted_grids
 from .devices import check_device
 from .guidance import CFGModel, check_labels
+from .latent.model import decode_if_latent
 from .sampling_args import (
-    MAX_COUNT, MAX_STEPS, check_callables, check_count, check_dtype, check_label_ints, check_shape, check_x_T,
-    custom_grid, is_auto, noise_source, resolve_auto,
+    MAX_COUNT, adaptive_grid, check_callables, check_count, check_dtype, check_label_ints, check_shape, check_x_T,
+    is_auto, make_grid, noise_source, resolve_auto,
 )
 from .sde_names import SDE_NAMES, make_sde
 from .sde import SDE
@@ -114,7 +115,7 @@ class _Plan:
     dtype: torch.dtype
     callback: Callback | None
     auto: bool = False  # solver="auto" chose solver, options and grid (solvers.recommend)
-    fitted: int | None = None  # the index of the model's fitted grid walked (grid "fitted"), or None
+    fitted: dict = field(default_factory=dict)  # settings on the model's fitted grids (scoresde.fitted_grids.choose)
 
 
 def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,
@@ -135,9 +136,10 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
     n, shape, device = _batch(x_T, n, shape, image_shape, labels, device)
     if labels is not None:
         check_labels(labels, n)
-    fitted = None if grid_given else fitted_grids.find(model, solver, steps, t_start, t_end)  # the model's own grid
+    fitted, fitted_settings = fitted_grids.choose(model, solver, steps, t_start, t_end, grid_given=grid_given,
+                                                  labels=labels, guidance_scale=guidance_scale)
     if fitted is not None:
-        ts, grid_name, steps = fitted[1].grid(), "fitted", fitted[1].steps
+        ts, grid_name, steps = fitted.grid(), "fitted", fitted.steps
     elif solver.grid_ends_only and not isinstance(grid, Tensor):
         ts, grid_name, steps = adaptive_grid(solver, model.sde, grid, steps, t_start, t_end)
     else:
@@ -147,7 +149,7 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
         model=model, solver=solver, ts=ts, grid_name=grid_name, steps=steps, n=n, shape=shape, x_T=x_T, seeds=seeds,
         generator=gen, seed=seed, y=labels, guidance_scale=guidance_scale, null_label=null_label, device=device,
         dtype=(torch.float32 if x_T is None else x_T.dtype) if dtype is None else dtype, callback=callback, auto=auto,
-        fitted=None if fitted is None else fitted[0],
+        fitted=fitted_settings,
     )
 
 
@@ -176,8 +178,7 @@ def _draw(plan: _Plan, lo: int, hi: int, progress: bool) -> Samples:
     settings = run_settings(plan.solver, plan.steps, plan.grid_name, plan.ts, model.sde, plan.seed, x_T, plan.device)
     if plan.grid_name in ("custom", "fitted"):
         settings["ts"] = plan.ts.tolist()
-    if plan.fitted is not None:
-        settings["fitted_grid"] = plan.fitted  # the index in model.fitted_grids (scoresde.fitted_grids)
+    settings.update(plan.fitted)  # "fitted_grid" or "fitted_grid_unused" (scoresde.fitted_grids.choose)
     if plan.auto:
         settings["auto"] = True  # solver, options and grid above are what solver="auto" chose
     if plan.y is not None:
@@ -186,8 +187,7 @@ def _draw(plan: _Plan, lo: int, hi: int, progress: bool) -> Samples:
             "net_calls": model.net_calls, "net_rows": model.net_rows,
         }
     out = Samples(x=sol.x, nfe=sol.nfe, ts=sol.ts.cpu(), seconds=seconds, settings=settings)
-    # a latent model (scoresde.latent.LatentModel: latent_shape, decode_samples) returns decoded images
-    return plan.model.decode_samples(out) if hasattr(plan.model, "latent_shape") else out
+    return decode_if_latent(plan.model, out)  # a latent model (scoresde.latent.LatentModel) returns images
 
 
 def _chunks(plan: _Plan, batch_size: int | None, progress: bool) -> Iterator[tuple[int, Samples]]:
@@ -281,7 +281,8 @@ def sample(
     concrete choice and settings["auto"] = True).
     steps: grid steps, 1..1_000_000 (the solver's `default_steps` when None);
     grid: a name in `solvers.grids.GRIDS` (None: the model's fitted grid for this solver, options and steps when it
-    carries one, settings["grid"] = "fitted", `scoresde.fitted_grids`; else the solver's `default_grid`); the grid runs
+    carries one and guidance is off or at scale 1, settings["grid"] = "fitted", `scoresde.fitted_grids`; else the
+    solver's `default_grid`); the grid runs
     from t_start (T) to t_end (the SDE's t_eps). grid may also be a decreasing (N + 1,) tensor of
     times (e.g. from `solvers.fit_grid`), which fixes steps and ends (settings["grid"] = "custom",
     settings["ts"] the times). Adaptive solvers (`grid_ends_only`: "ode" with an adaptive method,
@@ -366,33 +367,6 @@ def _batch(x_T, n, shape, image_shape, labels, device) -> tuple[int, tuple, torc
         raise ValueError("give x_T, or shape (excluding the batch dimension): this model records no image_shape")
     check_count("n", n, MAX_COUNT)
     return n, check_shape(shape), torch.device("cpu") if device is None else device
-
-
-def make_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, int]:
-    """(ts, grid name, steps): a grid tensor as given ("custom"), or the grid `grid` (the solver's
-    default_grid when None) of `steps` steps (its default_steps when None) from t_start to t_end."""
-    if isinstance(grid, Tensor):
-        # a grid of times (e.g. from solvers.fit_grid) brings its own steps and ends
-        if steps is not None or t_start is not None or t_end is not None:
-            raise ValueError("a grid tensor fixes steps, t_start and t_end itself; omit them")
-        return custom_grid(grid, sde), "custom", grid.numel() - 1
-    if grid is not None and not isinstance(grid, str):
-        raise ValueError(f"grid must be a name in {sorted(solvers.grids.GRIDS)} or a decreasing 1-d tensor of "
-                         f"times, got {type(grid).__name__} {grid!r}")
-    steps = check_count("steps", solver.default_steps if steps is None else steps, MAX_STEPS)
-    grid_name = solver.default_grid if grid is None else grid
-    return solvers.grids.make(grid_name, sde, steps, t_start=t_start, t_end=t_end), grid_name, steps
-
-
-def adaptive_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, None]:
-    """(ts, "ends", None): the (2,) grid [t_start, t_end] of an adaptive solver (`grid_ends_only`), which
-    chooses its own steps; an explicit steps or grid name would be ignored, so it is refused."""
-    if steps is not None or grid is not None:
-        raise ValueError(
-            f"solver {solver.name!r} is adaptive: it chooses its own steps and uses only the grid's ends "
-            f"t_start and t_end; omit steps and grid (got steps={steps!r}, grid={grid!r})"
-        )
-    return solvers.grids.uniform_t(sde, 1, t_start=t_start, t_end=t_end), "ends", None
 
 
 def run_solver(solver, model, x_T: Tensor, ts: Tensor, gen, callback, progress: bool, hook=None):

@@ -1,5 +1,6 @@
 """The arguments of `scoresde.sample`, checked at the boundary: each bad value raises a ValueError that
-names the argument and what is valid (counts, seeds, generators, x_T, dtype, shape, a grid tensor)."""
+names the argument and what is valid (counts, seeds, generators, x_T, dtype, shape, a grid tensor), and the
+grid a run walks (`make_grid`, `adaptive_grid`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+import solvers
 from solvers.base import check_grid
 from solvers.grids import MAX_STEPS  # grid steps, 1..1_000_000 (the CLI's MAX_STEPS)
 from solvers.recommended import AUTO, recommend
 
 __all__ = [
-    "AUTO", "AUTO_STEPS", "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "check_callables", "check_count", "check_dtype",
-    "check_generator", "check_label_ints", "check_seed", "check_shape", "check_x_T", "custom_grid", "is_auto",
-    "noise_source", "resolve_auto",
+    "AUTO", "AUTO_STEPS", "MAX_COUNT", "MAX_SEED", "MAX_STEPS", "adaptive_grid", "check_callables", "check_count",
+    "check_dtype", "check_generator", "check_label_ints", "check_seed", "check_shape", "check_x_T", "custom_grid",
+    "is_auto", "make_grid", "noise_source", "resolve_auto",
 ]
 
 MAX_COUNT = 2**31 - 1  # n and batch_size: beyond this torch's sizes overflow (the CLI's MAX_INT)
@@ -164,3 +166,30 @@ def resolve_auto(sde, solver_options: dict, grid, steps) -> tuple[str, dict, str
     steps = check_count("steps", AUTO_STEPS if steps is None else steps, MAX_STEPS)
     name, options, grid_name = recommend(sde, steps)
     return name, options, grid_name, steps
+
+
+def make_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, int]:
+    """(ts, grid name, steps): a grid tensor as given ("custom"), or the grid `grid` (the solver's
+    default_grid when None) of `steps` steps (its default_steps when None) from t_start to t_end."""
+    if isinstance(grid, Tensor):
+        # a grid of times (e.g. from solvers.fit_grid) brings its own steps and ends
+        if steps is not None or t_start is not None or t_end is not None:
+            raise ValueError("a grid tensor fixes steps, t_start and t_end itself; omit them")
+        return custom_grid(grid, sde), "custom", grid.numel() - 1
+    if grid is not None and not isinstance(grid, str):
+        raise ValueError(f"grid must be a name in {sorted(solvers.grids.GRIDS)} or a decreasing 1-d tensor of "
+                         f"times, got {type(grid).__name__} {grid!r}")
+    steps = check_count("steps", solver.default_steps if steps is None else steps, MAX_STEPS)
+    grid_name = solver.default_grid if grid is None else grid
+    return solvers.grids.make(grid_name, sde, steps, t_start=t_start, t_end=t_end), grid_name, steps
+
+
+def adaptive_grid(solver, sde, grid, steps, t_start=None, t_end=None) -> tuple[Tensor, str, None]:
+    """(ts, "ends", None): the (2,) grid [t_start, t_end] of an adaptive solver (`grid_ends_only`), which
+    chooses its own steps; an explicit steps or grid name would be ignored, so it is refused."""
+    if steps is not None or grid is not None:
+        raise ValueError(
+            f"solver {solver.name!r} is adaptive: it chooses its own steps and uses only the grid's ends "
+            f"t_start and t_end; omit steps and grid (got steps={steps!r}, grid={grid!r})"
+        )
+    return solvers.grids.uniform_t(sde, 1, t_start=t_start, t_end=t_end), "ends", None

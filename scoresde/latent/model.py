@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..guidance import _takes_labels  # the one check of a prediction method's labels keyword
 
-__all__ = ["LatentModel", "check_autoencoder"]
+__all__ = ["LatentModel", "check_autoencoder", "decode_if_latent"]
 
 AUTOENCODER_METHODS = ("encode", "decode")
 
@@ -152,3 +152,9 @@ class LatentModel:
         return {"space": "latent", "latent_dim": math.prod(self.latent_shape), **self.settings(),
                 "pixel_likelihood": "not computed: it needs the decoder's density (exact only for an invertible "
                                     "linear autoencoder, scoresde.latent.likelihood.pixel_log_likelihood)"}
+
+
+def decode_if_latent(model, samples):
+    """`scoresde.sample`'s hook: a latent model's samples (`latent_shape` and `decode_samples`, as LatentModel has)
+    decoded to images (settings["latent"] added), any other model's as they are."""
+    return model.decode_samples(samples) if hasattr(model, "latent_shape") else samples

@@ -19,8 +19,7 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
   metadata. Weights are cast back to float32 on load, so the model is exactly the network those
   float16 weights define. The shipped digits models (`default_model`, one per SDE, in `ASSETS`) are
   such files; `examples/train_digits.py` retrains each from a fixed seed. An exported model may also hold
-  "fitted_grids" (`scoresde.fitted_grids`: time grids fitted to it, which `sample` uses when its solver and
-  steps match); `store_fitted_grids` adds them, leaving the tensors untouched.
+  time grids fitted to it ("fitted_grids"; written and looked up by `scoresde.fitted_grids`).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import fitted_grids
-from ..files import DIGEST_KEY, atomic_write, read_safetensors, safetensors_format, write_safetensors
+from ..files import atomic_write, read_safetensors, safetensors_format, write_safetensors
 from ..losses import LossHistory
 from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
@@ -45,14 +44,13 @@ from .config import NET_KINDS, TrainConfig, build_net, build_sde, net_kind, net_
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
-    "LogInterval",
-    "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "save_checkpoint",
-    "store_fitted_grids", "write_run_config",
+    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained",
+    "save_checkpoint", "write_run_config",
 ]
 
 CHECKPOINT = "checkpoint.safetensors"  # the file name in a run's out_dir
 FORMAT = "scoresde.train/1"
-PRETRAINED_FORMAT = "scoresde-pretrained-1"
+PRETRAINED_FORMAT = fitted_grids.MODEL_FORMAT  # "scoresde-pretrained-1"
 ASSETS = Path(__file__).parent.parent / "assets"
 # sde name (as in scoresde.sample) -> file in ASSETS
 DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetensors", "ve": "digits_ve.safetensors"}
@@ -74,11 +72,6 @@ def _metadata(fmt: str, step: int, config: TrainConfig, net_config: NetConfig, s
         "format": fmt, "step": str(step), "config": json.dumps(config.to_dict()), "net_kind": kind,
         _config_key(kind): json.dumps(net_config.to_dict()), "sde": json.dumps(sde_config),
     }
-
-
-def _write(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, str], *, mode: int | None = None) -> Path:
-    """Write atomically, with a SHA-256 digest of tensors and metadata (checked by `read_safetensors`)."""
-    return write_safetensors(path, tensors, meta, mode=mode)
 
 
 # --- reading what a file claims, before trusting it ------------------------------------------------
@@ -290,7 +283,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
             tensors[f"loss_history.{k}"] = v.contiguous()
     meta = _metadata(FORMAT, step, config, net_config, sde.config())
     meta["log_interval"] = (LogInterval(0, ()) if log_interval is None else log_interval).to_json()
-    _write(path, tensors, meta)
+    write_safetensors(path, tensors, meta)  # atomic, with a SHA-256 digest (checked on read)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -334,7 +327,7 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.to(dtype).contiguous() for k, v in ckpt.ema.items()}
     meta = _metadata(PRETRAINED_FORMAT, ckpt.step, ckpt.config, ckpt.net_config, ckpt.sde_config)
-    return _write(out, tensors, meta, mode=0o644)  # a package file
+    return write_safetensors(out, tensors, meta, mode=0o644)  # a package file
 
 
 def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
@@ -370,22 +363,6 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
         value = _meta_json(path, meta, fitted_grids.META_KEY, list)
         model.fitted_grids = fitted_grids.from_json(str(path), value, model.sde)
     return model
-
-
-def store_fitted_grids(path: str | os.PathLike, entries) -> Path:
-    """Rewrite the model file `path` (an exported model) atomically with metadata "fitted_grids" set to
-    `entries` (`scoresde.fitted_grids.FittedGrid`s; replacing any it held). Tensors and the other metadata
-    are written back as read, so the weights stay bit-identical; a SHA-256 digest is recomputed when the
-    file had one, and none is added to a file without (the shipped models have none)."""
-    tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
-    had_digest = meta.pop(DIGEST_KEY, None) is not None
-    meta[fitted_grids.META_KEY] = fitted_grids.to_json(entries)
-    if had_digest:
-        return _write(path, tensors, meta, mode=0o644)
-    from safetensors.torch import save_file
-
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), mode=0o644)
-    return Path(path)
 
 
 def default_model(sde: str, *, conditional: bool = False, device=None) -> ScoreModel:

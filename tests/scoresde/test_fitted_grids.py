@@ -12,10 +12,8 @@ from scoresde import AnalyticModel, Gaussian, VPSDE, sample
 from scoresde.controllable import colorize, inpaint
 from scoresde.cli import main
 from scoresde.files import DIGEST_KEY, read_safetensors, write_safetensors
-from scoresde.fitted_grids import META_KEY, FittedGrid, find
-from scoresde.training.checkpoints import (
-    ASSETS, DEFAULT_MODELS, PRETRAINED_FORMAT, load_pretrained, store_fitted_grids,
-)
+from scoresde.fitted_grids import META_KEY, FittedGrid, find, store_fitted_grids
+from scoresde.training.checkpoints import ASSETS, DEFAULT_MODELS, PRETRAINED_FORMAT, default_model, load_pretrained
 
 VP_FILE = ASSETS / DEFAULT_MODELS["vp"]
 
@@ -78,6 +76,28 @@ def test_auto_uses_the_fitted_grid_of_its_resolved_configuration():
     s = sample(model, solver="auto", steps=8, x_T=X_T)
     assert s.settings["auto"] and s.settings["grid"] == "fitted" and s.settings["fitted_grid"] == 0
     assert sample(model, solver="auto", steps=10, x_T=X_T).settings["grid"] == solvers.recommend(sde, 10).grid
+
+
+@pytest.mark.parametrize("scale", [None, 1.0, 3.0, 0.5])
+def test_the_conditional_model_walks_its_fitted_grid_only_at_the_fitted_guidance_scale(scale):
+    """The shipped conditional VP model's grids were fitted on conditional predictions (scale 1): a run guided at
+    another scale walks the recommended grid, and its settings name the entry passed over and why."""
+    model = default_model("vp", conditional=True)
+    rec = solvers.recommend(model.sde, 8)
+    index = next(i for i, g in enumerate(model.fitted_grids) if g.steps == 8)
+    s = sample(model, y=torch.tensor([3, 7]), guidance_scale=scale, solver="auto", steps=8, seed=0)
+    assert s.settings["guidance"]["scale"] == (1.0 if scale is None else scale)
+    if scale in (None, 1.0):
+        assert s.settings["grid"] == "fitted" and s.settings["fitted_grid"] == index
+        assert torch.equal(s.ts, model.fitted_grids[index].grid())
+        assert "fitted_grid_unused" not in s.settings
+        return
+    assert s.settings["grid"] == rec.grid and "fitted_grid" not in s.settings
+    assert s.settings["fitted_grid_unused"]["index"] == index
+    assert f"guidance_scale {scale:g}" in s.settings["fitted_grid_unused"]["reason"]
+    named = sample(model, y=torch.tensor([3, 7]), guidance_scale=scale, solver=rec.solver, grid=rec.grid, steps=8,
+                   seed=0, **rec.options)
+    assert torch.equal(s.ts, named.ts) and torch.equal(s.x, named.x)
 
 
 def test_default_steps_match_and_adaptive_solvers_never_do():
