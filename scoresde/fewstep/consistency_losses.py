@@ -16,8 +16,8 @@ written for VE, carry over to every affine process:
   lognormal noise-level distribution (P_mean = -1.1, P_std = 2), weighted 1 / (nu_{n+1} - nu_n), with the
   pseudo-Huber distance (c = 0.00054 sqrt(d)) and the curriculum N(k) (`ict_discretization`).
 - ECT (Geng et al. 2024, arXiv:2406.14548): nu_t lognormal, nu_r = nu_t (1 - n(nu_t) / q^a), n(nu) = 1 + k
-  sigmoid(-b nu), clamped at the boundary (a = 0: the diffusion denoising loss; the gap shrinks towards
-  dt -> 0 stage by stage, `ect_stage`), weighted 1 / (nu_t - nu_r).
+  sigmoid(-b nu), clamped at the boundary's nu_min (a = 0: the diffusion denoising loss; the gap shrinks
+  towards dt -> 0 stage by stage, `ect_stage`), weighted 1 / (nu_t - nu_r) with the clamped nu_r.
 """
 
 from __future__ import annotations
@@ -206,8 +206,10 @@ def ect_loss(student, target, x0: Tensor, *, generator=None, stage: int = 0, q: 
              b: float = 1.0, P_mean: float = -1.1, P_std: float = 2.0, dist: str = "pseudo_huber") -> Tensor:
     """Easy consistency tuning (Geng et al. 2024): scalar loss over x0 (B, *D) at `stage` a (`ect_stage`).
 
-    nu_t ~ lognormal(P_mean, P_std) clipped to the process's noise levels, nu_r = nu_t (1 - n(nu_t) / q^a) with
-    n(nu) = 1 + k sigmoid(-b nu), at least the boundary's; the student starts from a pretrained diffusion model.
+    nu_t ~ lognormal(P_mean, P_std) clipped to the process's noise levels (above the student's boundary level
+    nu_min = nu(t_eps)), nu_r = max(nu_t (1 - n(nu_t) / q^a), nu_min) with n(nu) = 1 + k sigmoid(-b nu): the target
+    is taken at nu_r (at t_eps where the formula falls below nu_min) and the weight is 1 / (nu_t - nu_r) with that
+    same nu_r, so weight and target agree. The student starts from a pretrained diffusion model.
     """
     check_int("stage", stage, 0)
     for name, v in (("q", q), ("k", k), ("b", b), ("P_std", P_std)):
@@ -219,9 +221,10 @@ def ect_loss(student, target, x0: Tensor, *, generator=None, stage: int = 0, q: 
     nu_t = log_nu.exp().clamp(float(nu_min) * (1 + 1e-6), float(nu_max))  # inside the process's noise levels
     # Geng et al. 2024, Eq. (9)-(10): r = t (1 - n(t) / q^a), n(t) = 1 + k sigmoid(-b t); r >= the boundary
     nu_r = nu_t * (1 - (1 + k * torch.sigmoid(-b * nu_t)) / q**stage)
-    weight = 1.0 / (nu_t - nu_r.clamp_min(0))  # Geng et al. 2024, Sec. 3: w(t, r) = 1 / (t - r), r >= 0
     at_boundary = nu_r <= nu_min
-    t_cur = sde.t_of_lambda(-torch.log(nu_r.clamp_min(float(nu_min))))
+    nu_r = nu_r.clamp_min(float(nu_min))  # the target's noise level: the boundary's where nu_r is below it
+    weight = 1.0 / (nu_t - nu_r)  # Geng et al. 2024, Sec. 3: w(t, r) = 1 / (t - r), r the target's level
+    t_cur = sde.t_of_lambda(-torch.log(nu_r))
     t_cur = torch.where(at_boundary, torch.full_like(t_cur, student.t_eps), t_cur)  # exactly the boundary there
     t_next = sde.t_of_lambda(-torch.log(nu_t))
     z = randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

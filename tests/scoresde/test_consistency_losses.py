@@ -121,7 +121,7 @@ def test_cd_loss_from_a_score_model_teacher_in_float32(method):
 
 def test_ect_stage_0_is_the_weighted_denoising_loss():
     """At stage 0, nu_r <= 0 for every nu_t (n(nu) >= 1), so the target is the boundary point x_{t_eps} itself
-    (f(x, t_eps) = x): the loss is mean(d(f(x_t, t), alpha_eps x0 + sigma_eps z) / nu_t)."""
+    (f(x, t_eps) = x), at nu_min: the loss is mean(d(f(x_t, t), alpha_eps x0 + sigma_eps z) / (nu_t - nu_min))."""
     student, _ = _student()
     sde = student.sde
     x0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
@@ -131,7 +131,8 @@ def test_ect_stage_0_is_the_weighted_denoising_loss():
     z = torch.randn(32, 2, generator=gen, dtype=F64)
     t = sde.t_of_lambda(-torch.log(nu_t))
     sigma_eps = float(sde.sigma(torch.tensor([student.t_eps], dtype=F64)))  # VE: alpha = 1
-    want = (distance(student.x0(x0 + nu_t[:, None] * z, t), x0 + sigma_eps * z, "pseudo_huber") / nu_t).mean()
+    want = (distance(student.x0(x0 + nu_t[:, None] * z, t), x0 + sigma_eps * z, "pseudo_huber")
+            / (nu_t - sigma_eps)).mean()
     torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
 
 
@@ -244,3 +245,28 @@ def test_ict_interval_frequencies_match_the_erf_differences():
     p = _ict_probabilities(nu)
     se = torch.sqrt(p * (1 - p) / draws)
     assert bool(((freq - p).abs() <= 5 * se + 1e-12).all()), (freq, p)
+
+
+def test_ect_loss_at_stage_3_equals_an_independent_recomputation():
+    """ECT (Geng et al. 2024) on VP at stage a = 3 (q = 2, k = 8, b = 1): nu_t = exp(P_mean + P_std n) clipped,
+    z after it from the same generator, nu_r = nu_t (1 - (1 + k sigmoid(-b nu_t)) / q^a), the target at
+    max(nu_r, nu_min) (t_eps below nu_min) and the weight 1 / (nu_t - max(nu_r, nu_min)); the seed draws nu_r above
+    nu_min, and in (0, nu_min)."""
+    student = _vp_student(1)
+    sde, B = student.sde, 256
+    x0 = torch.randn(B, 3, generator=torch.Generator().manual_seed(4), dtype=F64)
+    got = ect_loss(student, student, x0, generator=torch.Generator().manual_seed(5), stage=3)
+    te = torch.tensor([student.t_eps, sde.T], dtype=F64)
+    nu_min, nu_max = (sde.sigma(te) / sde.alpha(te)).tolist()
+    gen = torch.Generator().manual_seed(5)
+    nu_t = (-1.1 + 2.0 * torch.randn(B, generator=gen, dtype=F64)).exp().clamp(nu_min * (1 + 1e-6), nu_max)
+    z = torch.randn(B, 3, generator=gen, dtype=F64)
+    nu_r = nu_t * (1 - (1 + 8.0 * torch.sigmoid(-nu_t)) / 2.0**3)
+    assert int((nu_r > nu_min).sum()) > B // 2 and int(((nu_r > 0) & (nu_r < nu_min)).sum()) > 3
+    level = nu_r.clamp_min(nu_min)
+    t_next = sde.t_of_lambda(-nu_t.log())
+    t_cur = torch.where(nu_r > nu_min, sde.t_of_lambda(-level.log()), torch.full_like(nu_r, student.t_eps))
+    x_next = sde.alpha(t_next)[:, None] * x0 + sde.sigma(t_next)[:, None] * z
+    x_cur = sde.alpha(t_cur)[:, None] * x0 + sde.sigma(t_cur)[:, None] * z
+    want = (_pseudo_huber(student.x0(x_next, t_next), student.x0(x_cur, t_cur)) / (nu_t - level)).mean()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
