@@ -84,8 +84,9 @@ def main(argv=None) -> None:
     f, latent = vae_config.factor, vae.latent_shape
     params = sum(p.numel() for p in vae.parameters())
     numbers = latent[0] * latent[1] * latent[2]
+    scale = "not computed (an unfinished save)" if vae.scale_factor is None else f"{vae.scale_factor:.4f}"
     print(f"\nVAE on 32x32 patches: f = {f}, latent {latent} ({numbers} numbers per patch of 3072), {params:,} parameters, "
-          f"scale factor {vae.scale_factor:.4f}; steps {start_step}..{args.steps} in this call\n")
+          f"scale factor {scale}; steps {start_step}..{args.steps} in this call\n")
     print("| reconstruction | numbers per patch | test PSNR (dB) | train PSNR (dB) | CPU minutes (this call) |")
     print("|---|---|---|---|---|")
     print(f"| VAE, {args.steps} steps, batch {args.batch}, kl {args.kl_weight:g} | {numbers} | "

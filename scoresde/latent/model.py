@@ -44,6 +44,9 @@ def check_autoencoder(autoencoder) -> None:
         if not isinstance(shape, tuple) or not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
             raise ValueError(f"autoencoder.{name} must be a non-empty tuple of positive ints, got {shape!r}")
     scale = getattr(autoencoder, "scale_factor", 1.0)
+    if scale is None:
+        raise ValueError("autoencoder.scale_factor is None: not computed (a VAE file saved before train_vae finished); "
+                         "set it, e.g. vae.scale_factor = scoresde.latent.vae_train.compute_scale_factor(vae, images)")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"autoencoder.scale_factor must be a finite number > 0, got {scale!r}")
 

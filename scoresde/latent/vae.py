@@ -9,7 +9,8 @@ upsampling and a conv. No attention, no perceptual or adversarial loss (`vae_tra
 
 `encode(x)` is the posterior mean (deterministic: what `LatentModel` uses), `decode(z)` the decoder;
 `scale_factor` (1 / std of the encoded training latents, `vae_train.compute_scale_factor`) is stored
-with the model and applied by `LatentModel`.
+with the model and applied by `LatentModel`; None while it is not computed (a save made before `train_vae`
+finished), which `LatentModel` refuses.
 """
 
 from __future__ import annotations
@@ -99,10 +100,12 @@ class VAE(nn.Module):
     """encode_posterior(x) -> (mean, logvar) (B, *latent_shape); encode(x) -> mean; decode(z) -> (B, *image_shape);
     forward(x, generator) -> (reconstruction, mean, logvar) with z = mean + exp(logvar / 2) e."""
 
-    def __init__(self, config: VAEConfig, *, scale_factor: float = 1.0):
+    def __init__(self, config: VAEConfig, *, scale_factor: float | None = 1.0):
         super().__init__()
         self.config = cfg = config
-        self.scale_factor = check_number("scale_factor", scale_factor, 0, low_open=True)
+        # None: not computed yet (a save before train_vae finished), which LatentModel refuses
+        self.scale_factor = None if scale_factor is None else check_number("scale_factor", scale_factor, 0,
+                                                                            low_open=True)
         widths = [cfg.ch * m for m in cfg.ch_mult]
         enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)]
         c = widths[0]

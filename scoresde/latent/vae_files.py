@@ -2,7 +2,8 @@
 without executing code (the conventions of `scoresde.training.checkpoints`, whose JSON reader and the
 digest of `scoresde.files` are reused).
 
-Metadata: format "scoresde-vae", "vae_config" (VAEConfig), "scale_factor", "step", "train_config" (the
+Metadata: format "scoresde-vae", "vae_config" (VAEConfig), "scale_factor" ("none" in a save made before
+training finished: not computed yet, read as None), "step", "train_config" (the
 training configuration, a JSON object, {} when none) and, for a resumable file, "opt_groups" (the
 optimizer's hyper-parameters). Tensors: "vae.<name>" weights, "opt.<i>.<key>" Adam state per parameter.
 """
@@ -42,7 +43,7 @@ def save_vae(path: str | os.PathLike, vae: VAE, *, step: int = 0, train_config: 
              optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Write vae (and the optimizer's state, for resuming) to `path` atomically; returns the path."""
     tensors = {f"vae.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
-    meta = {"format": FORMAT, "vae_config": json.dumps(vae.config.to_dict()), "scale_factor": repr(vae.scale_factor),
+    meta = {"format": FORMAT, "vae_config": json.dumps(vae.config.to_dict()), "scale_factor": repr(vae.scale_factor).lower(),
             "step": str(int(step)), "train_config": json.dumps(train_config or {})}
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -85,7 +86,7 @@ def read_vae_file(path: str | os.PathLike, *, device=None) -> VAEFile:
         config = VAEConfig.from_dict(_meta_json(path, meta, "vae_config"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: metadata 'vae_config' is not a valid VAEConfig ({' '.join(str(e).split())[:200]})") from None
-    scale = _number(path, meta, "scale_factor", 0.0, 1e12)
+    scale = None if meta.get("scale_factor") == "none" else _number(path, meta, "scale_factor", 0.0, 1e12)
     step = int(_number(path, meta, "step", 0, MAX_STEP))
     weights = {k.removeprefix("vae."): v for k, v in tensors.items() if k.startswith("vae.")}
     if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):

@@ -10,7 +10,9 @@ resumed run draws what the uninterrupted one would have. The file at `path` (`va
 atomic) is written every `save_every` steps and at the end, with the optimizer state; calling
 `train_vae` again with the same path resumes from it (with more `steps`, the finished run is extended;
 every other setting must be the same). At the end the scaling factor 1 / std of the
-encoded training latents (posterior means) is computed and stored (Rombach et al., Sec. 4.3.2).
+encoded training latents (posterior means) is computed and stored (Rombach et al., Sec. 4.3.2); a save
+before the end stores none ("none", read as scale_factor None), which `LatentModel` refuses: set
+`vae.scale_factor = compute_scale_factor(vae, images)` to use such a file.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ def train_vae(images: Tensor, vae_config: VAEConfig, config: VAETrainConfig, pat
         loss.backward()
         opt.step()
         step += 1
+        vae.scale_factor = None  # that of the weights before this step, if any: computed anew at the end
         sums += torch.tensor([loss.item(), mse.item(), kl.item()], dtype=torch.float64)
         since += 1
         if step % config.save_every == 0 or step == config.steps:

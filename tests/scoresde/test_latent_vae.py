@@ -53,6 +53,14 @@ def test_training_lowers_the_loss_resumes_exactly_and_stores_the_scale_factor(tm
     with pytest.raises(KeyboardInterrupt):
         train_vae(images, TINY, config, tmp_path / "b.safetensors", log=stop)
     assert read_vae_file(tmp_path / "b.safetensors").step == 5
+    # a save before the end carries no scale factor (the weights keep changing): LatentModel refuses it until one is set
+    unfinished = load_vae(tmp_path / "b.safetensors")
+    assert unfinished.scale_factor is None
+    latent = AnalyticModel(Gaussian(torch.zeros(unfinished.latent_shape)), scoresde.VPSDE())
+    with pytest.raises(ValueError, match="scale_factor is None: not computed"):
+        LatentModel(latent, unfinished)
+    unfinished.scale_factor = compute_scale_factor(unfinished, images)
+    assert LatentModel(latent, unfinished).scale_factor == unfinished.scale_factor != 1.0
     resumed = train_vae(images, TINY, config, tmp_path / "b.safetensors")
     for (name, p), q in zip(vae.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
