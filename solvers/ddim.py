@@ -57,6 +57,16 @@ def ddim_step(
     return ddim_update(x, eps, *(time_like(v, x) for v in c), eta, z)
 
 
+def ddim_step_per_sample(model, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+    """One deterministic DDIM step (eta = 0) of `model` from per-sample times s to the less noisy t ((B,) float64,
+    the coefficients computed in float64, then cast to x's dtype); x (B, *D). One evaluation; returns x_t (B, *D).
+    The teacher step of progressive distillation and of consistency distillation."""
+    sde = model.sde
+    coefs = (sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t), sde.lambda_(t) - sde.lambda_(s))
+    eps = model.eps(x, s.to(x.dtype))
+    return ddim_update(x, eps, *(c.to(x.dtype) for c in coefs), 0.0, None)[0]
+
+
 @dataclass(frozen=True, kw_only=True)
 class DDIM(Solver):
     """DDIM with eta in [0, 1]; first order, one evaluation per step.

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from solvers.ddim import ddim_update
+from solvers.ddim import ddim_step_per_sample
 from solvers.dpm_solver import dpm_solver_1_step, dpm_solver_2_step
 from solvers.grids import karras
 from solvers.heun import euler_update, heun_update
@@ -54,13 +54,12 @@ def teacher_step(teacher, x: Tensor, s: Tensor, t: Tensor, method: str = "heun")
     2, order 2. Returns x_t (B, *D).
     """
     check_choice("teacher step", method, TEACHER_STEPS)
+    if method == "ddim":
+        return ddim_step_per_sample(teacher, x, s, t)
     sde = teacher.sde
     alpha_s, sigma_s, lam_s = sde.alpha(s), sde.sigma(s), sde.lambda_(s)
     alpha_t, sigma_t, lam_t = sde.alpha(t), sde.sigma(t), sde.lambda_(t)
     eps_s = teacher.eps(x, s.to(x.dtype))
-    if method == "ddim":
-        return ddim_update(x, eps_s, *(v.to(x.dtype) for v in (alpha_s, sigma_s, alpha_t, sigma_t, lam_t - lam_s)),
-                           0.0, None)[0]
     if method == "heun":
         n_s, n_t = sigma_s / alpha_s, sigma_t / alpha_t  # y = x / alpha integrates dy/dn = eps (solvers/heun.py)
         y_s = x / coef(alpha_s, x)

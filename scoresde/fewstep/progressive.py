@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from solvers import grids
-from solvers.ddim import DDIM, ddim_update
+from solvers.ddim import DDIM, ddim_step_per_sample
 from solvers.protocol import Model, bcast
 from solvers.validate import check_int, check_name, check_number
 
@@ -46,14 +46,6 @@ __all__ = [
 ]
 
 WEIGHTINGS = ("snr_plus_one", "truncated_snr")
-
-
-def _ddim(model: Model, z: Tensor, s: Tensor, t: Tensor) -> Tensor:
-    """One deterministic DDIM step of `model` from per-sample times s to t (B,) float64; (B, *D)."""
-    sde = model.sde
-    coefs = (sde.alpha(s), sde.sigma(s), sde.alpha(t), sde.sigma(t), sde.lambda_(t) - sde.lambda_(s))
-    eps = model.eps(z, s.to(z.dtype))
-    return ddim_update(z, eps, *(c.to(z.dtype) for c in coefs), 0.0, None)[0]
 
 
 def distillation_target(z_t: Tensor, z_t2: Tensor, alpha_t: Tensor, sigma_t: Tensor, alpha_t2: Tensor,
@@ -89,7 +81,7 @@ def distillation_loss(teacher: Model, student: ScoreModel, ts: Tensor, x0: Tenso
     t, t1, t2 = ts[2 * i], ts[2 * i + 1], ts[2 * i + 2]
     z_t, _ = sde.perturb(x0, t.to(x0.dtype), generator=generator)
     with torch.no_grad():
-        z_t2 = _ddim(teacher, _ddim(teacher, z_t, t, t1), t1, t2)  # two teacher DDIM steps
+        z_t2 = ddim_step_per_sample(teacher, ddim_step_per_sample(teacher, z_t, t, t1), t1, t2)  # two teacher DDIM steps
     alpha_t, sigma_t, alpha_t2, sigma_t2 = (c.to(x0.dtype) for c in (sde.alpha(t), sde.sigma(t), sde.alpha(t2), sde.sigma(t2)))
     x_tilde = distillation_target(z_t, z_t2, alpha_t, sigma_t, alpha_t2, sigma_t2)
     x_hat = student.x0(z_t, t.to(x0.dtype))

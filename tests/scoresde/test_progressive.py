@@ -147,3 +147,30 @@ def test_bad_arguments_are_refused():
         distill_round(teacher, student, ts[:-1], data)
     with pytest.raises(ValueError, match=r"\(M, \*D\)"):
         distill_round(teacher, student, ts, data[0])
+
+
+def test_loss_weights_are_snr_plus_one_and_truncated_snr():
+    """Salimans & Ho 2022, Sec. 4: alpha = 0.6, sigma = 0.8 (SNR 0.5625) and alpha = 0.8, sigma = 0.6 (SNR 16/9)."""
+    from scoresde.fewstep.progressive import _weight
+
+    alpha, sigma = torch.tensor([0.6, 0.8], dtype=F64), torch.tensor([0.8, 0.6], dtype=F64)
+    torch.testing.assert_close(_weight("snr_plus_one", alpha, sigma), torch.tensor([1.5625, 25 / 9], dtype=F64))
+    torch.testing.assert_close(_weight("truncated_snr", alpha, sigma), torch.tensor([1.0, 16 / 9], dtype=F64))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), FlowSDE()], ids=["vp", "ve", "flow"])
+def test_per_sample_ddim_step_is_the_solvers_ddim_step_row_by_row(sde):
+    """solvers.ddim.ddim_step_per_sample (the teacher step of progressive and consistency distillation) at (B,)
+    times equals the DDIM solver's own step at each sample's scalar times, and CD's teacher_step "ddim" is it."""
+    from scoresde.fewstep.consistency_losses import teacher_step
+    from solvers.ddim import ddim_step, ddim_step_per_sample
+
+    model = AnalyticModel(Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.3, 1.4], dtype=F64)), sde)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    s = torch.tensor([0.9, 0.7, 0.5, 0.2], dtype=F64) * sde.T
+    t = torch.tensor([0.6, 0.65, 0.1, 0.05], dtype=F64) * sde.T
+    got = ddim_step_per_sample(model, x, s, t)
+    for i in range(4):
+        want = ddim_step(model, x[i:i + 1], s[i], t[i], eta=0.0)[0]
+        torch.testing.assert_close(got[i:i + 1], want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(teacher_step(model, x, s, t, "ddim"), got)
