@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SOLVERS_TESTS = 586  # the default run of tests/solvers when this test was written; more is fine
 
@@ -20,6 +22,7 @@ def test_solvers_imports_without_scoresde():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # a second run of all of tests/solvers (about a minute); .ci/run runs the same command itself
 def test_the_solvers_tests_pass_without_scoresde():
     # tests/solvers/conftest.py makes `import scoresde` raise when SOLVERS_ALONE=1
     proc = subprocess.run(
