@@ -128,7 +128,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     grid, per_row, shown = _grid_images(res.first, args.n, args.y)
     save_image_grid(grid.clamp(-1, 1), args.out, nrow=per_row, scale=args.scale)
     shown = f"{args.n} samples" if shown == args.n else f"the first {shown} of {args.n} samples"
-    layout = "" if per_row is None else f", one row per label of --y"
+    layout = "" if per_row is None else ", one row per label of --y"
     print(f"wrote {args.out} ({shown}{layout}); NFE {res.nfe}, {res.seconds:.2f} s")
     if args.image_dir is not None:
         print(f"wrote {args.n} PNG files {Path(args.image_dir) / '000000.png'} ... to {args.image_dir}")
