@@ -101,12 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--plot-dir", default=None, help="also write DIR/guided_KIND_SOLVER.png (needs the plots extra)")
     args = p.parse_args(argv)
-    if args.plot_dir is not None:
-        try:  # fail now, not after the run
-            plots.require_matplotlib()
-            plots.check_png_path(os.path.join(args.plot_dir, "guided.png"))
-        except (ImportError, ValueError) as e:
-            p.error(str(e))
+    if args.plot_dir is not None and (problem := plots.check_plot_dir(args.plot_dir, "guided.png")):
+        p.error(problem)  # fail now, not after the run
     if args.n_per_class < 1:
         p.error(f"--n-per-class must be >= 1, got {args.n_per_class}")
     if args.quick:

@@ -71,12 +71,8 @@ def main(argv=None) -> list[dict]:
         p.error(f"--steps must be >= 1, got {args.steps}")
     if args.solver not in solvers.available():
         p.error(f"unknown solver {args.solver!r}; choose one of {sorted(solvers.available())}")
-    if args.plot_dir is not None:
-        try:  # fail now, not after the run
-            plots.require_matplotlib()
-            plots.check_png_path(os.path.join(args.plot_dir, "inpainting_digits.png"))
-        except (ImportError, ValueError) as e:
-            p.error(str(e))
+    if args.plot_dir is not None and (problem := plots.check_plot_dir(args.plot_dir, "inpainting_digits.png")):
+        p.error(problem)  # fail now, not after the run
     torch.set_num_threads(args.threads)
     model = default_model("vp")
     clean = load_digits_classifier()

@@ -441,12 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot-dir", default=None, help="also write DIR/solvers_SCHEDULE.png, RMS error against NFE "
                         "(scoresde.plots.plot_error_vs_nfe; needs the plots extra)")
     args = parser.parse_args(argv)
-    if args.plot_dir is not None:
-        try:  # fail now, not after the run
-            plots.require_matplotlib()
-            plots.check_png_path(os.path.join(args.plot_dir, "solvers.png"))
-        except (ImportError, ValueError) as e:
-            parser.error(str(e))
+    if args.plot_dir is not None and (problem := plots.check_plot_dir(args.plot_dir, "solvers.png")):
+        parser.error(problem)  # fail now, not after the run
     if args.solvers is not None:
         unknown = sorted(set(args.solvers) - set(solvers.available()))
         if unknown:

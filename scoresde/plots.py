@@ -56,6 +56,18 @@ def check_png_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_plot_dir(folder: str | os.PathLike, name: str) -> str | None:
+    """Why `folder`/`name` cannot be plotted to (matplotlib missing, not a .png, no such folder), or None.
+
+    Scripts with `--plot-dir` call it before their long work and pass the reason to `parser.error`."""
+    try:
+        require_matplotlib()
+        check_png_path(os.path.join(folder, name))
+    except (ImportError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def palette_png(png: bytes) -> bytes:
     """A PNG re-encoded with a palette of at most 256 colours (what a line plot or a grid of grey digits
     uses anyway): about a third of matplotlib's RGBA file for these figures."""
