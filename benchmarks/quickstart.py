@@ -78,12 +78,13 @@ def chunk_path(args, steps: int, start: int) -> str:
 
 
 def draw_row(model, steps: int, args) -> None:
-    """Draw the row's missing chunks, saving each (samples, nfe, cpu and wall seconds, load) as it finishes."""
+    """Draw the row's samples after its finished ones, in chunks of --chunk, saving each chunk (samples, nfe,
+    cpu and wall seconds, load) as it finishes."""
     os.makedirs(row_dir(args, steps), exist_ok=True)
-    for start in range(0, args.n, args.chunk):
+    finished = load_row(args, steps)
+    # resume after the samples already drawn, whatever --chunk drew them
+    for start in range(finished["n"] if finished else 0, args.n, args.chunk):
         path = chunk_path(args, steps, start)
-        if os.path.exists(path):
-            continue
         m = min(args.chunk, args.n - start)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         res = scoresde.sample(model, solver="pc", steps=steps, n=m, seed=args.seed + start)
