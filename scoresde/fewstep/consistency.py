@@ -42,7 +42,12 @@ from solvers.validate import check_bool, check_number
 from ..param import ScoreModel
 from ..sde import SDE
 
-__all__ = ["ConsistencyModel", "FlowMapConsistency", "boundary_coefficients", "check_boundary_time", "noise_level"]
+__all__ = [
+    "DEFAULT_BOUNDARY_WIDTH", "ConsistencyModel", "FlowMapConsistency", "boundary_coefficients", "check_boundary_time",
+    "noise_gap", "noise_level",
+]
+
+DEFAULT_BOUNDARY_WIDTH = 0.01  # noise level over which a denoiser-form model blends from x (at t_eps) to D
 
 
 def noise_level(sde: SDE, t: Tensor) -> Tensor:
@@ -57,17 +62,29 @@ def check_boundary_time(sde: SDE, t_eps) -> float:
     return check_number("t_eps", t_eps, 0.0, float(sde.T), high_open=True)
 
 
+def _boundary(t_eps: float, t: Tensor) -> Tensor:
+    """The boundary time t_eps rounded to t's dtype, as a float64 (1,) tensor on t's device."""
+    return torch.tensor([t_eps], dtype=t.dtype, device=t.device).to(torch.float64)
+
+
+def noise_gap(sde: SDE, t: Tensor, t_eps: float) -> Tensor:
+    """nu(t) - nu(t_eps), float64 (B,), exactly 0 where t is the boundary time (t_eps rounded to t's dtype)."""
+    t64, t_b = t.to(torch.float64), _boundary(t_eps, t)
+    d_nu = noise_level(sde, t64) - noise_level(sde, t_b)
+    return torch.where(t64 == t_b, torch.zeros_like(d_nu), d_nu)
+
+
 def boundary_coefficients(sde: SDE, t: Tensor, t_eps: float, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in), each (B,) float64, at times t (B,) for the boundary time t_eps (rounded to t's dtype).
 
     c_skip(t_eps) = 1 and c_out(t_eps) = 0 exactly; see the module docstring for the formulas.
     """
     t64 = t.to(torch.float64)
-    t_b = torch.tensor([t_eps], dtype=t.dtype, device=t.device).to(torch.float64)
+    t_b = _boundary(t_eps, t)
     alpha, nu = sde.alpha(t64), noise_level(sde, t64)
-    a_eps, nu_eps = sde.alpha(t_b), noise_level(sde, t_b)
+    a_eps = sde.alpha(t_b)
     at_boundary = t64 == t_b  # exact there, whatever path the vectorized exp / log took
-    d_nu = torch.where(at_boundary, torch.zeros_like(nu), nu - nu_eps)
+    d_nu = noise_gap(sde, t, t_eps)
     ratio = torch.where(at_boundary, torch.ones_like(alpha), a_eps / alpha)
     sd2 = sigma_data**2
     # Song et al. 2023, App. C (c_skip, c_out in the noise level), with nu = sigma / alpha and the rescaling by alpha
@@ -85,17 +102,38 @@ class ConsistencyModel(ScoreModel):
     coefficients (0.5 for images in [-1, 1], Song et al. 2023). t_eps: the boundary time (the process's
     t_eps when None). scale_input: feed F the input c_in(t) x (EDM's scaling) instead of x itself
     (False keeps the input a `ScoreModel` teacher's network saw, so a student can start from its weights).
+    net_prediction: None for the free network F above (Song et al. 2023); or the prediction kind of a
+    diffusion network ("eps", "x0", "score", "v", "flow", as in `ScoreModel`), whose data prediction D(x, t)
+    replaces F: f = c_skip x + c_den D with c_skip as above but with s_d = boundary_width and
+    c_den = (nu - nu_eps) / sqrt((nu - nu_eps)^2 + boundary_width^2) (LCM, Luo et al. 2023, arXiv:2310.04378,
+    in the noise level). With a narrow blend (boundary_width, default 0.01) f is D except just above t_eps,
+    which is what a consistency function is there (the trajectory's end is x_t's denoised value), so a student
+    that starts from a teacher's weights starts as the teacher's one-step denoiser, and the boundary condition
+    still holds exactly (c_skip = 1, c_den = 0 at t_eps). sigma_data and scale_input then play no part
+    (scale_input must stay False).
 
     x0(x, t) = consistency(x, t) = f, (B, *D); eps, score, v, flow are converted from it. One network
     evaluation per call.
     """
 
     def __init__(self, net: Callable[..., Tensor], sde: SDE, *, sigma_data: float = 0.5, t_eps: float | None = None,
-                 c_noise: str | Callable = "t", scale_input: bool = False):
+                 c_noise: str | Callable = "t", scale_input: bool = False, net_prediction: str | None = None,
+                 boundary_width: float | None = None):
         super().__init__(net, sde, "x0", c_noise=c_noise)
         self.sigma_data = check_number("sigma_data", sigma_data, 0.0, low_open=True)
         self.t_eps = check_boundary_time(sde, t_eps)
         self.scale_input = check_bool("scale_input", scale_input)
+        self.net_prediction = net_prediction
+        self._denoiser = None
+        if net_prediction is None:
+            if boundary_width is not None:
+                raise ValueError("boundary_width is for net_prediction (a denoising network); net_prediction is None")
+        else:
+            if self.scale_input:
+                raise ValueError("scale_input must be False with net_prediction: a denoising network sees x itself")
+            self._denoiser = ScoreModel(net, sde, net_prediction, c_noise=c_noise)  # checks the name
+            boundary_width = DEFAULT_BOUNDARY_WIDTH if boundary_width is None else boundary_width
+            self.boundary_width = check_number("boundary_width", boundary_width, 0.0, low_open=True)
 
     def coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in) at t (B,), float64 (B,) each."""
@@ -103,6 +141,13 @@ class ConsistencyModel(ScoreModel):
 
     def predict(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """f(x, t) for x (B, *D), t (B,), in x's dtype (the model's native prediction, x0)."""
+        if self._denoiser is not None:
+            w = self.boundary_width
+            c_skip = boundary_coefficients(self.sde, t, self.t_eps, w)[0]
+            d_nu = noise_gap(self.sde, t, self.t_eps)
+            # Luo et al. 2023 (LCM), Eq. (9) in the noise level: f = c_skip x + c_den D(x, t), D the net's data prediction
+            c_den = d_nu / torch.sqrt(d_nu**2 + w**2)
+            return coef(c_skip, x) * x + coef(c_den, x) * self._denoiser.x0(x, t, y)
         c_skip, c_out, c_in = self.coefficients(t)
         net_input = coef(c_in, x) * x if self.scale_input else x
         # Song et al. 2023, Eq. (7): f = c_skip x + c_out F
@@ -115,6 +160,7 @@ class ConsistencyModel(ScoreModel):
     def config(self) -> dict:
         """The parameterization's options (JSON-serializable, c_noise when it is a name)."""
         return {"sigma_data": self.sigma_data, "t_eps": self.t_eps, "scale_input": self.scale_input,
+                "net_prediction": self.net_prediction, "boundary_width": getattr(self, "boundary_width", None),
                 "c_noise": self.c_noise if isinstance(self.c_noise, str) else "callable"}
 
 

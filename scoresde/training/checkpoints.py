@@ -7,7 +7,8 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 
 - A training checkpoint (`save_checkpoint`, `load_checkpoint`; format "scoresde.train/1") holds the
   weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and, for the hybrid
-  loss, its timestep history ("loss_history.values", "loss_history.count") as tensors, and in its
+  loss, its timestep history ("loss_history.values", "loss_history.count"), for a consistency loss with a
+  target network its weights ("target.*"), as tensors, and in its
   metadata the step, the backbone ("net_kind": "unet" or "dit"; files without it hold a U-Net), the
   JSON of the TrainConfig, of the network's configuration ("unet_config", a UNetConfig, or
   "dit_config", a DiTConfig) and of the SDE, and the open log interval
@@ -40,7 +41,8 @@ from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import NET_KINDS, TrainConfig, build_net, build_sde, net_kind, net_kind_of
+from .config import CONSISTENCY_LOSSES, NET_KINDS, TrainConfig, build_net, build_sde, net_kind, net_kind_of
+from .consistency import consistency_model
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
@@ -242,8 +244,8 @@ def _meta_log_interval(path, meta: dict[str, str]) -> LogInterval:
 class Checkpoint:
     """A loaded checkpoint: step, configs (net_config: the network's, a UNetConfig or a DiTConfig), and
     CPU state dicts (opt: the optimizer's `state` by param index; loss_history: the hybrid loss's
-    `LossHistory.state_dict()`, empty for other losses) and the open log interval (`LogInterval`;
-    empty when the file has none)."""
+    `LossHistory.state_dict()`, empty for other losses), the open log interval (`LogInterval`;
+    empty when the file has none) and the target network of a consistency loss (empty when it has none)."""
 
     step: int
     config: TrainConfig
@@ -254,6 +256,7 @@ class Checkpoint:
     opt: dict[int, dict[str, Tensor]]
     loss_history: dict[str, Tensor] = field(default_factory=dict)
     log_interval: LogInterval = field(default_factory=lambda: LogInterval(0, ()))
+    target: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def net_kind(self) -> str:
@@ -268,11 +271,13 @@ class Checkpoint:
 
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
                     sde: SDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    loss_history: LossHistory | None = None, log_interval: LogInterval | None = None) -> None:
+                    loss_history: LossHistory | None = None, log_interval: LogInterval | None = None,
+                    target: nn.Module | None = None) -> None:
     """Write a training checkpoint atomically (module docstring); log_interval: the log interval open
-    at `step` (None: an empty one)."""
+    at `step` (None: an empty one); target: a consistency run's target network (None: it has none)."""
     tensors = {}
-    for prefix, module in (("net", net), ("ema", ema)):
+    modules = (("net", net), ("ema", ema)) + ((("target", target),) if target is not None else ())
+    for prefix, module in modules:
         for k, v in module.state_dict().items():
             tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
     for i, state in opt.state_dict()["state"].items():
@@ -295,11 +300,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     opt = _split_opt(path, tensors)
     history = {k[len("loss_history."):]: v for k, v in tensors.items() if k.startswith("loss_history.")}
-    unknown = sorted(k for k in tensors if not k.startswith(("net.", "ema.", "opt.", "loss_history.")))
+    target = {k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")}
+    unknown = sorted(k for k in tensors if not k.startswith(("net.", "ema.", "opt.", "loss_history.", "target.")))
     if unknown:
         raise ValueError(f"{path}: unexpected tensor(s) {[k[:80] for k in unknown[:5]]} in a checkpoint")
     _check_weights(path, net_config, net, "net")
     _check_weights(path, net_config, ema, "ema")
+    if target:
+        _check_weights(path, net_config, target, "target")
     _check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
     _check_finite(path, history, "loss_history")
     counters = {**{f"opt.{i}.step": d["step"] for i, d in opt.items() if "step" in d},
@@ -308,7 +316,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if v.numel() and bool((v < 0).any()):
             raise ValueError(f"{path}: counter {k!r} is negative")
     return Checkpoint(step=step, config=config, net_config=net_config, sde_config=sde_config,
-                      net=net, ema=ema, opt=opt, loss_history=history, log_interval=_meta_log_interval(path, meta))
+                      net=net, ema=ema, opt=opt, loss_history=history, log_interval=_meta_log_interval(path, meta),
+                      target=target)
 
 
 def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
@@ -332,12 +341,17 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
 
 def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
     """A ScoreModel (eval mode, no gradients) over a U-Net or DiT with weights `state`, with the attributes
-    image_shape (C, H, W), config (a dict) and null_label (the class count of a conditional net, else None)."""
+    image_shape (C, H, W), config (a dict), net_config and null_label (the class count of a conditional net,
+    else None). A run of a consistency loss (config.loss "cd", "ct", "ect") gives a ConsistencyModel."""
     net = build_net(net_config)
     net.load_state_dict(state)
     net = net.to(device).eval().requires_grad_(False)
-    model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise,
-                       learned_variance=net_config.learn_variance)
+    if config.loss in CONSISTENCY_LOSSES:
+        model = consistency_model(config, net, build_sde(config))
+    else:
+        model = ScoreModel(net, build_sde(config), config.prediction, c_noise=config.c_noise,
+                           learned_variance=net_config.learn_variance)
+    model.net_config = net_config
     model.image_shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
     model.config = config.to_dict()
     model.null_label = net_config.num_classes

@@ -25,12 +25,17 @@ from ..sde_names import SDE_NAMES, SDE_TABLE, make_sde
 from ..speed import COMPILE_BACKENDS
 
 __all__ = [
-    "COMPILE", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES",
+    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES",
     "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sde", "check_resume", "net_kind",
     "net_kind_of",
 ]
 
-LOSSES = ("dsm", "hybrid", "flow_matching")
+LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect")
+CONSISTENCY_LOSSES = ("cd", "ct", "ect")  # the model is a ConsistencyModel (scoresde.fewstep)
+TEACHER_STEPS = ("ddim", "heun", "dpm_solver_2")  # as scoresde.fewstep.consistency_losses.TEACHER_STEPS
+DISTANCES = ("l2", "pseudo_huber")
+# per consistency loss: (distance, target_decay) when the config leaves them None
+CONSISTENCY_DEFAULTS = {"cd": ("l2", 0.95), "ct": ("pseudo_huber", 0.0), "ect": ("pseudo_huber", 0.0)}
 TRAIN_PREDICTIONS = ("eps", "x0", "score", "v", "flow")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("fp32", "bf16")
@@ -52,12 +57,12 @@ _CHOICES = {
     "data": datasets.DATASETS, "net": NETS, "sde": SDE_NAMES, "prediction": TRAIN_PREDICTIONS,
     "loss": LOSSES, "c_noise": sorted(C_NOISE), "time_sampling": TIME_SAMPLING, "optimizer": OPTIMIZERS,
     "precision": PRECISIONS, "optimizer_impl": OPTIMIZER_IMPLS, "compile": COMPILE,
-    "compile_backend": COMPILE_BACKENDS,
+    "compile_backend": COMPILE_BACKENDS, "teacher_step": TEACHER_STEPS,
 }
 _FLAGS = ("flip", "dequantize", "conditional", "learn_variance", "channels_last", "tf32", "progress")
 _INTEGERS = {  # field -> its least value
     "augment_max_shift": 1, "warmup_steps": 0, "batch_size": 1, "steps": 0, "seed": 0, "ckpt_every": 1,
-    "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1,
+    "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1, "cd_n": 2, "ect_stages": 1,
 }
 # the largest seed: training's per-step RNG seeds (loop._step_seed) are distinct for seeds below 2^12
 MAX_SEED = 2**12 - 1
@@ -66,7 +71,7 @@ _NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" a
     "p_uncond": (0.0, 1.0, "[]"), "augment_p": (0.0, 1.0, "[]"), "beta_min": _POSITIVE, "beta_max": _POSITIVE,
     "sigma_min": _POSITIVE, "sigma_max": _POSITIVE, "t_eps": (0.0, 0.5, "()"), "hybrid_lambda": _NONNEGATIVE,
     "lr": _POSITIVE, "adam_eps": _POSITIVE, "weight_decay": _NONNEGATIVE, "grad_clip": _NONNEGATIVE,
-    "ema_decay": (0.0, 1.0, "[)"),
+    "ema_decay": (0.0, 1.0, "[)"), "boundary_width": _POSITIVE,
 }
 # network fields a run sets itself (UNetConfig and DiTConfig name them alike): from the data, from `augment`,
 # and learn_variance (the model needs it too)
@@ -121,7 +126,16 @@ class TrainConfig:
     "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
     L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
     learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
-    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform").
+    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform"); the consistency
+    losses of scoresde.fewstep (the model is then a ConsistencyModel whose network predicts `prediction`,
+    f = c_skip x + c_den D with D that prediction's data estimate, blended from x at the process's t_eps
+    to D over the noise levels `boundary_width`): "cd" (distillation from the model file `teacher`, whose
+    weights start the student (its dropout may differ: net_options {"dropout": 0.0}), on a `cd_n`-point Karras grid with one `teacher_step` ("ddim", "heun",
+    "dpm_solver_2") per pair), "ct" (improved consistency training from scratch, iCT's discretization
+    curriculum over `steps`) and "ect" (easy consistency tuning: starts from `teacher`'s weights and
+    shrinks the gap over `ect_stages` stages). `distance` ("l2", "pseudo_huber"; None: l2 for cd,
+    pseudo_huber for ct and ect) and `target_decay` (the EMA decay of the target network; None: 0.95 for
+    cd, 0 for ct and ect, where the target is the student itself without gradients).
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
@@ -164,6 +178,13 @@ class TrainConfig:
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
     hybrid_lambda: float = 0.001
+    teacher: str | None = None
+    boundary_width: float = 0.01
+    cd_n: int = 18
+    teacher_step: Literal["ddim", "heun", "dpm_solver_2"] = "heun"
+    ect_stages: int = 8
+    distance: Literal["l2", "pseudo_huber"] | None = None
+    target_decay: float | None = None
 
     optimizer: Literal["adam", "adamw"] = "adam"
     optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
@@ -235,6 +256,12 @@ class TrainConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if len(self.betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.distance is not None:
+            _check_choice("distance", self.distance, DISTANCES)
+        if self.target_decay is not None:
+            _check_number("target_decay", self.target_decay, 0.0, 1.0, "[)")
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
+            raise ValueError(f"teacher must be None or a model file path, got {self.teacher!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
         if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
@@ -295,8 +322,43 @@ class TrainConfig:
                 want = f"{name}={value}" if isinstance(value, bool) else f"{name} {value!r}"
                 got = "" if isinstance(value, bool) else f", got {getattr(self, name)!r}"
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
+        self._check_consistency()
         if self.precision == "bf16" and self.device != "auto" and torch.device(self.device).type != "cuda":
             raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
+
+    def _check_consistency(self) -> None:
+        """The consistency losses' fields: a teacher exactly where the loss uses one, and no option the
+        consistency trainer does not implement (each named, rather than ignored)."""
+        consistency = self.loss in CONSISTENCY_LOSSES
+        if self.loss in ("cd", "ect") and self.teacher is None:
+            raise ValueError(f"loss {self.loss!r} needs teacher (a model file: a diffusion model of this data and sde)")
+        if self.teacher is not None and self.loss not in ("cd", "ect"):
+            raise ValueError(f"teacher is for loss 'cd' or 'ect', got loss {self.loss!r}")
+        if self.loss in ("cd", "ect") and self.init_from is not None:
+            raise ValueError(f"loss {self.loss!r} starts from the teacher's weights; leave init_from None")
+        if not consistency:
+            unused = [name for name in ("distance", "target_decay") if getattr(self, name) is not None]
+            if unused:
+                raise ValueError(f"{unused} apply to the consistency losses {list(CONSISTENCY_LOSSES)}; "
+                                 f"loss is {self.loss!r}")
+            return
+        unsupported = {"conditional": self.conditional, "learn_variance": self.learn_variance,
+                       "augment_p": self.augment_p > 0, "precision bf16": self.precision == "bf16"}
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"loss {self.loss!r} does not support {bad} yet (the consistency trainer is unconditional, "
+                             "fp32, without augmentation or learned variance)")
+        if self.time_sampling != "uniform":
+            raise ValueError(f"loss {self.loss!r} draws its own noise levels; time_sampling must stay 'uniform', "
+                             f"got {self.time_sampling!r}")
+        if self.sde == "ddpm" and self.c_noise == "timestep":
+            raise ValueError("the consistency losses evaluate the network between the DDPM timesteps; "
+                             "use a continuous c_noise (e.g. 'log_noise')")
+
+    def consistency_options(self) -> tuple[str, float]:
+        """(distance, target_decay) of a consistency loss, the loss's defaults (CONSISTENCY_DEFAULTS) where None."""
+        distance, decay = CONSISTENCY_DEFAULTS[self.loss]
+        return (self.distance or distance, decay if self.target_decay is None else self.target_decay)
 
     def to_dict(self) -> dict:
         """JSON-serializable fields."""

@@ -68,11 +68,12 @@ from ..losses import LossHistory
 from ..nn import DiTConfig, UNetConfig
 from ..param import ScoreModel
 from ..sde import SDE
-from .checkpoints import CHECKPOINT, LogInterval, load_checkpoint, save_checkpoint, write_run_config
-from .config import TrainConfig, build_net, build_net_config, build_sde, check_resume, net_kind_of
+from .checkpoints import CHECKPOINT, LogInterval, load_checkpoint, load_model, save_checkpoint, write_run_config
+from .config import CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, check_resume, net_kind_of
+from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .samples import write_samples
-from .step import ParameterUpdate, compute_loss, make_optimizer
+from .step import ParameterUpdate, compute_loss, ema_update, make_optimizer
 
 __all__ = ["METRICS", "TrainResult", "setup_distributed", "train"]
 
@@ -172,7 +173,9 @@ class _Run:
     net_config: the network's UNetConfig or DiTConfig; net, ema: the raw and EMA networks
     (checkpointed); ddp: net wrapped for DDP and torch.compile (the
     one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step;
-    open_log: the log interval open at `start` (from the checkpoint; empty for a new run).
+    open_log: the log interval open at `start` (from the checkpoint; empty for a new run); target: a
+    consistency loss's target network (target_decay > 0), else None; teacher: the teacher model of loss
+    "cd", else None.
     """
 
     config: TrainConfig
@@ -193,10 +196,15 @@ class _Run:
     history: LossHistory | None
     start: int
     open_log: LogInterval
+    target: nn.Module | None = None
+    teacher: ScoreModel | None = None
 
     def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
-        """A ScoreModel over `net` with the run's SDE and parameterization."""
+        """A ScoreModel over `net` with the run's SDE and parameterization (a ConsistencyModel for a
+        consistency loss)."""
         c = self.config
+        if c.loss in CONSISTENCY_LOSSES:
+            return consistency_model(c, net, self.sde)
         return ScoreModel(net, self.sde, c.prediction, c_noise=c.c_noise, learned_variance=c.learn_variance)
 
 
@@ -217,18 +225,38 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
     ema.load_state_dict(ckpt.ema)
 
 
+def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: SDE, device: torch.device) -> ScoreModel:
+    """The teacher model file of loss "cd" or "ect" (config.teacher), checked against the run (check_teacher)."""
+    if not Path(config.teacher).is_file():
+        raise FileNotFoundError(f"teacher: no model file at {config.teacher}")
+    teacher = load_model(config.teacher, device=device)
+    check_teacher(config, teacher, net_config, sde)
+    return teacher
+
+
 def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig, net: nn.Module, ema: nn.Module,
-             opt: torch.optim.Optimizer, history: LossHistory | None) -> tuple[int, LogInterval]:
-    """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set;
-    returns the step to continue from and the log interval open at that step."""
+             opt: torch.optim.Optimizer, history: LossHistory | None, target: nn.Module | None,
+             teacher: ScoreModel | None) -> tuple[int, LogInterval]:
+    """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set, or
+    from the teacher's weights (losses "cd", "ect"); returns the step to continue from and the log interval
+    open at that step. The target network (if any) starts as the network."""
     if not path.is_file():
         if config.init_from is not None:
             _init_weights(net, ema, net_config, Path(config.init_from))
+        if teacher is not None:
+            net.load_state_dict(teacher.net.state_dict())
+            ema.load_state_dict(teacher.net.state_dict())
+        if target is not None:
+            target.load_state_dict(net.state_dict())
         return 0, LogInterval(0, ())
     ckpt = load_checkpoint(path)
     check_resume(ckpt.config, config, path)
+    if target is not None and not ckpt.target:
+        raise ValueError(f"{path}: the checkpoint holds no target network, which loss {config.loss!r} needs")
     net.load_state_dict(ckpt.net)
     ema.load_state_dict(ckpt.ema)
+    if target is not None:
+        target.load_state_dict(ckpt.target)
     state = opt.state_dict()
     state["state"] = ckpt.opt
     opt.load_state_dict(state)
@@ -249,10 +277,18 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
     ema.to(device, memory_format=memory_format).eval()
     opt = make_optimizer(config, net, device)
     history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
+    target = teacher = None
+    if config.loss in CONSISTENCY_LOSSES:
+        if config.consistency_options()[1] > 0:
+            target = copy.deepcopy(ema).to(device).requires_grad_(False)
+        if config.teacher is not None:
+            teacher = _load_teacher(config, net_config, sde, device)
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
-    start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history)
+    start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher)
+    if config.loss != "cd":
+        teacher = None  # ect only starts from its weights
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         truncate_metrics(out / METRICS, start)
@@ -267,7 +303,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
         config=config, rank=rank, world=world, device=device, out=out, net_config=net_config, sde=sde,
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
-        open_log=open_log,
+        open_log=open_log, target=target, teacher=teacher,
     )
 
 
@@ -312,12 +348,19 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     if config.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     y = None if run.labels is None else run.labels[idx]
-    loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.net_config.num_classes, levels=run.levels,
-                                history=run.history, generator=gen)
+    hybrid = None
+    if config.loss in CONSISTENCY_LOSSES:
+        target = model if run.target is None else run.score_model(run.target)  # the student itself: no gradient flows
+        loss = consistency_loss(config, model, target, run.teacher, x0, step, gen)
+    else:
+        loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.net_config.num_classes, levels=run.levels,
+                                    history=run.history, generator=gen)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
     grad_norm = run.update(lr, min(config.ema_decay, (1 + step) / (10 + step)))
+    if run.target is not None:  # Song et al. 2023, Alg. 2: theta^- <- stopgrad(mu theta^- + (1 - mu) theta)
+        ema_update(run.target, run.net, config.consistency_options()[1])
     if hybrid is not None:
         _record_losses(run.history, hybrid.step, hybrid.vlb, run.world)
     return loss, grad_norm, lr
@@ -328,7 +371,8 @@ def _checkpoint(run: _Run, step: int, log: MetricsLog) -> None:
     interval = log.open_interval()
     if run.rank == 0:
         save_checkpoint(run.out / CHECKPOINT, step=step, config=run.config, net_config=run.net_config, sde=run.sde,
-                        net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history, log_interval=interval)
+                        net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history, log_interval=interval,
+                        target=run.target)
         write_run_config(run.out, step=step, config=run.config, net_config=run.net_config, sde=run.sde)
 
 

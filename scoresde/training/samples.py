@@ -38,14 +38,18 @@ class _Labelled:
 @torch.no_grad()
 def sample_images(model: ScoreModel, shape, *, steps: int = 250, y: Tensor | None = None,
                   generator: torch.Generator | None = None, device=None) -> Tensor:
-    """Samples (B, *D) in [-1, 1]: Euler-Maruyama on a uniform t grid, then Tweedie's denoising.
-
-    `steps` evaluations plus one; y (B,) labels for a conditional model (None: unconditional).
+    """Samples (B, *D) in [-1, 1]: Euler-Maruyama on a uniform t grid, then Tweedie's denoising
+    (`steps` evaluations plus one); from a consistency model (one with `consistency`), multistep consistency
+    sampling on the Karras grid (`steps` evaluations). y (B,) labels for a conditional model (None: unconditional).
     """
     m = model if y is None else _Labelled(model, y)
     x_T = model.sde.prior_sample(shape, generator=generator, device=device, dtype=torch.float32)
-    ts = solvers.grids.uniform_t(model.sde, steps)
-    x = solvers.get("euler_maruyama", denoise_final=True)(m, x_T, ts, generator=generator).x
+    if callable(getattr(model, "consistency", None)):
+        ts = solvers.grids.karras(model.sde, steps, t_end=model.t_eps)
+        x = solvers.get("consistency")(m, x_T, ts, generator=generator).x
+    else:
+        ts = solvers.grids.uniform_t(model.sde, steps)
+        x = solvers.get("euler_maruyama", denoise_final=True)(m, x_T, ts, generator=generator).x
     return x.clamp(-1.0, 1.0)
 
 

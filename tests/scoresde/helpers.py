@@ -18,20 +18,20 @@ def logged_losses(out_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def train_killed_in_step_5(monkeypatch, config, loss: str) -> None:
+def train_killed_in_step_5(monkeypatch, config, loss: str, module=train_step) -> None:
     """Run `train(config)` with the loss function `scoresde.training.step.<loss>` raising KeyboardInterrupt in its
     5th call, so that the run dies in its 5th step (after the step-3 checkpoint of ckpt_every=3 and the log of
     step 4); then put the real loss function back."""
-    train_killed_in_step(monkeypatch, config, loss, 5)
+    train_killed_in_step(monkeypatch, config, loss, 5, module)
 
 
-def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_loss"):
+def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_loss", module=train_step):
     """Train `base` (steps=6, ckpt_every=3) uninterrupted in tmp_path/ref and, in tmp_path/run, killed in step 5
     and resumed; assert the resumed run logs the same losses bit for bit and ends with equal net and EMA
-    weights. Returns (resumed result, reference result, the run's folder)."""
+    weights. `module`: where the loop looks `loss` up. Returns (resumed result, reference result, the run's folder)."""
     ref = train(replace(base, out_dir=str(tmp_path / "ref")))
     out = tmp_path / "run"  # dies in its 5th step, after the checkpoint of step 3 and the log of step 4
-    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), loss)
+    train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), loss, module)
     assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(logged_losses(out)) == 4
     res = train(replace(base, out_dir=str(out)))
     assert logged_losses(out) == logged_losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5
@@ -41,10 +41,11 @@ def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_l
     return res, ref, out
 
 
-def train_killed_in_step(monkeypatch, config, loss: str, step: int) -> None:
-    """Run `train(config)` with `scoresde.training.step.<loss>` raising KeyboardInterrupt in its `step`-th call
-    (counted from this run's first step), so that the run dies inside that step; then put the real loss back."""
-    real = getattr(train_step, loss)
+def train_killed_in_step(monkeypatch, config, loss: str, step: int, module=train_step) -> None:
+    """Run `train(config)` with `module.<loss>` (default `scoresde.training.step`) raising KeyboardInterrupt in its
+    `step`-th call (counted from this run's first step), so that the run dies inside that step; then put the
+    real loss back."""
+    real = getattr(module, loss)
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -53,10 +54,10 @@ def train_killed_in_step(monkeypatch, config, loss: str, step: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_step, loss, dying)
+    monkeypatch.setattr(module, loss, dying)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    monkeypatch.setattr(train_step, loss, real)
+    monkeypatch.setattr(module, loss, real)
 
 
 def metrics_records(out_dir) -> list[dict]:

@@ -104,3 +104,39 @@ def test_bad_options_are_refused():
         ConsistencyModel(_net, sde, scale_input="yes")
     with pytest.raises(ValueError, match="flow_map"):
         FlowMapConsistency(object())
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(sorted(SDES)), seed=st.integers(0, 2**16), dtype=st.sampled_from([F64, torch.float32]),
+       kind=st.sampled_from(["eps", "x0", "v", "score"]), width=st.floats(1e-3, 1.0))
+def test_denoiser_form_keeps_the_boundary_condition_exact(name, seed, dtype, kind, width):
+    """net_prediction: f(x, t_eps) = x bit for bit whatever the network predicts, in float64 and float32."""
+    sde = SDES[name]
+    model = ConsistencyModel(_net, sde, net_prediction=kind, boundary_width=width)
+    x = 10 * torch.randn(5, 3, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    assert torch.equal(model.consistency(x, torch.full((5,), sde.t_eps, dtype=dtype)), x)
+
+
+@pytest.mark.parametrize("name", ["vp", "ve", "flow"])
+def test_denoiser_form_is_the_networks_denoiser_away_from_the_boundary(name):
+    """f = c_skip x + c_den D with c_skip -> 0, c_den -> 1: at noise levels far above boundary_width the model
+    is the network's data prediction D (here the exact Gaussian denoiser through its eps) within w^2 / nu^2."""
+    sde = SDES[name]
+    exact = AnalyticModel(Gaussian(torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.3, 1.4], dtype=F64)), sde)
+    model = ConsistencyModel(lambda x, c: exact.eps(x, t), sde, net_prediction="eps", boundary_width=0.01)
+    t = torch.full((4,), 0.6 * sde.T, dtype=F64)
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    nu = float(noise_level(sde, t[:1]))
+    torch.testing.assert_close(model.x0(x, t), exact.x0(x, t), rtol=0, atol=10 * (0.01 / nu) ** 2 * float(x.abs().max() + 1))
+
+
+def test_denoiser_form_refuses_options_it_does_not_use():
+    sde = SDES["vp"]
+    with pytest.raises(ValueError, match="boundary_width is for net_prediction"):
+        ConsistencyModel(_net, sde, boundary_width=0.1)
+    with pytest.raises(ValueError, match="scale_input must be False with net_prediction"):
+        ConsistencyModel(_net, sde, net_prediction="eps", scale_input=True)
+    with pytest.raises(ValueError, match="prediction"):
+        ConsistencyModel(_net, sde, net_prediction="noise")
+    with pytest.raises(ValueError, match="boundary_width"):
+        ConsistencyModel(_net, sde, net_prediction="eps", boundary_width=0.0)

@@ -1,0 +1,131 @@
+"""Consistency losses in the trainer (TrainConfig.loss "cd", "ct", "ect"): checks, teacher start, target
+network, exact resume, model files that load as ConsistencyModel."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import scoresde
+from scoresde.fewstep.consistency import ConsistencyModel
+from scoresde.pretrained import export_model
+from scoresde.train import TrainConfig, load_checkpoint, load_model, train
+from scoresde.training import loop as train_loop
+from scoresde.training.config import CONSISTENCY_DEFAULTS
+
+from .helpers import resumed_equals_uninterrupted
+
+TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
+            batch_size=16, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny digits diffusion model trained 4 steps and exported: (its file, its TrainConfig)."""
+    out = tmp_path_factory.mktemp("teacher")
+    config = TrainConfig(**TINY, steps=4, ckpt_every=4, out_dir=str(out / "run"))
+    train(config)
+    return str(export_model(out / "run" / "checkpoint.safetensors", out / "teacher.safetensors")), config
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(loss="cd"), "loss 'cd' needs teacher"),
+    (dict(loss="ect"), "loss 'ect' needs teacher"),
+    (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd' or 'ect'"),
+    (dict(loss="dsm", distance="l2"), r"\['distance'\] apply to the consistency losses"),
+    (dict(loss="dsm", target_decay=0.9), r"\['target_decay'\] apply"),
+    (dict(loss="ct", distance="l1"), "unknown distance 'l1'; choose one of"),
+    (dict(loss="ct", teacher_step="euler"), "unknown teacher_step 'euler'; choose one of"),
+    (dict(loss="ct", target_decay=1.0), "target_decay"),
+    (dict(loss="ct", boundary_width=0.0), "boundary_width"),
+    (dict(loss="ct", cd_n=1), "cd_n"),
+    (dict(loss="ct", conditional=True), r"does not support \['conditional'\]"),
+    (dict(loss="ct", time_sampling="likelihood"), "time_sampling must stay 'uniform'"),
+    (dict(loss="cd", teacher="t.safetensors", init_from="c.safetensors"), "starts from the teacher's weights"),
+])
+def test_bad_consistency_configs_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_defaults_per_loss():
+    assert TrainConfig(loss="cd", teacher="t").consistency_options() == CONSISTENCY_DEFAULTS["cd"] == ("l2", 0.95)
+    assert TrainConfig(loss="ct").consistency_options() == ("pseudo_huber", 0.0)
+    assert TrainConfig(loss="ct", distance="l2", target_decay=0.5).consistency_options() == ("l2", 0.5)
+
+
+def test_cd_starts_from_the_teacher_and_resumes_exactly(monkeypatch, tmp_path, teacher):
+    """A 0-step CD run is the teacher's network as a denoiser-form consistency model; a killed and resumed CD
+    run equals the uninterrupted one in its logged losses, net, EMA and target weights bit for bit."""
+    path, tconfig = teacher
+    base = replace(tconfig, loss="cd", teacher=path, cd_n=6, steps=0, out_dir=str(tmp_path / "zero"))
+    res0 = train(base)
+    t_model = load_model(path)
+    for k, v in t_model.net.state_dict().items():
+        assert torch.equal(res0.ema.state_dict()[k], v), k
+    assert isinstance(res0.model, ConsistencyModel) and res0.model.net_prediction == "eps"
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t_high = torch.full((3,), 0.9)
+    # at high noise the student is its teacher's denoiser up to the boundary blend (c_skip ~ w^2 / nu^2)
+    torch.testing.assert_close(res0.model.x0(x, t_high), t_model.x0(x, t_high), atol=1e-3, rtol=1e-3)
+    cd = replace(base, steps=6, ckpt_every=3, out_dir=str(tmp_path / "unused"))
+    res, ref, out = resumed_equals_uninterrupted(monkeypatch, cd, tmp_path, "consistency_loss", train_loop)
+    a, b = load_checkpoint(out / "checkpoint.safetensors"), load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
+    assert a.target and set(a.target) == set(a.net)
+    for k in a.target:
+        assert torch.equal(a.target[k], b.target[k]), k
+    # the target is an EMA of the student (decay 0.95): neither the student nor the teacher after 6 steps
+    assert any(not torch.equal(a.target[k], a.net[k]) for k in a.target)
+
+
+def test_cd_model_files_load_as_consistency_models_and_sample_in_one_evaluation(tmp_path, teacher):
+    path, tconfig = teacher
+    run = tmp_path / "cd"
+    train(replace(tconfig, loss="cd", teacher=path, cd_n=6, steps=2, ckpt_every=2, out_dir=str(run)))
+    exported = export_model(run / "checkpoint.safetensors", tmp_path / "cd.safetensors")
+    for file in (run / "checkpoint.safetensors", exported):
+        model = load_model(file)
+        assert isinstance(model, ConsistencyModel) and model.t_eps == model.sde.t_eps
+        s = scoresde.sample(model, solver="consistency", steps=1, n=5, seed=0)
+        assert s.nfe == 1 and s.x.shape == (5, 1, 8, 8) and bool(torch.isfinite(s.x).all())
+        x = torch.randn(4, 1, 8, 8)
+        assert torch.equal(model.consistency(x, torch.full((4,), model.t_eps)), x)  # the boundary condition
+
+
+def test_ct_and_ect_train_without_a_target_network(tmp_path, teacher):
+    path, tconfig = teacher
+    for loss, kw in (("ct", {}), ("ect", {"teacher": path})):
+        res = train(replace(tconfig, loss=loss, steps=3, ckpt_every=3, out_dir=str(tmp_path / loss), **kw))
+        ckpt = load_checkpoint(tmp_path / loss / "checkpoint.safetensors")
+        assert ckpt.target == {} and res.loss is not None and res.loss == res.loss  # finite, logged
+        assert isinstance(res.model, ConsistencyModel)
+
+
+def test_a_teacher_of_another_network_is_refused_naming_the_difference(tmp_path, teacher):
+    path, tconfig = teacher
+    other = replace(tconfig, loss="cd", teacher=path, steps=1, out_dir=str(tmp_path / "x"),
+                    net_options={**tconfig.net_options, "ch": 16})
+    with pytest.raises(ValueError, match=r"differs from this run \(teacher -> run\) in ch: 8 -> 16"):
+        train(other)
+    with pytest.raises(ValueError, match="c_noise: 'log_noise' -> 't'"):
+        train(replace(other, net_options=tconfig.net_options, c_noise="t"))
+    with pytest.raises(FileNotFoundError, match="teacher: no model file"):
+        train(replace(other, net_options=tconfig.net_options, teacher=str(tmp_path / "missing.safetensors")))
+    # dropout changes no weight: a student without the teacher's dropout is accepted
+    res = train(replace(other, net_options={**tconfig.net_options, "dropout": 0.0}))
+    assert res.step == 1
+
+
+def test_a_resumed_cd_run_without_its_target_is_refused(tmp_path, teacher):
+    """A checkpoint of a consistency run missing its target tensors cannot resume silently with a fresh target."""
+    from scoresde.files import read_safetensors, write_safetensors
+    from scoresde.training.checkpoints import FORMAT
+
+    path, tconfig = teacher
+    cfg = replace(tconfig, loss="cd", teacher=path, cd_n=6, steps=2, ckpt_every=2, out_dir=str(tmp_path / "r"))
+    train(cfg)
+    file = tmp_path / "r" / "checkpoint.safetensors"
+    tensors, meta = read_safetensors(file, fmt=FORMAT, what="checkpoint")
+    write_safetensors(file, {k: v for k, v in tensors.items() if not k.startswith("target.")}, meta)
+    with pytest.raises(ValueError, match="holds no target network"):
+        train(replace(cfg, steps=4))
