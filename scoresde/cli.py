@@ -44,14 +44,16 @@ def _check_labels(labels: list[int], model) -> None:
         raise UsageError(f"--y {bad[0]}: labels must lie in 0..{k - 1} (the model's {k} classes), or be {k} for no class")
 
 
-def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False):
+def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False, kind: str = "diffusion"):
     if path is None:
         from .training.checkpoints import default_model
 
         try:
-            return default_model(sde, conditional=conditional, device=device)
+            return default_model(sde, conditional=conditional, kind=kind, device=device)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if kind != "diffusion":
+        raise UsageError(f"--kind {kind} chooses a shipped model; it does not apply with --model {path}")
     if not Path(path).exists():
         raise UsageError(f"model file {path!r} does not exist")
     from .training.checkpoints import load_model
@@ -92,6 +94,8 @@ def _check_sample_paths(args: argparse.Namespace) -> None:
 def _solver_argument(args: argparse.Namespace) -> dict:
     """sample()'s solver arguments: a name with its --option values, or a module:Class built with them."""
     options = dict(args.option or [])
+    if args.solver is None:  # the default: consistency sampling for a shipped few-step model, else pc
+        return {"solver": "pc" if args.kind == "diffusion" else "consistency", **options}
     if ":" not in args.solver:
         return {"solver": args.solver, **options}
     cls = cli_args.solver_class(args.solver)
@@ -109,7 +113,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_device(args.device, "sampling")
     _check_sample_paths(args)
     solver = _solver_argument(args)
-    model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None)
+    model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None, kind=args.kind)
+    if args.solver is None and callable(getattr(model, "consistency", None)):
+        solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
     if args.y is not None:
         _check_labels(args.y, model)
     kwargs = dict(
@@ -302,8 +308,11 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     # no import of torch here: `scoresde sample --help` stays instant (names are checked when given)
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
-    p.add_argument("--solver", default="pc",
-                   help="a name from `scoresde solvers` (default: pc); auto: the best measured deterministic solver, "
+    p.add_argument("--kind", default="diffusion", choices=["diffusion", "cd", "ect"],
+                   help="which shipped model of --sde: the diffusion model (default) or a few-step consistency model "
+                        "distilled (cd) or tuned (ect) from it (docs/few_step.md)")
+    p.add_argument("--solver", default=None,
+                   help="a name from `scoresde solvers` (default: pc; consistency for a consistency model); auto: the best measured deterministic solver, "
                         "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "
                         "built with the --option values; module:Class imports that module (the current folder "
                         "first), running its code as `python -m` would: name only code you trust")

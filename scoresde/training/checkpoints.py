@@ -45,7 +45,7 @@ from .config import CONSISTENCY_LOSSES, NET_KINDS, TrainConfig, build_net, build
 from .consistency import consistency_model
 
 __all__ = [
-    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FORMAT", "PRETRAINED_FORMAT", "Checkpoint",
+    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_KINDS", "PRETRAINED_FORMAT", "Checkpoint",
     "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained",
     "save_checkpoint", "write_run_config",
 ]
@@ -58,6 +58,9 @@ ASSETS = Path(__file__).parent.parent / "assets"
 DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetensors", "ve": "digits_ve.safetensors"}
 # class-conditional models (a learned null class; used when scoresde.sample gets labels y and no model)
 CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
+# few-step models (consistency models of scoresde.fewstep, docs/few_step.md): kind -> {sde name: file in ASSETS}
+FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}, "ect": {"vp": "digits_vp_ect.safetensors"}}
+MODEL_KINDS = ("diffusion", *FEW_STEP_MODELS)  # default_model's kinds
 
 
 NetConfig = UNetConfig | DiTConfig
@@ -379,15 +382,21 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     return model
 
 
-def default_model(sde: str, *, conditional: bool = False, device=None) -> ScoreModel:
+def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion", device=None) -> ScoreModel:
     """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
-    class-conditional one (labels 0..9, null label 10; shipped for "vp")."""
-    table = CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
+    class-conditional one (labels 0..9, null label 10; shipped for "vp"); `kind`: "diffusion" (default), or a
+    few-step model distilled or tuned from the diffusion model (FEW_STEP_MODELS: "cd", "ect"; a
+    ConsistencyModel, sampled with solver="consistency")."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    if kind != "diffusion" and conditional:
+        raise ValueError(f"no class-conditional {kind!r} model is shipped; use kind 'diffusion' with conditional=True")
+    table = FEW_STEP_MODELS[kind] if kind != "diffusion" else CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
     available = {name: file for name, file in table.items() if (ASSETS / file).is_file()}
     if sde not in available:
-        kind = "class-conditional " if conditional else ""
+        what = "class-conditional " if conditional else "" if kind == "diffusion" else f"{kind!r} "
         raise ValueError(
-            f"no shipped {kind}default model for sde {sde!r}; shipped: {sorted(available)}; "
+            f"no shipped {what}default model for sde {sde!r}; shipped: {sorted(available)}; "
             "or pass model=... (e.g. scoresde.load_model('checkpoint.safetensors'))"
         )
     return load_pretrained(ASSETS / available[sde], device=device)

@@ -126,16 +126,18 @@ class TrainConfig:
     "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
     L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
     learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
-    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform"); the consistency
-    losses of scoresde.fewstep (the model is then a ConsistencyModel whose network predicts `prediction`,
-    f = c_skip x + c_den D with D that prediction's data estimate, blended from x at the process's t_eps
-    to D over the noise levels `boundary_width`): "cd" (distillation from the model file `teacher`, whose
-    weights start the student (its dropout may differ: net_options {"dropout": 0.0}), on a `cd_n`-point Karras grid with one `teacher_step` ("ddim", "heun",
-    "dpm_solver_2") per pair), "ct" (improved consistency training from scratch, iCT's discretization
-    curriculum over `steps`) and "ect" (easy consistency tuning: starts from `teacher`'s weights and
-    shrinks the gap over `ect_stages` stages). `distance` ("l2", "pseudo_huber"; None: l2 for cd,
-    pseudo_huber for ct and ect) and `target_decay` (the EMA decay of the target network; None: 0.95 for
-    cd, 0 for ct and ect, where the target is the student itself without gradients).
+    flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform"); "cd", "ct", "ect":
+    the consistency losses (next section).
+    Consistency (docs/few_step.md): losses "cd", "ct" and "ect" train a ConsistencyModel (scoresde.fewstep)
+    over a network that predicts `prediction`, f = c_skip x + c_den D with D its data estimate; `teacher` (a diffusion model file of
+    this data and sde whose weights start the student; "cd" evaluates it, "ect" only starts from it; its
+    dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
+    blends from x at the process's t_eps to D); `cd_n` (the points of the Karras grid of "cd"); `teacher_step`
+    (the teacher's one step per pair of "cd": "ddim", "heun" or "dpm_solver_2"); `ect_stages` (the stages over
+    which "ect" shrinks its gap); `distance` ("l2" or "pseudo_huber"; None: l2 for cd, pseudo_huber for ct and
+    ect); `target_decay` (the EMA decay of the target network; None: 0.95 for cd, 0 for ct and ect, where the
+    target is the student itself without gradients). "ct" trains from scratch along iCT's discretization
+    curriculum over `steps`.
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
@@ -174,7 +176,7 @@ class TrainConfig:
     prediction: Literal["eps", "x0", "score", "v", "flow"] = "eps"
     c_noise: str = "log_noise"
     learn_variance: bool = False
-    loss: Literal["dsm", "hybrid", "flow_matching"] = "dsm"
+    loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect"] = "dsm"
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
     hybrid_lambda: float = 0.001
@@ -183,7 +185,7 @@ class TrainConfig:
     cd_n: int = 18
     teacher_step: Literal["ddim", "heun", "dpm_solver_2"] = "heun"
     ect_stages: int = 8
-    distance: Literal["l2", "pseudo_huber"] | None = None
+    distance: str | None = None
     target_decay: float | None = None
 
     optimizer: Literal["adam", "adamw"] = "adam"

@@ -129,3 +129,27 @@ def test_a_resumed_cd_run_without_its_target_is_refused(tmp_path, teacher):
     write_safetensors(file, {k: v for k, v in tensors.items() if not k.startswith("target.")}, meta)
     with pytest.raises(ValueError, match="holds no target network"):
         train(replace(cfg, steps=4))
+
+
+def test_shipped_model_kinds_are_checked_by_name():
+    from scoresde.pretrained import MODEL_KINDS, default_model
+
+    with pytest.raises(ValueError, match=r"unknown model kind 'lcm'; choose one of \['diffusion', 'cd', 'ect'\]"):
+        default_model("vp", kind="lcm")
+    with pytest.raises(ValueError, match="no shipped 'cd' default model for sde 've'"):
+        default_model("ve", kind="cd")
+    with pytest.raises(ValueError, match="no class-conditional 'cd' model is shipped"):
+        default_model("vp", kind="cd", conditional=True)
+    assert MODEL_KINDS == ("diffusion", "cd", "ect")
+
+
+def test_cli_kind_choices_are_the_shipped_kinds():
+    """`scoresde sample --kind` lists its choices without importing torch (--help stays instant): they must be
+    MODEL_KINDS."""
+    from scoresde.cli import build_parser
+    from scoresde.pretrained import MODEL_KINDS
+
+    parser = build_parser("sample")
+    sub = next(a for a in parser._actions if a.dest == "command")
+    kind = next(a for a in sub.choices["sample"]._actions if a.dest == "kind")
+    assert tuple(kind.choices) == MODEL_KINDS and kind.default == "diffusion"
