@@ -130,8 +130,8 @@ class TrainConfig:
     the consistency losses (next section).
     Consistency (docs/few_step.md): losses "cd", "ct" and "ect" train a ConsistencyModel (scoresde.fewstep)
     over a network that predicts `prediction`, f = c_skip x + c_den D with D its data estimate; `teacher` (a diffusion model file of
-    this data and sde whose weights start the student; "cd" evaluates it, "ect" only starts from it; its
-    dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
+    this data and sde whose weights start the student unless `init_from` is set; "cd" evaluates it, "ect"
+    only starts from it; its dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
     blends from x at the process's t_eps to D); `cd_n` (the points of the Karras grid of "cd"); `teacher_step`
     (the teacher's one step per pair of "cd": "ddim", "heun" or "dpm_solver_2"); `ect_stages` (the stages over
     which "ect" shrinks its gap); `distance` ("l2" or "pseudo_huber"; None: l2 for cd, pseudo_huber for ct and
@@ -142,9 +142,9 @@ class TrainConfig:
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
     "fused", "foreach", "for_loop": PyTorch's implementations, the same update up to rounding).
-    `init_from`: a checkpoint whose network and EMA weights start this run (fine-tuning, e.g. with
-    time_sampling "likelihood" after a "uniform" run); its network configuration must equal this
-    run's; the optimizer, step count, warm-up and EMA ramp start afresh. Ignored once out_dir holds
+    `init_from`: a checkpoint (or an exported model file) whose network and EMA weights start this run
+    (fine-tuning, e.g. with time_sampling "likelihood" after a "uniform" run, or to another `prediction`);
+    its network configuration must equal this run's but for dropout; the optimizer, step count, warm-up and EMA ramp start afresh. Ignored once out_dir holds
     a checkpoint of this run (resumption).
     Runtime: `device` ("auto": CUDA when available), `precision` ("fp32", "bf16": autocast, CUDA
     only), `channels_last`, `tf32` (CUDA), `compile` ("none"; "net": torch.compile the network;
@@ -336,8 +336,6 @@ class TrainConfig:
             raise ValueError(f"loss {self.loss!r} needs teacher (a model file: a diffusion model of this data and sde)")
         if self.teacher is not None and self.loss not in ("cd", "ect"):
             raise ValueError(f"teacher is for loss 'cd' or 'ect', got loss {self.loss!r}")
-        if self.loss in ("cd", "ect") and self.init_from is not None:
-            raise ValueError(f"loss {self.loss!r} starts from the teacher's weights; leave init_from None")
         if not consistency:
             unused = [name for name in ("distance", "target_decay") if getattr(self, name) is not None]
             if unused:

@@ -7,7 +7,9 @@ estimate (c_skip = 1, c_den = 0 at t_eps; c_skip -> 0, c_den -> 1 within `bounda
 "consistency" sampler's default grid ends.
 
 - The teacher (cd: evaluated by the loss; ect: only its weights start the run) is a model file of the same
-  network configuration, process, prediction and noise input (`load_teacher` checks each).
+  process; unless `init_from` names other weights to start from, also of the same network configuration
+  (dropout aside), prediction and noise input (`check_teacher` checks each). init_from lets a student predict
+  otherwise than its teacher, e.g. "v" from weights fine-tuned to v-prediction (docs/few_step.md).
 - The target network: with target_decay > 0 (cd's default 0.95) a third copy of the weights, updated as an
   EMA of the student after each step and checkpointed ("target.*"); with 0 (ct, ect) the student itself
   without gradients (iCT, Song & Dhariwal 2023).
@@ -36,28 +38,31 @@ def consistency_model(config: TrainConfig, net: nn.Module, sde: SDE) -> Consiste
                             boundary_width=config.boundary_width)
 
 
-def check_teacher(config: TrainConfig, teacher: ScoreModel, net_config, sde: SDE) -> None:
-    """Refuse a teacher (a loaded model file) whose network, process, prediction or noise input differ from
-    the run's: its weights start the student, so each must match (but dropout, which no weight depends on);
-    the error names every difference."""
+def check_teacher(config: TrainConfig, teacher: ScoreModel, net_config, sde: SDE, *, weights: bool = True) -> None:
+    """Refuse a teacher (a loaded model file) of another process, and, when its weights start the student
+    (`weights`: no init_from), one whose network (dropout aside: no weight depends on it), prediction or noise
+    input differ from the run's; the error names every difference."""
     path = config.teacher
     if isinstance(teacher, ConsistencyModel):
         raise ValueError(f"teacher {path}: it is a consistency model; the teacher must be a diffusion model")
     diffs = []
-    t_net = teacher.net_config
-    if type(t_net) is not type(net_config):
-        diffs.append(f"network {type(t_net).__name__} -> {type(net_config).__name__}")
-    elif t_net != net_config:
-        a, b = t_net.to_dict(), net_config.to_dict()
-        diffs += [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
     if teacher.sde.config() != sde.config():
         diffs.append(f"sde: {teacher.sde.config()} -> {sde.config()}")
-    for name in ("prediction", "c_noise"):
-        if getattr(teacher, name) != getattr(config, name):
-            diffs.append(f"{name}: {getattr(teacher, name)!r} -> {getattr(config, name)!r}")
+    if weights:
+        t_net = teacher.net_config
+        if type(t_net) is not type(net_config):
+            diffs.append(f"network {type(t_net).__name__} -> {type(net_config).__name__}")
+        else:
+            a, b = t_net.to_dict(), net_config.to_dict()
+            diffs += [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
+        for name in ("prediction", "c_noise"):
+            if getattr(teacher, name) != getattr(config, name):
+                diffs.append(f"{name}: {getattr(teacher, name)!r} -> {getattr(config, name)!r}")
     if diffs:
-        raise ValueError(f"teacher {path} differs from this run (teacher -> run) in {'; '.join(diffs)}; "
-                         "set the run's net, net_options, sde, prediction and c_noise to the teacher's")
+        fix = "set the run's net, net_options, sde, prediction and c_noise to the teacher's" if weights else \
+            "set the run's sde to the teacher's"
+        raise ValueError(f"teacher {path} differs from this run (teacher -> run) in {'; '.join(diffs)}; {fix}"
+                         + ("" if not weights else ", or start from other weights with init_from"))
 
 
 def consistency_loss(config: TrainConfig, student: ConsistencyModel, target: ConsistencyModel,

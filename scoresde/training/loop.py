@@ -68,7 +68,10 @@ from ..losses import LossHistory
 from ..nn import DiTConfig, UNetConfig
 from ..param import ScoreModel
 from ..sde import SDE
-from .checkpoints import CHECKPOINT, LogInterval, load_checkpoint, load_model, save_checkpoint, write_run_config
+from ..files import safetensors_format
+from .checkpoints import (
+    CHECKPOINT, PRETRAINED_FORMAT, LogInterval, load_checkpoint, load_model, save_checkpoint, write_run_config,
+)
 from .config import CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, check_resume, net_kind_of
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
@@ -208,21 +211,32 @@ class _Run:
         return ScoreModel(net, self.sde, c.prediction, c_noise=c.c_noise, learned_variance=c.learn_variance)
 
 
+def _config_diff(a, b) -> list[str]:
+    """The fields in which two network configurations differ, "field: a -> b", dropout aside (no weight depends on it)."""
+    a, b = a.to_dict(), b.to_dict()
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
+
+
 def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTConfig, path: Path) -> None:
-    """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from)."""
+    """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from), or from the
+    weights of an exported model file there (both). Its network configuration must be this run's but for dropout."""
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
-    ckpt = load_checkpoint(path)
-    kind = net_kind_of(net_config)
-    if ckpt.net_kind != kind:
-        raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[ckpt.net_kind]} (net {ckpt.config.net!r}); "
-                         f"this run trains a {_NET_NAMES[kind]}")
-    if ckpt.net_config != net_config:
-        a, b = ckpt.net_config.to_dict(), net_config.to_dict()
-        diff = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k])
-        raise ValueError(f"init_from {path}: its {_NET_NAMES[kind]} configuration differs from this run's in {diff}")
-    net.load_state_dict(ckpt.net)
-    ema.load_state_dict(ckpt.ema)
+    if safetensors_format(path) == PRETRAINED_FORMAT:
+        model = load_model(path)
+        source_config, weights, ema_weights = model.net_config, model.net.state_dict(), model.net.state_dict()
+    else:
+        ckpt = load_checkpoint(path)
+        source_config, weights, ema_weights = ckpt.net_config, ckpt.net, ckpt.ema
+    kind, source_kind = net_kind_of(net_config), net_kind_of(source_config)
+    if source_kind != kind:
+        raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[source_kind]}; this run trains a {_NET_NAMES[kind]}")
+    diff = _config_diff(source_config, net_config)
+    if diff:
+        raise ValueError(f"init_from {path}: its {_NET_NAMES[kind]} configuration differs from this run's in "
+                         f"{', '.join(diff)}")
+    net.load_state_dict(weights)
+    ema.load_state_dict(ema_weights)
 
 
 def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: SDE, device: torch.device) -> ScoreModel:
@@ -230,7 +244,7 @@ def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: 
     if not Path(config.teacher).is_file():
         raise FileNotFoundError(f"teacher: no model file at {config.teacher}")
     teacher = load_model(config.teacher, device=device)
-    check_teacher(config, teacher, net_config, sde)
+    check_teacher(config, teacher, net_config, sde, weights=config.init_from is None)
     return teacher
 
 
@@ -243,7 +257,7 @@ def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig
     if not path.is_file():
         if config.init_from is not None:
             _init_weights(net, ema, net_config, Path(config.init_from))
-        if teacher is not None:
+        elif teacher is not None:
             net.load_state_dict(teacher.net.state_dict())
             ema.load_state_dict(teacher.net.state_dict())
         if target is not None:

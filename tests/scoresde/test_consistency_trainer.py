@@ -41,7 +41,6 @@ def teacher(tmp_path_factory):
     (dict(loss="ct", cd_n=1), "cd_n"),
     (dict(loss="ct", conditional=True), r"does not support \['conditional'\]"),
     (dict(loss="ct", time_sampling="likelihood"), "time_sampling must stay 'uniform'"),
-    (dict(loss="cd", teacher="t.safetensors", init_from="c.safetensors"), "starts from the teacher's weights"),
 ])
 def test_bad_consistency_configs_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -153,3 +152,18 @@ def test_cli_kind_choices_are_the_shipped_kinds():
     sub = next(a for a in parser._actions if a.dest == "command")
     kind = next(a for a in sub.choices["sample"]._actions if a.dest == "kind")
     assert tuple(kind.choices) == MODEL_KINDS and kind.default == "diffusion"
+
+
+def test_a_student_may_predict_otherwise_when_init_from_names_its_weights(tmp_path, teacher):
+    """prediction "v" from an eps teacher: refused while the teacher's weights would start the student; with
+    init_from (here the teacher's exported file itself, dropout aside) the run starts from those weights."""
+    path, tconfig = teacher
+    cfg = replace(tconfig, loss="cd", teacher=path, prediction="v", steps=0, out_dir=str(tmp_path / "v"),
+                  net_options={**tconfig.net_options, "dropout": 0.0})
+    with pytest.raises(ValueError, match="prediction: 'eps' -> 'v'.*or start from other weights with init_from"):
+        train(cfg)
+    res = train(replace(cfg, init_from=path))
+    t_model = load_model(path)
+    assert res.model.net_prediction == "v"
+    for k, v in t_model.net.state_dict().items():
+        assert torch.equal(res.net.state_dict()[k], v), k
