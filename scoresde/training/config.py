@@ -26,8 +26,8 @@ from ..speed import COMPILE_BACKENDS
 
 __all__ = [
     "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES",
-    "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sde", "check_resume", "net_kind",
-    "net_kind_of",
+    "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sde", "check_resume", "net_config_diff",
+    "net_kind", "net_kind_of",
 ]
 
 LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect")
@@ -408,6 +408,13 @@ def build_net_config(config: TrainConfig, shape: tuple[int, int, int], num_class
     return make(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
                                "num_classes": num_classes if config.conditional else None,
                                "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
+
+
+def net_config_diff(a: UNetConfig | DiTConfig, b: UNetConfig | DiTConfig) -> list[str]:
+    """The fields in which two network configurations of one kind differ, as "field: a -> b", dropout aside (no
+    weight depends on it, so weights move between such networks)."""
+    a, b = a.to_dict(), b.to_dict()
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
 
 
 def check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:

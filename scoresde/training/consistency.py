@@ -27,7 +27,7 @@ from ..fewstep.consistency import ConsistencyModel
 from ..fewstep.consistency_losses import cd_loss, ct_loss, ect_loss, ect_stage, ict_discretization
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import TrainConfig
+from .config import TrainConfig, net_config_diff
 
 __all__ = ["check_teacher", "consistency_loss", "consistency_model"]
 
@@ -53,8 +53,7 @@ def check_teacher(config: TrainConfig, teacher: ScoreModel, net_config, sde: SDE
         if type(t_net) is not type(net_config):
             diffs.append(f"network {type(t_net).__name__} -> {type(net_config).__name__}")
         else:
-            a, b = t_net.to_dict(), net_config.to_dict()
-            diffs += [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
+            diffs += net_config_diff(t_net, net_config)
         for name in ("prediction", "c_noise"):
             if getattr(teacher, name) != getattr(config, name):
                 diffs.append(f"{name}: {getattr(teacher, name)!r} -> {getattr(config, name)!r}")

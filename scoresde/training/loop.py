@@ -1,5 +1,5 @@
-"""Training by denoising score matching, Improved DDPM's hybrid loss or flow matching, on one device
-or many (DDP launched by torchrun).
+"""Training by denoising score matching, Improved DDPM's hybrid loss, flow matching or a consistency loss
+(cd, ct, ect: scoresde.training.consistency, docs/few_step.md), on one device or many (DDP launched by torchrun).
 
     from scoresde.train import TrainConfig, train
     res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
@@ -72,7 +72,9 @@ from ..files import safetensors_format
 from .checkpoints import (
     CHECKPOINT, PRETRAINED_FORMAT, LogInterval, load_checkpoint, load_model, save_checkpoint, write_run_config,
 )
-from .config import CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, check_resume, net_kind_of
+from .config import (
+    CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, check_resume, net_config_diff, net_kind_of,
+)
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .samples import write_samples
@@ -211,12 +213,6 @@ class _Run:
         return ScoreModel(net, self.sde, c.prediction, c_noise=c.c_noise, learned_variance=c.learn_variance)
 
 
-def _config_diff(a, b) -> list[str]:
-    """The fields in which two network configurations differ, "field: a -> b", dropout aside (no weight depends on it)."""
-    a, b = a.to_dict(), b.to_dict()
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if a[k] != b[k] and k != "dropout"]
-
-
 def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTConfig, path: Path) -> None:
     """Start from the network and EMA weights of the checkpoint at `path` (TrainConfig.init_from), or from the
     weights of an exported model file there (both). Its network configuration must be this run's but for dropout."""
@@ -231,7 +227,7 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
     kind, source_kind = net_kind_of(net_config), net_kind_of(source_config)
     if source_kind != kind:
         raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[source_kind]}; this run trains a {_NET_NAMES[kind]}")
-    diff = _config_diff(source_config, net_config)
+    diff = net_config_diff(source_config, net_config)
     if diff:
         raise ValueError(f"init_from {path}: its {_NET_NAMES[kind]} configuration differs from this run's in "
                          f"{', '.join(diff)}")
