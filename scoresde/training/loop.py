@@ -221,12 +221,14 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
     if safetensors_format(path) == PRETRAINED_FORMAT:
         model = load_model(path)
         source_config, weights, ema_weights = model.net_config, model.net.state_dict(), model.net.state_dict()
+        source_net = model.config["net"]
     else:
         ckpt = load_checkpoint(path)
-        source_config, weights, ema_weights = ckpt.net_config, ckpt.net, ckpt.ema
+        source_config, weights, ema_weights, source_net = ckpt.net_config, ckpt.net, ckpt.ema, ckpt.config.net
     kind, source_kind = net_kind_of(net_config), net_kind_of(source_config)
     if source_kind != kind:
-        raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[source_kind]}; this run trains a {_NET_NAMES[kind]}")
+        raise ValueError(f"init_from {path}: it holds a {_NET_NAMES[source_kind]} (net {source_net!r}); "
+                         f"this run trains a {_NET_NAMES[kind]}")
     diff = net_config_diff(source_config, net_config)
     if diff:
         raise ValueError(f"init_from {path}: its {_NET_NAMES[kind]} configuration differs from this run's in "
