@@ -46,6 +46,7 @@ RESUMABLE_CHANGES = frozenset({
     "steps", "out_dir", "data_root", "ckpt_every", "log_every", "sample_every", "sample_n",
     "sample_steps", "progress", "compile", "compile_backend", "optimizer_impl",
     "lr", "time_sampling", "augment_p",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
+    "cd_n",  # consistency distillation on a finer grid in a later phase (a curriculum, as iCT's for CT)
 })
 
 # backbone kind -> (configuration class, network class); model files record the kind ("net_kind")
