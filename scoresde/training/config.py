@@ -333,8 +333,10 @@ class TrainConfig:
         """The consistency losses' fields: a teacher exactly where the loss uses one, and no option the
         consistency trainer does not implement (each named, rather than ignored)."""
         consistency = self.loss in CONSISTENCY_LOSSES
-        if self.loss in ("cd", "ect") and self.teacher is None:
-            raise ValueError(f"loss {self.loss!r} needs teacher (a model file: a diffusion model of this data and sde)")
+        if self.loss == "cd" and self.teacher is None:
+            raise ValueError("loss 'cd' needs teacher (a model file: a diffusion model of this data and sde)")
+        if self.loss == "ect" and self.teacher is None and self.init_from is None:
+            raise ValueError("loss 'ect' tunes a pretrained diffusion model: give teacher or init_from (its weights)")
         if self.teacher is not None and self.loss not in ("cd", "ect"):
             raise ValueError(f"teacher is for loss 'cd' or 'ect', got loss {self.loss!r}")
         if not consistency:

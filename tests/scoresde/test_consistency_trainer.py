@@ -30,7 +30,7 @@ def teacher(tmp_path_factory):
 
 @pytest.mark.parametrize("kw,match", [
     (dict(loss="cd"), "loss 'cd' needs teacher"),
-    (dict(loss="ect"), "loss 'ect' needs teacher"),
+    (dict(loss="ect"), "loss 'ect' tunes a pretrained diffusion model: give teacher or init_from"),
     (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd' or 'ect'"),
     (dict(loss="dsm", distance="l2"), r"\['distance'\] apply to the consistency losses"),
     (dict(loss="dsm", target_decay=0.9), r"\['target_decay'\] apply"),
@@ -93,9 +93,10 @@ def test_cd_model_files_load_as_consistency_models_and_sample_in_one_evaluation(
 
 def test_ct_and_ect_train_without_a_target_network(tmp_path, teacher):
     path, tconfig = teacher
-    for loss, kw in (("ct", {}), ("ect", {"teacher": path})):
-        res = train(replace(tconfig, loss=loss, steps=3, ckpt_every=3, out_dir=str(tmp_path / loss), **kw))
-        ckpt = load_checkpoint(tmp_path / loss / "checkpoint.safetensors")
+    for loss, kw in (("ct", {}), ("ect", {"teacher": path}), ("ect", {"init_from": path, "prediction": "v"})):
+        out = tmp_path / f"{loss}_{len(kw)}_{sorted(kw)[0] if kw else ''}"
+        res = train(replace(tconfig, loss=loss, steps=3, ckpt_every=3, out_dir=str(out), **kw))
+        ckpt = load_checkpoint(out / "checkpoint.safetensors")
         assert ckpt.target == {} and res.loss is not None and res.loss == res.loss  # finite, logged
         assert isinstance(res.model, ConsistencyModel)
 
