@@ -2,7 +2,8 @@
 
     python benchmarks/few_step_digits.py                              # the shipped few-step models, 2,000 samples
     python benchmarks/few_step_digits.py --model runs/digits_vp_cd/checkpoint.safetensors --n 500
-    python benchmarks/few_step_digits.py --grid-dir docs/img          # also write the sample grids
+    python benchmarks/few_step_digits.py --grid-dir docs              # also write the sample grids
+    python benchmarks/few_step_digits.py --teacher-solvers ""         # the few-step rows only (--teacher-only: the others)
 
 Rows (issue 19's table, docs/few_step.md): each few-step model (the shipped `default_model("vp", kind=K)`
 for K in FEW_STEP_MODELS that are present, or --model files) with the `consistency` sampler at --nfes
@@ -47,9 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=2000, help="samples per row (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed --seed + i (default 0)")
     p.add_argument("--nfes", default="1,2,4", help="few-step evaluations (default 1,2,4)")
-    p.add_argument("--teacher-solvers", default="unipc,dpm_solver++_2m,auto",
-                   help="teacher solvers (default unipc,dpm_solver++_2m,auto)")
+    p.add_argument("--teacher-solvers", default="unipc,dpm_solver++,auto",
+                   help="teacher solvers (default unipc,dpm_solver++,auto)")
     p.add_argument("--teacher-nfes", default="5,10,20", help="teacher evaluations (default 5,10,20)")
+    p.add_argument("--teacher-only", action="store_true", help="only the teacher's rows")
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default 500)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--grid-dir", default=None, help="write each few-step model's 64-sample grids here")
@@ -89,8 +91,9 @@ def row(model, name: str, solver: str, steps: int, args, ref_feats) -> dict:
     cpu = time.process_time() - start
     fd, ent = score(s.x, ref_feats)
     chosen = s.settings.get("solver", solver) if solver == "auto" else solver
-    print(f"  {name} {chosen} NFE {s.nfe}: FD {fd:.2f} ({cpu:.0f} CPU s)", file=sys.stderr, flush=True)
-    return {"name": name, "solver": chosen, "nfe": s.nfe, "fd": fd, "entropy": ent, "cpu": cpu, "x": s.x[:64]}
+    nfe = s.settings["nfe_per_chunk"][0]  # per sample: s.nfe sums the batches' evaluations
+    print(f"  {name} {chosen} NFE {nfe}: FD {fd:.2f} ({cpu:.0f} CPU s)", file=sys.stderr, flush=True)
+    return {"name": name, "solver": chosen, "nfe": nfe, "fd": fd, "entropy": ent, "cpu": cpu, "x": s.x[:64]}
 
 
 def few_step_models(args) -> list[tuple[str, object]]:
@@ -106,7 +109,7 @@ def main(argv=None) -> None:
     test = datasets.to_model_input(datasets.digits("test").images, LEVELS)
     ref_feats, _ = classifier_features(test)
     rows = []
-    for name, model in few_step_models(args):
+    for name, model in ([] if args.teacher_only else few_step_models(args)):
         for nfe in args.nfes:
             rows.append(row(model, name, "consistency", nfe, args, ref_feats) | {"step": getattr(model, "step", None)})
     teacher = default_model("vp")
