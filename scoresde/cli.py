@@ -308,9 +308,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     # no import of torch here: `scoresde sample --help` stays instant (names are checked when given)
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
-    p.add_argument("--kind", default="diffusion", choices=["diffusion", "cd", "ect"],
-                   help="which shipped model of --sde: the diffusion model (default) or a few-step consistency model "
-                        "distilled (cd) or tuned (ect) from it (docs/few_step.md)")
+    p.add_argument("--kind", default="diffusion", choices=["diffusion", "cd"],
+                   help="which shipped model of --sde: the diffusion model (default) or the few-step consistency model "
+                        "distilled from it (cd; vp only; docs/few_step.md)")
     p.add_argument("--solver", default=None,
                    help="a name from `scoresde solvers` (default: pc; consistency for a consistency model); auto: the best measured deterministic solver, "
                         "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "

@@ -59,7 +59,7 @@ DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetens
 # class-conditional models (a learned null class; used when scoresde.sample gets labels y and no model)
 CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 # few-step models (consistency models of scoresde.fewstep, docs/few_step.md): kind -> {sde name: file in ASSETS}
-FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}, "ect": {"vp": "digits_vp_ect.safetensors"}}
+FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}}
 MODEL_KINDS = ("diffusion", *FEW_STEP_MODELS)  # default_model's kinds
 
 
@@ -385,8 +385,8 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
 def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion", device=None) -> ScoreModel:
     """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
     class-conditional one (labels 0..9, null label 10; shipped for "vp"); `kind`: "diffusion" (default), or a
-    few-step model distilled or tuned from the diffusion model (FEW_STEP_MODELS: "cd", "ect"; a
-    ConsistencyModel, sampled with solver="consistency")."""
+    few-step model distilled from the diffusion model (FEW_STEP_MODELS: "cd"; a ConsistencyModel, sampled
+    with solver="consistency")."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
     if kind != "diffusion" and conditional:
@@ -408,7 +408,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
     path: a training checkpoint, or a model file written by `export_model` (the shipped models are
     such files; they hold the EMA weights only, so `ema` must stay True).
     The model also carries `image_shape` (C, H, W), the shape of one image it was trained on,
-    `config` (the TrainConfig as a dict) and `null_label` (the class count K of a
+    `config` (the TrainConfig as a dict), `step` (the training step of its weights) and `null_label` (the class count K of a
     class-conditional net, which reads label K as "no class"; None otherwise).
     """
     if safetensors_format(path) == PRETRAINED_FORMAT:
@@ -416,4 +416,6 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
             raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
         return load_pretrained(path, device=device)
     ckpt = load_checkpoint(path)
-    return _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)
+    model = _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)
+    model.step = ckpt.step
+    return model
