@@ -7,7 +7,8 @@
 
 Rows (issue 19's table, docs/few_step.md): each few-step model (the shipped `default_model("vp", kind=K)`
 for K in FEW_STEP_MODELS that are present, or --model files) with the `consistency` sampler at --nfes
-(Karras grid, rho 7, ending at the model's boundary time); beside them the teacher (the shipped VP model)
+(the model's fitted grid when its file stores one for that step count, benchmarks/fit_consistency_times.py,
+and then also the default Karras grid, rho 7, ending at the model's boundary time); beside them the teacher (the shipped VP model)
 with --teacher-solvers at --teacher-nfes. Each row draws --n samples from seed --seed (per-sample seeds
 seed + i, so rows share their noise) and scores them with `scoresde.metrics.digits_quality`'s measure: the
 squared Fréchet distance to the 360 test digits in the penultimate features of the shipped digits
@@ -37,6 +38,7 @@ from scoresde import data as datasets
 from scoresde.metrics import class_entropy, class_histogram, classifier_features, frechet_distance_features, quantize_digits
 from scoresde.pretrained import ASSETS, FEW_STEP_MODELS, default_model
 from scoresde.train import load_model, save_image_grid
+from solvers.consistency import Consistency
 
 LEVELS = 17
 
@@ -85,15 +87,20 @@ def floor(n: int, ref_feats: torch.Tensor, seed: int) -> float:
                for _ in range(10)) / 10
 
 
-def row(model, name: str, solver: str, steps: int, args, ref_feats) -> dict:
+def row(model, name: str, solver: str, steps: int, args, ref_feats, grid: str | None = None) -> dict:
+    """One table row: n samples of `model` with `solver` on `steps` steps of `grid` (None: the model's fitted grid
+    for them when it carries one, else the solver's default grid)."""
     start = time.process_time()
-    s = scoresde.sample(model, solver=solver, steps=steps, n=args.n, seed=args.seed, batch_size=args.batch_size)
+    s = scoresde.sample(model, solver=solver, steps=steps, grid=grid, n=args.n, seed=args.seed,
+                        batch_size=args.batch_size)
     cpu = time.process_time() - start
     fd, ent = score(s.x, ref_feats)
     chosen = s.settings.get("solver", solver) if solver == "auto" else solver
     nfe = s.settings["nfe_per_chunk"][0]  # per sample: s.nfe sums the batches' evaluations
-    print(f"  {name} {chosen} NFE {nfe}: FD {fd:.2f} ({cpu:.0f} CPU s)", file=sys.stderr, flush=True)
-    return {"name": name, "solver": chosen, "nfe": nfe, "fd": fd, "entropy": ent, "cpu": cpu, "x": s.x[:64]}
+    grid_used = s.settings["grid"]
+    print(f"  {name} {chosen} NFE {nfe} ({grid_used} grid): FD {fd:.2f} ({cpu:.0f} CPU s)", file=sys.stderr, flush=True)
+    return {"name": name, "solver": chosen, "nfe": nfe, "grid": grid_used, "fd": fd, "entropy": ent, "cpu": cpu,
+            "x": s.x[:64]}
 
 
 def few_step_models(args) -> list[tuple[str, object]]:
@@ -111,7 +118,11 @@ def main(argv=None) -> None:
     rows = []
     for name, model in ([] if args.teacher_only else few_step_models(args)):
         for nfe in args.nfes:
-            rows.append(row(model, name, "consistency", nfe, args, ref_feats) | {"step": getattr(model, "step", None)})
+            rows.append(row(model, name, "consistency", nfe, args, ref_feats)
+                        | {"step": getattr(model, "step", None), "default": True})
+            if rows[-1]["grid"] == "fitted":  # the model's stored intermediate times, beside the default Karras grid
+                rows.append(row(model, name, "consistency", nfe, args, ref_feats, grid=Consistency.default_grid)
+                            | {"step": getattr(model, "step", None)})
     teacher = default_model("vp")
     for solver in args.teacher_solvers:
         for nfe in args.teacher_nfes:
@@ -120,15 +131,16 @@ def main(argv=None) -> None:
     fl = floor(args.n, ref_feats, args.seed)
     print(f"\n{args.n} samples per row, seed {args.seed}; floor (train vs test, {min(args.n, 1437)} images): {fl:.2f}; "
           f"{torch.get_num_threads()} thread(s)\n")
-    print("| model | sampler | NFE | FD | FD / floor | class entropy | training steps | sampling CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | sampler | NFE | grid | FD | FD / floor | class entropy | training steps | sampling CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['solver']} | {r['nfe']} | {r['fd']:.2f} | {r['fd'] / fl:.2f} | {r['entropy']:.3f} "
+        print(f"| {r['name']} | {r['solver']} | {r['nfe']} | {r['grid']} | {r['fd']:.2f} | {r['fd'] / fl:.2f} "
+              f"| {r['entropy']:.3f} "
               f"| {r['step']} | {r['cpu']:.0f} |")
     if args.grid_dir:
         os.makedirs(args.grid_dir, exist_ok=True)
         for r in rows:
-            if r["solver"] == "consistency":
+            if r.get("default"):  # a few-step model's default run (its fitted grid when it has one)
                 stem = os.path.splitext(os.path.basename(r["name"].split("(")[-1].rstrip(")")))[0]
                 path = os.path.join(args.grid_dir, f"few_step_{stem}_nfe{r['nfe']}.png")
                 save_image_grid(r["x"], path, nrow=8, scale=4)

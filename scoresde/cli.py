@@ -102,6 +102,18 @@ def _solver_argument(args: argparse.Namespace) -> dict:
     return {"solver": cls(**options)}  # a TypeError names an unknown option
 
 
+def _times_grid(args: argparse.Namespace, model):
+    """The grid [T, *--times, t_end] (t_end: the consistency model's boundary time, else the SDE's t_eps)."""
+    from solvers.consistency import boundary_time, times_grid
+
+    if args.steps is not None or args.grid is not None:
+        raise UsageError("--times sets the grid and its steps (len + 1): leave out --steps and --grid")
+    try:
+        return times_grid(model.sde, args.times, t_end=boundary_time(model))
+    except ValueError as e:
+        raise UsageError(f"--times: {e}") from None
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -118,8 +130,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
     if args.y is not None:
         _check_labels(args.y, model)
+    grid = args.grid if args.times is None else _times_grid(args, model)
     kwargs = dict(
-        model=model, steps=args.steps, grid=args.grid, shape=None if args.shape is None else tuple(args.shape),
+        model=model, steps=args.steps, grid=grid, shape=None if args.shape is None else tuple(args.shape),
         seed=args.seed, device=args.device, progress=not args.quiet, **solver,
     )  # shape None: the model's image_shape
     if args.y is not None:  # labels repeat cyclically to fill the n samples
@@ -319,7 +332,12 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", type=parse_option, metavar="KEY=VALUE", help="solver option, repeatable")
     p.add_argument("--steps", type=_steps, help=f"grid steps, 1..{MAX_STEPS} (default: the solver's)")
     p.add_argument("--grid", type=cli_args.grid_name, metavar="{" + ",".join(GRID_CHOICES) + "}",
-                   help="time grid (default: the solver's)")
+                   help="time grid (default: the model's fitted grid for the solver and --steps when its file "
+                        "stores one, else the solver's)")
+    p.add_argument("--times", type=cli_args.times, metavar="T1,T2,...",
+                   help="intermediate grid times, strictly decreasing inside (t_end, T): the grid is [T, T1, T2, ..., "
+                        "t_end] (t_end: a consistency model's boundary time, else the SDE's t_eps), e.g. --times "
+                        "0.17,0.09 for 3-step consistency sampling; instead of --steps and --grid")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--shape", type=_positive_int, nargs="+", metavar="DIM", help="sample shape without the batch")
     p.add_argument("--seed", type=_seed, default=0, help="random seed, 0..2**63-1 (default: 0)")

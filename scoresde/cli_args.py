@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import math
 import os
 import re
 import sys
@@ -123,6 +124,17 @@ def sde_name(text: str) -> str:
     if text not in SDE_NAMES:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(SDE_NAMES)})")
     return text
+
+
+def times(text: str) -> list[float]:
+    """--times: comma-separated finite floats, e.g. 0.17,0.09 (the grid builder checks their order and range)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.17,0.09, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"every time must be finite, got {text!r}")
+    return values
 
 
 def grid_name(text: str) -> str:

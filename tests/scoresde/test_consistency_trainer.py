@@ -189,3 +189,39 @@ def test_shipped_few_step_models_load_by_name_and_sample_in_one_evaluation(kind,
     assert main(["sample", "--kind", kind, "--n", "4", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "NFE 1," in printed and '"solver": "consistency"' in printed, printed
+
+
+@pytest.mark.parametrize("kind", sorted(__import__("scoresde.pretrained", fromlist=["x"]).FEW_STEP_MODELS))
+def test_shipped_few_step_models_walk_their_fitted_intermediate_times(kind):
+    """The shipped few-step model stores intermediate times for 2-4 steps (benchmarks/fit_consistency_times.py),
+    each one that beat the Karras grid on held-out samples; sample(steps=k) walks them by default, ending at the
+    boundary time, and an explicit grid still wins."""
+    from scoresde.pretrained import default_model
+
+    model = default_model("vp", kind=kind)
+    stored = {g.steps: g for g in model.fitted_grids if g.solver == "consistency"}
+    assert sorted(stored) == [2, 3, 4]
+    for steps, g in stored.items():
+        assert g.fit["held_out"]["fd"] < g.fit["held_out"]["fd_karras"], g.fit
+        s = scoresde.sample(model, solver="consistency", steps=steps, n=2, seed=0)
+        assert s.settings["grid"] == "fitted" and s.nfe == steps and s.settings["ts"] == list(g.ts)
+        assert g.ts[0] == model.sde.T and g.ts[-1] == model.t_eps
+    assert scoresde.sample(model, solver="consistency", steps=2, grid="karras", n=2, seed=0).settings["grid"] == "karras"
+
+
+def test_cli_times_sets_the_consistency_grid_and_refuses_bad_times(tmp_path, capsys):
+    """`scoresde sample --times 0.2,0.1` walks [T, 0.2, 0.1, t_eps] (3 evaluations); unordered, out-of-range or
+    non-numeric times and --times with --steps are usage errors naming the problem."""
+    from scoresde.cli import main
+
+    out = str(tmp_path / "x.png")
+    assert main(["sample", "--kind", "cd", "--times", "0.2,0.1", "--n", "2", "--out", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "NFE 3," in printed and '"ts": [1.0, 0.2, 0.1, 0.001]' in printed and '"grid": "custom"' in printed
+    for bad, says in [(["--times", "0.1,0.2"], "strictly decreasing"), (["--times", "1.5"], "times[0]"),
+                      (["--times", "0.2", "--steps", "3"], "leave out --steps"), (["--times", "x"], "comma-separated")]:
+        try:
+            code = main(["sample", "--kind", "cd", "--n", "2", "--out", out, "--quiet", *bad])
+        except SystemExit as e:  # argparse's own refusal of a value its type rejects
+            code = e.code
+        assert code == 2 and says in capsys.readouterr().err, bad
