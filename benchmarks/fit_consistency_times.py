@@ -35,15 +35,13 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import torch  # noqa: E402
 
 import scoresde  # noqa: E402
-from scoresde import data as datasets  # noqa: E402
 from scoresde import fitted_grids  # noqa: E402
 from scoresde.files import read_safetensors  # noqa: E402
-from scoresde.metrics import classifier_features, frechet_distance_features, quantize_digits  # noqa: E402
+from scoresde.metrics import digits_quality  # noqa: E402
 from scoresde.pretrained import ASSETS, FEW_STEP_MODELS  # noqa: E402
 from scoresde.train import load_model  # noqa: E402
 from solvers.consistency import Consistency, times_grid  # noqa: E402
 
-LEVELS = 17
 CAL_SEED = 1_000_000  # calibration samples use seeds CAL_SEED + i; the evaluation uses 0..n-1
 NU_1 = (0.3, 0.45, 0.6, 0.75, 0.9, 1.2)
 RATIOS = (0.35, 0.5, 0.65)
@@ -64,12 +62,11 @@ def candidates(sde, steps: int) -> list[tuple[tuple[float, float | None], list[f
     return out
 
 
-def fd(model, grid, n: int, seed: int, ref_feats, steps: int | None = None) -> float:
-    """Classifier Fréchet distance to `ref_feats` of n consistency samples (seeds seed + i) on `grid` (a tensor, or
-    a grid name with `steps`)."""
+def fd(model, grid, n: int, seed: int, reference: str, steps: int | None = None) -> float:
+    """Classifier Fréchet distance to the `reference` split of n consistency samples (seeds seed + i) on `grid`
+    (a tensor, or a grid name with `steps`)."""
     s = scoresde.sample(model, solver="consistency", grid=grid, steps=steps, n=n, seed=seed, batch_size=500)
-    feats, _ = classifier_features(quantize_digits(s.x.float(), LEVELS, dequantized=True))
-    return frechet_distance_features(feats, ref_feats)
+    return digits_quality(s.x.float(), reference, dequantized=True).fd
 
 
 def main(argv=None) -> None:
@@ -85,20 +82,18 @@ def main(argv=None) -> None:
         p.error("--steps: every step count must be at least 2 (one step has no intermediate time)")
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    train_feats, _ = classifier_features(datasets.to_model_input(datasets.digits("train").images, LEVELS))
-    test_feats, _ = classifier_features(datasets.to_model_input(datasets.digits("test").images, LEVELS))
     entries, rows = [], []
     for steps in args.steps:
         start = time.process_time()
         scored = []
         for params, times in candidates(model.sde, steps):
             grid = times_grid(model.sde, times, t_end=model.t_eps)
-            scored.append((fd(model, grid, args.cal_n, CAL_SEED, train_feats), params, grid))
+            scored.append((fd(model, grid, args.cal_n, CAL_SEED, "train"), params, grid))
             print(f"  steps {steps} nu_1 {params[0]} r {params[1]}: calibration FD {scored[-1][0]:.2f}",
                   file=sys.stderr, flush=True)
         cal, (nu1, r), grid = min(scored, key=lambda s: s[0])
-        held = fd(model, grid, args.n, 0, test_feats)
-        karras = fd(model, "karras", args.n, 0, test_feats, steps)
+        held = fd(model, grid, args.n, 0, "test")
+        karras = fd(model, "karras", args.n, 0, "test", steps)
         cpu = time.process_time() - start
         rows.append((steps, nu1, r, grid, cal, held, karras, cpu))
         if held < karras:

@@ -33,8 +33,7 @@ import scoresde  # noqa: E402
 from scoresde import ScoreModel  # noqa: E402
 from scoresde import data as datasets  # noqa: E402
 from scoresde.fewstep.progressive import copy_model, distill_round  # noqa: E402
-from scoresde.metrics import class_entropy, class_histogram, classifier_features, frechet_distance_features  # noqa: E402
-from scoresde.metrics import quantize_digits  # noqa: E402
+from scoresde.metrics import digits_floor, digits_quality  # noqa: E402
 from scoresde.pretrained import default_model  # noqa: E402
 from scoresde.train import save_image_grid  # noqa: E402
 from solvers import grids  # noqa: E402
@@ -42,11 +41,11 @@ from solvers import grids  # noqa: E402
 LEVELS = 17
 
 
-def score(model, ts, n: int, ref_feats) -> tuple[float, float, torch.Tensor]:
-    """(FD, class entropy, first 64 samples) of n DDIM samples of `model` on the grid `ts`."""
+def score(model, ts, n: int) -> tuple[float, float, torch.Tensor]:
+    """(FD to the test digits, class entropy, first 64 samples) of n DDIM samples of `model` on the grid `ts`."""
     s = scoresde.sample(model, solver="ddim", grid=ts, n=n, shape=(1, 8, 8), seed=0, batch_size=500)
-    feats, logits = classifier_features(quantize_digits(s.x.float(), LEVELS, dequantized=True))
-    return frechet_distance_features(feats, ref_feats), class_entropy(class_histogram(logits)), s.x[:64]
+    q = digits_quality(s.x.float(), "test", dequantized=True)
+    return q.fd, q.entropy, s.x[:64]
 
 
 def main(argv=None) -> None:
@@ -69,25 +68,23 @@ def main(argv=None) -> None:
     images = datasets.digits("train").images
     data = torch.cat([datasets.to_model_input(images, LEVELS, dequantize=True, generator=gen)
                       for _ in range(args.copies)])
-    test_feats, _ = classifier_features(datasets.to_model_input(datasets.digits("test").images, LEVELS))
-    train_feats, _ = classifier_features(datasets.to_model_input(images, LEVELS))
-    floor = frechet_distance_features(train_feats, test_feats)
+    floor = digits_floor("test")
 
-    teacher = default_model("vp")
+    shipped = teacher = default_model("vp")
     student = ScoreModel(copy.deepcopy(teacher.net).requires_grad_(True), teacher.sde, "v", c_noise=teacher.c_noise)
     for m in student.net.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0  # a distillation target is deterministic: dropout would only add noise
     ts = grids.make(args.grid, teacher.sde, args.steps)
-    rows = [("teacher", args.steps, *score(teacher, ts, args.n, test_feats)[:2], 0.0, None)]
+    rows = [("teacher", args.steps, *score(teacher, ts, args.n)[:2], 0.0, None)]
     total_cpu = 0.0
     for r in range(args.rounds):
         start = time.process_time()
         res = distill_round(teacher, student, ts, data, iterations=args.iterations, batch_size=args.batch_size,
                             lr=args.lr, seed=r)
         total_cpu += time.process_time() - start
-        fd, ent, first = score(res.student, res.ts, args.n, test_feats)
-        fd_t, ent_t, _ = score(default_model("vp"), res.ts, args.n, test_feats)
+        fd, ent, first = score(res.student, res.ts, args.n)
+        fd_t = score(shipped, res.ts, args.n)[0]
         rows.append((f"student {r + 1}", res.steps, fd, ent, total_cpu, (fd_t, res.loss_first, res.loss_last)))
         print(f"  round {r + 1}: {res.steps} steps FD {fd:.2f} (teacher DDIM on that grid {fd_t:.2f}), "
               f"loss {res.loss_first:.4f} -> {res.loss_last:.4f}, {total_cpu:.0f} CPU s so far", file=sys.stderr,
