@@ -24,6 +24,8 @@ __all__ = [
     "Likelihood", "bits_per_dim", "log_likelihood", "default_model", "load_pretrained",
     # networks and training (docs/training.md)
     "TrainConfig", "UNet", "UNetConfig", "data", "load_model", "losses", "metrics",
+    # cascades: the super-resolution stage a run with sr_factor > 1 trains (docs/latent.md)
+    "load_sr_stage",
     # speed: compiled / bf16 / channels_last networks for sampling and likelihoods (docs/gpu.md)
     "speed",
     # conditional generation (docs/guidance.md)
@@ -47,7 +49,7 @@ _NAMES = {
     "UNet": "nn", "UNetConfig": "nn",
     "TrainConfig": "training.config",
     "default_model": "training.checkpoints", "load_model": "training.checkpoints",
-    "load_pretrained": "training.checkpoints",
+    "load_pretrained": "training.checkpoints", "load_sr_stage": "training.checkpoints",
     "CFGModel": "guidance", "ClassifierGuidedModel": "guidance",
     "colorize": "controllable", "inpaint": "controllable",
     "as_denoiser": "interop", "from_denoiser": "interop", "from_diffusers": "interop", "load_diffusers": "interop",

@@ -1,4 +1,4 @@
-"""Command line: `scoresde sample | train | bpd | solvers | doctor` (also `python -m scoresde`).
+"""Command line: `scoresde sample | train | bpd | solvers | doctor | cascade` (also `python -m scoresde`).
 
 User errors (unknown solver, bad option value, missing file, an output path that cannot be
 written) print one line naming the bad value and the valid choices, and exit with status 2, before
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import cli_args
+from . import cli_args, cli_cascade
 from .cli_args import (  # noqa: F401  (generate.py imports the underscored names from here)
     EXIT_USAGE, GRID_CHOICES, MAX_INT, MAX_SEED, MAX_STEPS, SDE_CHOICES, UsageError, parse_option,
 )
@@ -438,6 +438,8 @@ COMMANDS = {
     "bpd": ("bits/dim of a data split through the probability-flow ODE", _add_bpd_arguments),
     "solvers": ("list every solver with its order, kind, SDEs and options", _add_solvers_arguments),
     "doctor": ("versions, threads, CPUs, devices and a speed probe: why is my run slow?", _add_doctor_arguments),
+    "cascade": ("sample a base model, then a super-resolution stage conditioned on its samples",
+                cli_cascade.add_arguments),
 }
 QUICK = ("solvers", "doctor")  # commands that print no "done in" line
 

@@ -41,12 +41,14 @@ from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import CONSISTENCY_LOSSES, NET_KINDS, TrainConfig, build_net, build_sde, net_kind, net_kind_of
+from .config import (
+    CONSISTENCY_LOSSES, NET_KINDS, TrainConfig, build_net, build_sde, build_sr_stage, net_kind, net_kind_of,
+)
 from .consistency import consistency_model
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_KINDS", "PRETRAINED_FORMAT", "Checkpoint",
-    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained",
+    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "read_pretrained",
     "save_checkpoint", "write_run_config",
 ]
 
@@ -342,13 +344,22 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype
     return write_safetensors(out, tensors, meta, mode=0o644)  # a package file
 
 
-def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
-    """A ScoreModel (eval mode, no gradients) over a U-Net or DiT with weights `state`, with the attributes
-    image_shape (C, H, W), config (a dict), net_config and null_label (the class count of a conditional net,
-    else None). A run of a consistency loss (config.loss "cd", "ct", "ect") gives a ConsistencyModel."""
+def _network(state: dict[str, Tensor], net_config: NetConfig, device) -> nn.Module:
+    """The U-Net or DiT of `net_config` with weights `state`, on `device`, in eval mode, without gradients."""
     net = build_net(net_config)
     net.load_state_dict(state)
-    net = net.to(device).eval().requires_grad_(False)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def _score_model(path, state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
+    """A ScoreModel (eval mode, no gradients) over a U-Net or DiT with weights `state`, with the attributes
+    image_shape (C, H, W), config (a dict), net_config and null_label (the class count of a conditional net,
+    else None). A run of a consistency loss (config.loss "cd", "ct", "ect") gives a ConsistencyModel. The file
+    of an SR stage (config.sr_factor > 1) is refused, naming `load_sr_stage`."""
+    if config.sr_factor > 1:
+        raise ValueError(f"{path} holds the super-resolution stage of a cascade (sr_factor {config.sr_factor}), "
+                         "not a model of images alone: load it with scoresde.load_sr_stage")
+    net = _network(state, net_config, device)
     if config.loss in CONSISTENCY_LOSSES:
         model = consistency_model(config, net, build_sde(config))
     else:
@@ -362,6 +373,15 @@ def _score_model(state: dict[str, Tensor], config: TrainConfig, net_config: NetC
     return model
 
 
+def read_pretrained(path) -> tuple[dict[str, Tensor], TrainConfig, NetConfig, int, dict[str, str]]:
+    """(float32 weights, TrainConfig, network configuration, step, metadata) of a file written by `export_model`."""
+    tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
+    step = _meta_step(path, meta)
+    config, net_config, _ = _meta_configs(path, meta)
+    _check_weights(path, net_config, tensors, "model")
+    return {k: v.to(torch.float32) for k, v in tensors.items()}, config, net_config, step, meta
+
+
 def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     """A ScoreModel (eval mode, float32) over a file written by `export_model`.
 
@@ -369,12 +389,8 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     `null_label`: the label the network reads as "no class" (its class count K) for a
     class-conditional model, None otherwise.
     """
-    tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
-    step = _meta_step(path, meta)
-    config, net_config, _ = _meta_configs(path, meta)
-    _check_weights(path, net_config, tensors, "model")
-    state = {k: v.to(torch.float32) for k, v in tensors.items()}
-    model = _score_model(state, config, net_config, device)
+    state, config, net_config, step, meta = read_pretrained(path)
+    model = _score_model(path, state, config, net_config, device)
     model.step = step
     if fitted_grids.META_KEY in meta:
         value = _meta_json(path, meta, fitted_grids.META_KEY, list)
@@ -412,10 +428,38 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
     class-conditional net, which reads label K as "no class"; None otherwise).
     """
     if safetensors_format(path) == PRETRAINED_FORMAT:
-        if not ema:
-            raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
+        _check_ema(path, ema)
         return load_pretrained(path, device=device)
     ckpt = load_checkpoint(path)
-    model = _score_model(ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)
+    model = _score_model(path, ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)
     model.step = ckpt.step
     return model
+
+
+def _check_ema(path, ema: bool) -> None:
+    if not ema:
+        raise ValueError(f"{path} is an exported model: it holds the EMA weights only (ema=True)")
+
+
+def load_sr_stage(path: str | os.PathLike, *, ema: bool = True, device=None):
+    """The super-resolution stage (`scoresde.latent.cascade.SRStage`, eval mode) of a run with sr_factor > 1:
+    its training checkpoint (EMA or raw weights) or a file written from it by `export_model`.
+
+    The stage carries `config` (the TrainConfig as a dict), `net_config` and `step`; `image_shape` is that of
+    the run's (high-resolution) images, `low_shape` that of its conditions. Any other model file is refused,
+    naming `load_model`.
+    """
+    if safetensors_format(path) == PRETRAINED_FORMAT:
+        _check_ema(path, ema)
+        state, config, net_config, step, _ = read_pretrained(path)
+    else:
+        ckpt = load_checkpoint(path)
+        state, config, net_config, step = ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, ckpt.step
+    if config.sr_factor == 1:
+        raise ValueError(f"{path} holds a model of images (its run has sr_factor 1), not an SR stage: "
+                         "load it with scoresde.load_model")
+    C = net_config.in_channels // 2
+    stage = build_sr_stage(config, _network(state, net_config, device), build_sde(config),
+                           (C, net_config.image_size, net_config.image_size))
+    stage.config, stage.net_config, stage.step = config.to_dict(), net_config, step
+    return stage

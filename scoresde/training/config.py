@@ -25,8 +25,8 @@ from ..sde_names import SDE_NAMES, SDE_TABLE, make_sde
 from ..speed import COMPILE_BACKENDS
 
 __all__ = [
-    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES",
-    "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sde", "check_resume", "net_config_diff",
+    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
+    "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sr_stage", "build_sde", "check_resume", "net_config_diff",
     "net_kind", "net_kind_of",
 ]
 
@@ -64,6 +64,7 @@ _FLAGS = ("flip", "dequantize", "conditional", "learn_variance", "channels_last"
 _INTEGERS = {  # field -> its least value
     "augment_max_shift": 1, "warmup_steps": 0, "batch_size": 1, "steps": 0, "seed": 0, "ckpt_every": 1,
     "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1, "cd_n": 2, "ect_stages": 1,
+    "sr_factor": 1, "downsample": 1,
 }
 # the largest seed: training's per-step RNG seeds (loop._step_seed) are distinct for seeds below 2^12
 MAX_SEED = 2**12 - 1
@@ -77,6 +78,7 @@ _NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" a
 # network fields a run sets itself (UNetConfig and DiTConfig name them alike): from the data, from `augment`,
 # and learn_variance (the model needs it too)
 _DERIVED_NET_FIELDS = {"image_size", "in_channels", "num_classes", "augment_dim"}
+SR_AUG_MAX = 0.25  # TrainConfig.sr_aug_max of an SR run when None
 
 
 def _check_choice(name: str, value, valid) -> None:
@@ -115,7 +117,9 @@ class TrainConfig:
     scoresde.data), `conditional` (class-conditional with label dropout `p_uncond`), `augment`
     (non-leaking augmentation kinds of scoresde.augment, e.g. ("translate",) or "xflip,translate";
     the network is told each image's transformation and sampling uses the identity), each applied with probability
-    `augment_p`, translations by at most `augment_max_shift` pixels.
+    `augment_p`, translations by at most `augment_max_shift` pixels; `downsample` f: train on every image
+    average-pooled f x f after dequantization and flips (1: as loaded), e.g. the base model of a cascade whose SR
+    stage has sr_factor f.
     Model: `net` (a U-Net preset, "digits" or "ddpmpp_cifar10", or a DiT preset, "dit_digits",
     "dit_patches", "dit_s2" .. "dit_xl8"; image size and channels taken from the data) with `net_options`
     overriding fields of its UNetConfig or DiTConfig (e.g. {"ch": 16}, {"depth": 4}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
@@ -123,6 +127,12 @@ class TrainConfig:
     and sigma_min, sigma_max (ve); `prediction` and `c_noise` as in ScoreModel; `learn_variance`:
     the network also outputs Improved DDPM's variance channels (UNetConfig / DiTConfig.learn_variance,
     ScoreModel(learned_variance=True)).
+    Super-resolution (docs/latent.md, "Cascades"): `sr_factor` f > 1 trains the SR stage of a cascade
+    (scoresde.latent.cascade.SRStage) instead of a plain model: the data's images x are the high-resolution
+    targets, f x f average pooling gives the low-resolution condition, the network sees x_t and the condition
+    upsampled (2C channels in, C out) and the condition's augmentation level through its augmentation input;
+    `sr_aug_max` (None: 0.25 for an SR run) bounds the noise-conditioning augmentation level s ~ U(0, sr_aug_max),
+    a time of the run's process (Ho et al. 2021). Load the result with `scoresde.load_sr_stage`.
     Loss (scoresde.losses): `loss` "dsm" (denoising score matching with `time_sampling` "uniform",
     "likelihood" or "discrete", and `t_eps`); "hybrid" (Improved DDPM's L_simple + hybrid_lambda
     L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
@@ -166,6 +176,7 @@ class TrainConfig:
     augment: tuple[str, ...] = ()
     augment_p: float = 0.0
     augment_max_shift: int = 1
+    downsample: int = 1
 
     net: str = "digits"
     net_options: dict = field(default_factory=dict)
@@ -177,6 +188,8 @@ class TrainConfig:
     prediction: Literal["eps", "x0", "score", "v", "flow"] = "eps"
     c_noise: str = "log_noise"
     learn_variance: bool = False
+    sr_factor: int = 1
+    sr_aug_max: float | None = None
     loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect"] = "dsm"
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
@@ -263,6 +276,8 @@ class TrainConfig:
             _check_choice("distance", self.distance, DISTANCES)
         if self.target_decay is not None:
             _check_number("target_decay", self.target_decay, 0.0, 1.0, "[)")
+        if self.sr_aug_max is not None:
+            _check_number("sr_aug_max", self.sr_aug_max, 0.0, 1.0, "[]")
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
             raise ValueError(f"teacher must be None or a model file path, got {self.teacher!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
@@ -326,6 +341,7 @@ class TrainConfig:
                 got = "" if isinstance(value, bool) else f", got {getattr(self, name)!r}"
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
         self._check_consistency()
+        self._check_sr()
         if self.precision == "bf16" and self.device != "auto" and torch.device(self.device).type != "cuda":
             raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
 
@@ -357,6 +373,27 @@ class TrainConfig:
         if self.sde == "ddpm" and self.c_noise == "timestep":
             raise ValueError("the consistency losses evaluate the network between the DDPM timesteps; "
                              "use a continuous c_noise (e.g. 'log_noise')")
+
+    def _check_sr(self) -> None:
+        """An SR run's fields: sr_aug_max only with sr_factor > 1, and no option the SR stage does not implement."""
+        if self.sr_factor == 1:
+            if self.sr_aug_max is not None:
+                raise ValueError("sr_aug_max applies to SR runs (sr_factor > 1); sr_factor is 1")
+            return
+        unsupported = {"loss " + repr(self.loss): self.loss != "dsm", "augment": bool(self.augment),
+                       "conditional": self.conditional, "learn_variance": self.learn_variance,
+                       "sample_every": self.sample_every > 0, "time_sampling " + repr(self.time_sampling):
+                       self.time_sampling != "uniform", "net_options out_channels": "out_channels" in self.net_options}
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"an SR run (sr_factor {self.sr_factor}) does not support {bad}: it trains loss 'dsm' with "
+                             "uniform t, unconditional and without augmentation (the augmentation input carries the "
+                             "condition's noise level), its output channels are the image's, and it draws no progress "
+                             "grids (sample_every 0)")
+
+    def sr_options(self) -> float:
+        """The largest augmentation level of an SR run: sr_aug_max, SR_AUG_MAX where None."""
+        return SR_AUG_MAX if self.sr_aug_max is None else self.sr_aug_max
 
     def consistency_options(self) -> tuple[str, float]:
         """(distance, target_decay) of a consistency loss, the loss's defaults (CONSISTENCY_DEFAULTS) where None."""
@@ -394,6 +431,14 @@ def net_kind_of(net_config: UNetConfig | DiTConfig) -> str:
     raise TypeError(f"expected a UNetConfig or DiTConfig, got {type(net_config).__name__}")
 
 
+def build_sr_stage(config: TrainConfig, net: nn.Module, sde: SDE, image_shape: tuple[int, int, int]):
+    """The SRStage (scoresde.latent.cascade) of an SR run (config.sr_factor > 1) over `net` (a backbone with
+    2C input and C output channels) for high-resolution images of `image_shape` (C, H, W)."""
+    from ..latent.sr_stage import SRStage
+
+    return SRStage(net, sde, image_shape, config.sr_factor, prediction=config.prediction, c_noise=config.c_noise)
+
+
 def build_net(net_config: UNetConfig | DiTConfig) -> nn.Module:
     """The network a configuration describes: UNet(UNetConfig) or DiT(DiTConfig)."""
     return NET_KINDS[net_kind_of(net_config)][1](net_config)
@@ -401,16 +446,26 @@ def build_net(net_config: UNetConfig | DiTConfig) -> nn.Module:
 
 def build_net_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig | DiTConfig:
     """The network configuration of a run: config.net's preset (a UNetConfig or a DiTConfig) with
-    net_options, for images of `shape` (C, H, W) with `num_classes` labels (None: unlabelled data)."""
+    net_options, for data images of `shape` (C, H, W) (pooled by config.downsample) with `num_classes` labels
+    (None: unlabelled data)."""
     C, H, W = shape
     if H != W:
         raise ValueError(f"net {config.net!r} needs square images, got {H}x{W}")
+    if H % config.downsample:
+        raise ValueError(f"downsample {config.downsample} must divide the image size {H}")
+    H = W = H // config.downsample
+    sr = {}
+    if config.sr_factor > 1:  # an SR stage: x_t and the upsampled condition in, the prediction out
+        if H % config.sr_factor:
+            raise ValueError(f"sr_factor {config.sr_factor} must divide the image size {H}")
+        sr = {"in_channels": 2 * C, "out_channels": C}
     if config.conditional and num_classes is None:
         raise ValueError(f"conditional=True but data {config.data!r} has no labels (use class_subfolders)")
     make = dit_preset if net_kind(config.net) == "dit" else preset
     return make(config.net, **{**config.net_options, "image_size": H, "in_channels": C,
                                "num_classes": num_classes if config.conditional else None,
-                               "learn_variance": config.learn_variance, "augment_dim": augment_dim(config.augment)})
+                               "learn_variance": config.learn_variance,
+                               "augment_dim": 1 if sr else augment_dim(config.augment), **sr})
 
 
 def net_config_diff(a: UNetConfig | DiTConfig, b: UNetConfig | DiTConfig) -> list[str]:

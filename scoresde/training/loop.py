@@ -70,10 +70,12 @@ from ..param import ScoreModel
 from ..sde import SDE
 from ..files import safetensors_format
 from .checkpoints import (
-    CHECKPOINT, PRETRAINED_FORMAT, LogInterval, load_checkpoint, load_model, save_checkpoint, write_run_config,
+    CHECKPOINT, PRETRAINED_FORMAT, LogInterval, load_checkpoint, load_model, read_pretrained, save_checkpoint,
+    write_run_config,
 )
 from .config import (
-    CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, check_resume, net_config_diff, net_kind_of,
+    CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, build_sr_stage, check_resume,
+    net_config_diff, net_kind_of,
 )
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
@@ -162,7 +164,8 @@ def _resolve_device(config: TrainConfig) -> torch.device:
 @dataclass(frozen=True)
 class TrainResult:
     """What `train` returns: the step reached, the last logged loss (None if none), the raw and EMA
-    networks (a UNet or a DiT, unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling."""
+    networks (a UNet or a DiT, unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling
+    (for an SR run, sr_factor > 1, the SRStage over it: `model.conditioned(w, s)` is the ScoreModel)."""
 
     step: int
     loss: float | None
@@ -219,9 +222,8 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
     if safetensors_format(path) == PRETRAINED_FORMAT:
-        model = load_model(path)
-        source_config, weights, ema_weights = model.net_config, model.net.state_dict(), model.net.state_dict()
-        source_net = model.config["net"]
+        weights, config, source_config, _, _ = read_pretrained(path)
+        ema_weights, source_net = weights, config.net
     else:
         ckpt = load_checkpoint(path)
         source_config, weights, ema_weights, source_net = ckpt.net_config, ckpt.net, ckpt.ema, ckpt.config.net
@@ -357,6 +359,8 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
         batch, aug = augment(batch, config.augment, config.augment_p, max_shift=config.augment_max_shift, generator=gen)
         model = run.score_model(functools.partial(run.ddp, augment_labels=aug))
     x0 = datasets.to_model_input(batch, run.levels, flip=config.flip, dequantize=config.dequantize, generator=gen)
+    if config.downsample > 1:  # the low-resolution images of a cascade's base stage
+        x0 = nn.functional.avg_pool2d(x0, config.downsample)
     if config.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     y = None if run.labels is None else run.labels[idx]
@@ -441,4 +445,8 @@ def train(config: TrainConfig) -> TrainResult:
             bar = stack.enter_context(tqdm(total=config.steps, initial=run.start, unit="step", dynamic_ncols=True))
         step, loss = _loop(run, sampler, bar)
     run.net.eval()
-    return TrainResult(step=step, loss=loss, net=run.net, ema=run.ema, model=run.score_model(run.ema))
+    if config.sr_factor > 1:
+        model = build_sr_stage(config, run.ema, sde, (net_config.out_channels, net_config.image_size, net_config.image_size))
+    else:
+        model = run.score_model(run.ema)
+    return TrainResult(step=step, loss=loss, net=run.net, ema=run.ema, model=model)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..losses import HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from ..param import ScoreModel
-from .config import TrainConfig
+from .config import TrainConfig, build_sr_stage
 
 __all__ = ["ParameterUpdate", "compute_loss", "ema_update", "make_optimizer", "optimizer_impl"]
 
@@ -105,7 +105,8 @@ def compute_loss(
     config: TrainConfig, model: ScoreModel, x0: Tensor, *, y: Tensor | None, null_label: int | None, levels: int,
     history: LossHistory | None, generator: torch.Generator,
 ) -> tuple[Tensor, HybridLoss | None]:
-    """The batch's mean loss (0-d) under config.loss and config.precision, and for the hybrid loss its parts.
+    """The batch's mean loss (0-d) under config.loss and config.precision, and for the hybrid loss its parts
+    (an SR run, config.sr_factor > 1: `sr_loss` of the SR stage over model's network).
 
     x0: (B, *D) model inputs; y: (B,) labels of a conditional model (None: unconditional);
     null_label: the network's num_classes; levels: the data's quantization levels (hybrid loss);
@@ -117,6 +118,11 @@ def compute_loss(
             hybrid = hybrid_loss(model, x0, history, levels=levels, lam=config.hybrid_lambda, y=y,
                                  null_label=null_label, p_uncond=config.p_uncond, generator=generator)
             loss = hybrid.loss.mean()
+        elif config.sr_factor > 1:  # the SR stage of a cascade: denoising x given its pooled, augmented image
+            from ..latent.sr_stage import sr_loss
+
+            stage = build_sr_stage(config, model.net, model.sde, tuple(x0.shape[1:]))
+            loss = sr_loss(stage, x0, s_max=config.sr_options(), generator=generator).mean()
         elif config.loss == "flow_matching":
             loss = flow_matching_loss(model, x0, y=y, null_label=null_label, p_uncond=config.p_uncond,
                                       t_eps=config.t_eps, generator=generator).mean()
