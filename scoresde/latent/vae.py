@@ -28,7 +28,7 @@ from solvers.validate import check_number, dataclass_from_dict
 from ..nn.config_common import bounded_int
 from ..nn.layers import group_norm
 
-__all__ = ["VAE", "VAEConfig", "kl_to_standard_normal", "psnr"]
+__all__ = ["VAE", "VAEConfig", "kl_to_standard_normal", "psnr", "vae_from_state"]
 
 LIMITS = {"image_size": 1024, "in_channels": 16, "latent_channels": 64, "ch": 1024, "levels": 6, "ch_mult": 16,
           "num_res_blocks": 8}
@@ -171,3 +171,25 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     return 10.0 * torch.log10(4.0 / mse.clamp(min=1e-20))
 
 
+
+
+def vae_from_state(where: str, config: dict, scale_factor: float | None, weights: dict[str, Tensor]) -> VAE:
+    """A VAE in eval mode from what a file holds: its configuration (a dict), scale factor (None: not computed)
+    and weights (names without prefix), each checked; errors name `where` (the file)."""
+    try:
+        vae_config = VAEConfig.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: not a valid VAEConfig ({' '.join(str(e).split())[:200]})") from None
+    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
+        raise ValueError(f"{where}: the VAE weights hold NaN or infinite values")
+    try:
+        vae = VAE(vae_config, scale_factor=scale_factor)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: VAE scale factor: {' '.join(str(e).split())[:200]}") from None
+    try:
+        vae.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{where}: the weights do not fit the recorded VAEConfig ({' '.join(str(e).split())[:300]})") from None
+    if weights:
+        vae = vae.to(next(iter(weights.values())).dtype)
+    return vae.eval()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..files import read_safetensors, write_safetensors
 from ..training.checkpoints import MAX_STEP, _meta_json
-from .vae import VAE, VAEConfig
+from .vae import VAE, vae_from_state
 
 __all__ = ["FORMAT", "VAEFile", "load_vae", "read_vae_file", "save_vae"]
 
@@ -82,21 +82,10 @@ def _optimizer_state(path, tensors: dict[str, Tensor], meta: dict[str, str]) -> 
 def read_vae_file(path: str | os.PathLike, *, device=None) -> VAEFile:
     """The VAE, step, training configuration and optimizer state of a file written by `save_vae`."""
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="VAE file")
-    try:
-        config = VAEConfig.from_dict(_meta_json(path, meta, "vae_config"))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: metadata 'vae_config' is not a valid VAEConfig ({' '.join(str(e).split())[:200]})") from None
     scale = None if meta.get("scale_factor") == "none" else _number(path, meta, "scale_factor", 0.0, 1e12)
     step = int(_number(path, meta, "step", 0, MAX_STEP))
     weights = {k.removeprefix("vae."): v for k, v in tensors.items() if k.startswith("vae.")}
-    if not all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point()):
-        raise ValueError(f"{path}: the VAE weights hold NaN or infinite values")
-    vae = VAE(config, scale_factor=scale)
-    try:
-        vae.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: the weights do not fit the recorded VAEConfig ({' '.join(str(e).split())[:300]})") from None
-    vae = vae.to(weights[next(iter(weights))].dtype)
+    vae = vae_from_state(str(path), _meta_json(path, meta, "vae_config"), scale, weights)
     if device is not None:
         vae = vae.to(device)
     return VAEFile(vae.eval(), step, _meta_json(path, meta, "train_config"), _optimizer_state(path, tensors, meta))

@@ -8,7 +8,8 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 - A training checkpoint (`save_checkpoint`, `load_checkpoint`; format "scoresde.train/1") holds the
   weights ("net.*"), their EMA ("ema.*"), the optimizer state ("opt.<i>.<key>") and, for the hybrid
   loss, its timestep history ("loss_history.values", "loss_history.count"), for a consistency loss with a
-  target network its weights ("target.*"), as tensors, and in its
+  target network its weights ("target.*"), for a latent run (TrainConfig.vae) its VAE ("vae.*", float32, with
+  metadata "vae": the VAEConfig and scale factor; exported files keep it too), as tensors, and in its
   metadata the step, the backbone ("net_kind": "unet" or "dit"; files without it hold a U-Net), the
   JSON of the TrainConfig, of the network's configuration ("unet_config", a UNetConfig, or
   "dit_config", a DiTConfig) and of the SDE, and the open log interval
@@ -37,6 +38,8 @@ from torch import Tensor, nn
 from .. import fitted_grids
 from ..files import atomic_write, read_safetensors, safetensors_format, write_safetensors
 from ..losses import LossHistory
+from ..latent.model import LatentModel
+from ..latent.vae import VAE, vae_from_state
 from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
@@ -48,7 +51,7 @@ from .consistency import consistency_model
 
 __all__ = [
     "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_KINDS", "PRETRAINED_FORMAT", "Checkpoint",
-    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "read_pretrained",
+    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "Pretrained", "read_pretrained",
     "save_checkpoint", "write_run_config",
 ]
 
@@ -250,7 +253,8 @@ class Checkpoint:
     """A loaded checkpoint: step, configs (net_config: the network's, a UNetConfig or a DiTConfig), and
     CPU state dicts (opt: the optimizer's `state` by param index; loss_history: the hybrid loss's
     `LossHistory.state_dict()`, empty for other losses), the open log interval (`LogInterval`;
-    empty when the file has none) and the target network of a consistency loss (empty when it has none)."""
+    empty when the file has none), the target network of a consistency loss (empty when it has none) and the
+    VAE of a latent run (config.vae; None otherwise)."""
 
     step: int
     config: TrainConfig
@@ -262,6 +266,7 @@ class Checkpoint:
     loss_history: dict[str, Tensor] = field(default_factory=dict)
     log_interval: LogInterval = field(default_factory=lambda: LogInterval(0, ()))
     target: dict[str, Tensor] = field(default_factory=dict)
+    vae: VAE | None = None
 
     @property
     def net_kind(self) -> str:
@@ -274,12 +279,39 @@ class Checkpoint:
         return self.net_config
 
 
+VAE_PREFIX = "vae."  # the tensors of a latent run's VAE, in its checkpoints and exported files
+
+
+def _vae_parts(vae: VAE) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors (float32, "vae.*") and metadata entry ("vae": its configuration and scale factor) of a VAE."""
+    tensors = {VAE_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in vae.state_dict().items()}
+    return tensors, {"vae": json.dumps({"config": vae.config.to_dict(), "scale_factor": vae.scale_factor})}
+
+
+def _split_vae(path, config: TrainConfig, tensors: dict[str, Tensor], meta: dict[str, str]) -> tuple[dict, VAE | None]:
+    """(the tensors without the VAE's, the VAE or None) of a file's tensors and metadata; the VAE must be
+    there exactly when config.vae is set, with a computed scale factor."""
+    rest = {k: v for k, v in tensors.items() if not k.startswith(VAE_PREFIX)}
+    weights = {k[len(VAE_PREFIX):]: v for k, v in tensors.items() if k.startswith(VAE_PREFIX)}
+    if config.vae is None:
+        if weights or "vae" in meta:
+            raise ValueError(f"{path}: VAE tensors or metadata in the file of a run without vae")
+        return rest, None
+    if not weights or "vae" not in meta:
+        raise ValueError(f"{path}: the file of a latent run (vae {config.vae!r}) holds no VAE")
+    d = _meta_json(path, meta, "vae")
+    if set(d) != {"config", "scale_factor"} or not isinstance(d["config"], dict) or not _is_number(d["scale_factor"]):
+        raise ValueError(f"{path}: metadata 'vae' must be {{'config': {{...}}, 'scale_factor': a number}}")
+    return rest, vae_from_state(f"{path}: VAE", d["config"], float(d["scale_factor"]), weights)
+
+
 def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
                     sde: SDE, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                     loss_history: LossHistory | None = None, log_interval: LogInterval | None = None,
-                    target: nn.Module | None = None) -> None:
+                    target: nn.Module | None = None, vae: VAE | None = None) -> None:
     """Write a training checkpoint atomically (module docstring); log_interval: the log interval open
-    at `step` (None: an empty one); target: a consistency run's target network (None: it has none)."""
+    at `step` (None: an empty one); target: a consistency run's target network (None: it has none); vae: a
+    latent run's VAE (None: not a latent run)."""
     tensors = {}
     modules = (("net", net), ("ema", ema)) + ((("target", target),) if target is not None else ())
     for prefix, module in modules:
@@ -293,6 +325,10 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
             tensors[f"loss_history.{k}"] = v.contiguous()
     meta = _metadata(FORMAT, step, config, net_config, sde.config())
     meta["log_interval"] = (LogInterval(0, ()) if log_interval is None else log_interval).to_json()
+    if vae is not None:
+        vae_tensors, vae_meta = _vae_parts(vae)
+        tensors.update(vae_tensors)
+        meta.update(vae_meta)
     write_safetensors(path, tensors, meta)  # atomic, with a SHA-256 digest (checked on read)
 
 
@@ -301,6 +337,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
     step = _meta_step(path, meta)
     config, net_config, sde_config = _meta_configs(path, meta)
+    tensors, vae = _split_vae(path, config, tensors, meta)
     net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     opt = _split_opt(path, tensors)
@@ -322,7 +359,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise ValueError(f"{path}: counter {k!r} is negative")
     return Checkpoint(step=step, config=config, net_config=net_config, sde_config=sde_config,
                       net=net, ema=ema, opt=opt, loss_history=history, log_interval=_meta_log_interval(path, meta),
-                      target=target)
+                      target=target, vae=vae)
 
 
 def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConfig, net_config: NetConfig,
@@ -337,10 +374,15 @@ def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConf
 # --- exported and shipped models -----------------------------------------------------------------
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
-    """Write the EMA weights of a training checkpoint, cast to `dtype`, with its configuration (atomic)."""
+    """Write the EMA weights of a training checkpoint, cast to `dtype`, with its configuration (atomic); a latent
+    run's VAE comes along in float32."""
     ckpt = load_checkpoint(checkpoint)
     tensors = {k: v.to(dtype).contiguous() for k, v in ckpt.ema.items()}
     meta = _metadata(PRETRAINED_FORMAT, ckpt.step, ckpt.config, ckpt.net_config, ckpt.sde_config)
+    if ckpt.vae is not None:  # the VAE stays in float32: the decoder the latent model was trained with
+        vae_tensors, vae_meta = _vae_parts(ckpt.vae)
+        tensors.update(vae_tensors)
+        meta.update(vae_meta)
     return write_safetensors(out, tensors, meta, mode=0o644)  # a package file
 
 
@@ -351,11 +393,13 @@ def _network(state: dict[str, Tensor], net_config: NetConfig, device) -> nn.Modu
     return net.to(device).eval().requires_grad_(False)
 
 
-def _score_model(path, state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device) -> ScoreModel:
+def _score_model(path, state: dict[str, Tensor], config: TrainConfig, net_config: NetConfig, device,
+                 vae: VAE | None = None) -> ScoreModel:
     """A ScoreModel (eval mode, no gradients) over a U-Net or DiT with weights `state`, with the attributes
     image_shape (C, H, W), config (a dict), net_config and null_label (the class count of a conditional net,
-    else None). A run of a consistency loss (config.loss "cd", "ct", "ect") gives a ConsistencyModel. The file
-    of an SR stage (config.sr_factor > 1) is refused, naming `load_sr_stage`."""
+    else None). A run of a consistency loss (config.loss "cd", "ct", "ect") gives a ConsistencyModel, a latent
+    run (config.vae) a LatentModel over the ScoreModel and `vae` (image_shape then the images', latent_shape the
+    latents'). The file of an SR stage (config.sr_factor > 1) is refused, naming `load_sr_stage`."""
     if config.sr_factor > 1:
         raise ValueError(f"{path} holds the super-resolution stage of a cascade (sr_factor {config.sr_factor}), "
                          "not a model of images alone: load it with scoresde.load_sr_stage")
@@ -370,16 +414,35 @@ def _score_model(path, state: dict[str, Tensor], config: TrainConfig, net_config
     model.config = config.to_dict()
     model.null_label = net_config.num_classes
     model.fitted_grids = ()  # load_pretrained reads a model file's own
+    if vae is not None:  # a latent run: the model over latents composed with its VAE
+        latent = model
+        model = LatentModel(latent, vae.to(device))
+        model.net, model.net_config, model.config = latent.net, net_config, latent.config
+        model.image_shape, model.fitted_grids = model.pixel_shape, ()
     return model
 
 
-def read_pretrained(path) -> tuple[dict[str, Tensor], TrainConfig, NetConfig, int, dict[str, str]]:
-    """(float32 weights, TrainConfig, network configuration, step, metadata) of a file written by `export_model`."""
+@dataclass(frozen=True)
+class Pretrained:
+    """What a file written by `export_model` holds: float32 network weights, configurations, step, metadata
+    and a latent run's VAE (None otherwise)."""
+
+    state: dict[str, Tensor]
+    config: TrainConfig
+    net_config: NetConfig
+    step: int
+    meta: dict[str, str]
+    vae: VAE | None
+
+
+def read_pretrained(path) -> Pretrained:
+    """The contents of a file written by `export_model`, each checked (tensors and JSON only)."""
     tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
     step = _meta_step(path, meta)
     config, net_config, _ = _meta_configs(path, meta)
+    tensors, vae = _split_vae(path, config, tensors, meta)
     _check_weights(path, net_config, tensors, "model")
-    return {k: v.to(torch.float32) for k, v in tensors.items()}, config, net_config, step, meta
+    return Pretrained({k: v.to(torch.float32) for k, v in tensors.items()}, config, net_config, step, meta, vae)
 
 
 def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
@@ -389,11 +452,11 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     `null_label`: the label the network reads as "no class" (its class count K) for a
     class-conditional model, None otherwise.
     """
-    state, config, net_config, step, meta = read_pretrained(path)
-    model = _score_model(path, state, config, net_config, device)
-    model.step = step
-    if fitted_grids.META_KEY in meta:
-        value = _meta_json(path, meta, fitted_grids.META_KEY, list)
+    file = read_pretrained(path)
+    model = _score_model(path, file.state, file.config, file.net_config, device, file.vae)
+    model.step = file.step
+    if fitted_grids.META_KEY in file.meta:
+        value = _meta_json(path, file.meta, fitted_grids.META_KEY, list)
         model.fitted_grids = fitted_grids.from_json(str(path), value, model.sde)
     return model
 
@@ -431,7 +494,7 @@ def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> Sco
         _check_ema(path, ema)
         return load_pretrained(path, device=device)
     ckpt = load_checkpoint(path)
-    model = _score_model(path, ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device)
+    model = _score_model(path, ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, device, ckpt.vae)
     model.step = ckpt.step
     return model
 
@@ -451,7 +514,8 @@ def load_sr_stage(path: str | os.PathLike, *, ema: bool = True, device=None):
     """
     if safetensors_format(path) == PRETRAINED_FORMAT:
         _check_ema(path, ema)
-        state, config, net_config, step, _ = read_pretrained(path)
+        file = read_pretrained(path)
+        state, config, net_config, step = file.state, file.config, file.net_config, file.step
     else:
         ckpt = load_checkpoint(path)
         state, config, net_config, step = ckpt.ema if ema else ckpt.net, ckpt.config, ckpt.net_config, ckpt.step

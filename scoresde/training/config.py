@@ -119,7 +119,9 @@ class TrainConfig:
     the network is told each image's transformation and sampling uses the identity), each applied with probability
     `augment_p`, translations by at most `augment_max_shift` pixels; `downsample` f: train on every image
     average-pooled f x f after dequantization and flips (1: as loaded), e.g. the base model of a cascade whose SR
-    stage has sr_factor f.
+    stage has sr_factor f; `vae`: a VAE file (scoresde.latent.vae_files) whose image shape is the data's: train
+    a latent diffusion model on z = s E(x), the VAE's scaled posterior means of the images as above (docs/latent.md);
+    the run's files hold the VAE too and load as a LatentModel, whose samples are decoded images.
     Model: `net` (a U-Net preset, "digits" or "ddpmpp_cifar10", or a DiT preset, "dit_digits",
     "dit_patches", "dit_s2" .. "dit_xl8"; image size and channels taken from the data) with `net_options`
     overriding fields of its UNetConfig or DiTConfig (e.g. {"ch": 16}, {"depth": 4}); `sde` ("vp", "vp_cosine", "subvp", "ve", "ddpm"
@@ -177,6 +179,7 @@ class TrainConfig:
     augment_p: float = 0.0
     augment_max_shift: int = 1
     downsample: int = 1
+    vae: str | None = None
 
     net: str = "digits"
     net_options: dict = field(default_factory=dict)
@@ -280,6 +283,8 @@ class TrainConfig:
             _check_number("sr_aug_max", self.sr_aug_max, 0.0, 1.0, "[]")
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
             raise ValueError(f"teacher must be None or a model file path, got {self.teacher!r}")
+        if self.vae is not None and (not isinstance(self.vae, str) or not self.vae):
+            raise ValueError(f"vae must be None or a VAE file path, got {self.vae!r}")
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             raise ValueError(f"init_from must be None or a checkpoint path, got {self.init_from!r}")
         if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
@@ -342,6 +347,13 @@ class TrainConfig:
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
         self._check_consistency()
         self._check_sr()
+        if self.vae is not None:
+            unsupported = {f"sr_factor {self.sr_factor}": self.sr_factor > 1, f"loss {self.loss!r}": self.loss in (
+                "hybrid", *CONSISTENCY_LOSSES), "sample_every": self.sample_every > 0}
+            bad = [name for name, on in unsupported.items() if on]
+            if bad:
+                raise ValueError(f"a latent run (vae) does not support {bad} yet: it trains loss 'dsm' or "
+                                 "'flow_matching' on the latents (not an SR stage) and draws no progress grids")
         if self.precision == "bf16" and self.device != "auto" and torch.device(self.device).type != "cuda":
             raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
 
@@ -444,16 +456,21 @@ def build_net(net_config: UNetConfig | DiTConfig) -> nn.Module:
     return NET_KINDS[net_kind_of(net_config)][1](net_config)
 
 
-def build_net_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None) -> UNetConfig | DiTConfig:
+def build_net_config(config: TrainConfig, shape: tuple[int, int, int], num_classes: int | None, *,
+                     latent_shape: tuple[int, int, int] | None = None) -> UNetConfig | DiTConfig:
     """The network configuration of a run: config.net's preset (a UNetConfig or a DiTConfig) with
     net_options, for data images of `shape` (C, H, W) (pooled by config.downsample) with `num_classes` labels
-    (None: unlabelled data)."""
+    (None: unlabelled data); a latent run's network works on its VAE's `latent_shape` (c, h, w) instead."""
     C, H, W = shape
     if H != W:
         raise ValueError(f"net {config.net!r} needs square images, got {H}x{W}")
     if H % config.downsample:
         raise ValueError(f"downsample {config.downsample} must divide the image size {H}")
     H = W = H // config.downsample
+    if latent_shape is not None:
+        C, H, W = latent_shape
+        if H != W:
+            raise ValueError(f"net {config.net!r} needs square latents, got {H}x{W}")
     sr = {}
     if config.sr_factor > 1:  # an SR stage: x_t and the upsampled condition in, the prediction out
         if H % config.sr_factor:

@@ -165,7 +165,8 @@ def _resolve_device(config: TrainConfig) -> torch.device:
 class TrainResult:
     """What `train` returns: the step reached, the last logged loss (None if none), the raw and EMA
     networks (a UNet or a DiT, unwrapped from DDP) and `model`, a ScoreModel over the EMA network for sampling
-    (for an SR run, sr_factor > 1, the SRStage over it: `model.conditioned(w, s)` is the ScoreModel)."""
+    (for an SR run, sr_factor > 1, the SRStage over it: `model.conditioned(w, s)` is the ScoreModel; for a latent
+    run, vae set, the LatentModel of that ScoreModel and the VAE)."""
 
     step: int
     loss: float | None
@@ -183,7 +184,7 @@ class _Run:
     one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step;
     open_log: the log interval open at `start` (from the checkpoint; empty for a new run); target: a
     consistency loss's target network (target_decay > 0), else None; teacher: the teacher model of loss
-    "cd", else None.
+    "cd", else None; vae: a latent run's VAE (config.vae, on the device, eval mode), else None.
     """
 
     config: TrainConfig
@@ -206,6 +207,7 @@ class _Run:
     open_log: LogInterval
     target: nn.Module | None = None
     teacher: ScoreModel | None = None
+    vae: nn.Module | None = None
 
     def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
         """A ScoreModel over `net` with the run's SDE and parameterization (a ConsistencyModel for a
@@ -222,8 +224,8 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no checkpoint at {path}")
     if safetensors_format(path) == PRETRAINED_FORMAT:
-        weights, config, source_config, _, _ = read_pretrained(path)
-        ema_weights, source_net = weights, config.net
+        file = read_pretrained(path)
+        weights, ema_weights, source_config, source_net = file.state, file.state, file.net_config, file.config.net
     else:
         ckpt = load_checkpoint(path)
         source_config, weights, ema_weights, source_net = ckpt.net_config, ckpt.net, ckpt.ema, ckpt.config.net
@@ -250,7 +252,7 @@ def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: 
 
 def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig, net: nn.Module, ema: nn.Module,
              opt: torch.optim.Optimizer, history: LossHistory | None, target: nn.Module | None,
-             teacher: ScoreModel | None) -> tuple[int, LogInterval]:
+             teacher: ScoreModel | None, vae: nn.Module | None) -> tuple[int, LogInterval]:
     """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set, or
     from the teacher's weights (losses "cd", "ect"); returns the step to continue from and the log interval
     open at that step. The target network (if any) starts as the network."""
@@ -265,6 +267,8 @@ def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig
         return 0, LogInterval(0, ())
     ckpt = load_checkpoint(path)
     check_resume(ckpt.config, config, path)
+    if vae is not None:
+        _check_same_vae(path, ckpt.vae, vae)
     if target is not None and not ckpt.target:
         raise ValueError(f"{path}: the checkpoint holds no target network, which loss {config.loss!r} needs")
     net.load_state_dict(ckpt.net)
@@ -279,8 +283,31 @@ def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig
     return ckpt.step, ckpt.log_interval
 
 
+def _load_vae(config: TrainConfig, shape: tuple[int, int, int]):
+    """The VAE of a latent run (config.vae), whose image shape must be `shape`, the data's (after downsample)."""
+    from ..latent.model import check_autoencoder
+    from ..latent.vae_files import load_vae
+
+    if not Path(config.vae).is_file():
+        raise FileNotFoundError(f"vae: no VAE file at {config.vae}")
+    vae = load_vae(config.vae).float().requires_grad_(False)
+    check_autoencoder(vae)  # e.g. a scale factor not computed yet
+    if tuple(vae.image_shape) != tuple(shape):
+        raise ValueError(f"vae {config.vae}: it encodes images {tuple(vae.image_shape)}, the run's data are {tuple(shape)}")
+    return vae
+
+
+def _check_same_vae(path: Path, saved, vae) -> None:
+    """Refuse to resume a latent run whose VAE file changed since the checkpoint was written."""
+    same = saved.config == vae.config and saved.scale_factor == vae.scale_factor and all(
+        torch.equal(a, b) for a, b in zip(saved.state_dict().values(), vae.state_dict().values()))
+    if not same:
+        raise ValueError(f"cannot resume from {path}: the VAE file differs from the VAE the run started with "
+                         "(the checkpoint holds that one)")
+
+
 def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: UNetConfig | DiTConfig, rank: int,
-           world: int, device: torch.device) -> _Run:
+           world: int, device: torch.device, vae: nn.Module | None = None) -> _Run:
     """Build the networks, optimizer and loss history on `device`, restored from out_dir's checkpoint
     (resumption) or config.init_from, and wrap the network for DDP and torch.compile."""
     torch.manual_seed(config.seed)  # the initial weights (same on every rank)
@@ -300,7 +327,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
-    start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher)
+    start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher, vae)
     if config.loss != "cd":
         teacher = None  # ect only starts from its weights
     if rank == 0:
@@ -317,7 +344,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
         config=config, rank=rank, world=world, device=device, out=out, net_config=net_config, sde=sde,
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
-        open_log=open_log, target=target, teacher=teacher,
+        open_log=open_log, target=target, teacher=teacher, vae=None if vae is None else vae.to(device).eval(),
     )
 
 
@@ -361,6 +388,9 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     x0 = datasets.to_model_input(batch, run.levels, flip=config.flip, dequantize=config.dequantize, generator=gen)
     if config.downsample > 1:  # the low-resolution images of a cascade's base stage
         x0 = nn.functional.avg_pool2d(x0, config.downsample)
+    if run.vae is not None:  # Rombach et al. 2022, Sec. 4.3.2: diffusion on z = s E(x), the scaled posterior means
+        with torch.no_grad():
+            x0 = run.vae.scale_factor * run.vae.encode(x0)
     if config.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     y = None if run.labels is None else run.labels[idx]
@@ -388,7 +418,7 @@ def _checkpoint(run: _Run, step: int, log: MetricsLog) -> None:
     if run.rank == 0:
         save_checkpoint(run.out / CHECKPOINT, step=step, config=run.config, net_config=run.net_config, sde=run.sde,
                         net=run.net, ema=run.ema, opt=run.opt, loss_history=run.history, log_interval=interval,
-                        target=run.target)
+                        target=run.target, vae=run.vae)
         write_run_config(run.out, step=step, config=run.config, net_config=run.net_config, sde=run.sde)
 
 
@@ -428,7 +458,11 @@ def train(config: TrainConfig) -> TrainResult:
     data = datasets.load(config.data, root=config.data_root, image_size=config.image_size,
                          channels=config.channels, class_subfolders=config.conditional and config.data == "folder")
     sde = build_sde(config)
-    net_config = build_net_config(config, data.shape, data.num_classes)
+    vae = None
+    if config.vae is not None:  # a latent run: the network sees the VAE's latents
+        C, H, W = data.shape
+        vae = _load_vae(config, (C, H // config.downsample, W // config.downsample))
+    net_config = build_net_config(config, data.shape, data.num_classes, latent_shape=None if vae is None else vae.latent_shape)
     sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True,
                                                   seed=config.seed, drop_last=True)
     if len(sampler) // (config.batch_size // world) == 0:
@@ -438,7 +472,7 @@ def train(config: TrainConfig) -> TrainResult:
     with torch.random.fork_rng(devices=[device] if cuda else []), contextlib.ExitStack() as stack:
         if cuda and config.tf32:
             stack.enter_context(_tf32())
-        run = _setup(config, data, sde, net_config, rank, world, device)
+        run = _setup(config, data, sde, net_config, rank, world, device, vae)
         bar = None
         if rank == 0 and config.progress and run.start < config.steps:
             from tqdm.auto import tqdm
@@ -447,6 +481,10 @@ def train(config: TrainConfig) -> TrainResult:
     run.net.eval()
     if config.sr_factor > 1:
         model = build_sr_stage(config, run.ema, sde, (net_config.out_channels, net_config.image_size, net_config.image_size))
+    elif run.vae is not None:
+        from ..latent.model import LatentModel
+
+        model = LatentModel(run.score_model(run.ema), run.vae)
     else:
         model = run.score_model(run.ema)
     return TrainResult(step=step, loss=loss, net=run.net, ema=run.ema, model=model)
