@@ -1,17 +1,22 @@
-"""Test bits/dim of two backbones of about the same size on the digits: the DiT and the DDPM++ U-Net.
+"""Test bits/dim and sample quality of two backbones of about the same size on the digits: the DiT and the U-Net.
 
     python benchmarks/backbones.py                                   # the full run: 4,000 steps each, 360 test digits
-    python benchmarks/backbones.py --steps 100 --test-n 32 --rtol 1e-3   # a smoke run: a few minutes on one CPU thread
+    python benchmarks/backbones.py --steps 100 --test-n 32 --rtol 1e-3 --fd-n 200   # a smoke run, minutes on one thread
+    python benchmarks/backbones.py --device cuda --lr-dit 3e-4        # on a GPU, the DiT at a learning rate of its own
 
 Both networks (`--dit`, default "dit_digits": 1,864,580 parameters; `--unet`, default "digits": 1,901,601)
 are trained with one recipe, the first phase of the shipped digits models' (docs/training.md): VP SDE,
 eps prediction, c_noise = log(sigma / alpha), the continuous DSM loss with uniform t on dequantized
 digits (train split, 1,437 images), Adam at `--lr` after `--warmup` linear warm-up steps, gradient
-clipping at 1, batch `--batch`, EMA `--ema`. Both draw the same batches, times and noise (one
+clipping at 1, batch `--batch`, EMA `--ema` (`--lr-dit` / `--lr-unet` give a backbone a learning rate of its
+own; the budget, steps x batch, stays equal). Both draw the same batches, times and noise (one
 generator each, seeded alike), so the backbone is the only difference. Then the EMA weights' bits/dim
 on the first `--test-n` test digits through the probability-flow ODE (`scoresde.bits_per_dim`:
-dopri5 at `--rtol` = atol, one Rademacher probe, one dequantization draw, seed 1), mean +- standard
-error over images, and the NFE. Prints one markdown table; the machine line says where it ran.
+dopri5 at `--rtol` = atol, or `--bpd-method` such as dpm_solver_6m at `--bpd-steps`; one Rademacher probe,
+one dequantization draw, seed 1), mean +- standard error over images, and the NFE; and the classifier
+Frechet distance of `--fd-n` samples (DPM-Solver++ at `--fd-steps`, per-sample seeds 0..n-1) to the test
+digits (`scoresde.metrics.digits_quality`, beside the floor of the train digits). Prints one markdown table;
+the machine line says where it ran; seconds are wall-clock on `--device`.
 """
 
 from __future__ import annotations
@@ -34,27 +39,30 @@ import scoresde  # noqa: E402
 from scoresde import VPSDE, ScoreModel  # noqa: E402
 from scoresde.data import digits, to_model_input  # noqa: E402
 from scoresde.losses import dsm_loss  # noqa: E402
+from scoresde.metrics import digits_floor, digits_quality  # noqa: E402
 from scoresde.nn import DiT, UNet, count_parameters, dit_preset, preset  # noqa: E402
 from scoresde.train import ema_update  # noqa: E402
 
 LEVELS = 17
 
 
-def train(net: torch.nn.Module, images: torch.Tensor, args) -> tuple[ScoreModel, float, float]:
-    """Train `net` on the digit levels `images` (N, 1, 8, 8); return the EMA model, the mean loss of the
-    last 10 % of the steps and the seconds taken."""
+def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[ScoreModel, float, float]:
+    """Train `net` on the digit levels `images` (N, 1, 8, 8) at learning rate `lr`; return the EMA model, the
+    mean loss of the last 10 % of the steps and the seconds taken."""
     sde = VPSDE()
+    net = net.to(args.device)
     model = ScoreModel(net, sde, "eps", c_noise="log_noise")
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    gen = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    gen = torch.Generator(args.device).manual_seed(args.seed)
+    images = images.to(args.device)
     tail, losses = max(1, args.steps // 10), []
     net.train()
     start = time.perf_counter()
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        idx = torch.randint(len(images), (args.batch,), generator=gen)
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
+        idx = torch.randint(len(images), (args.batch,), generator=gen, device=args.device)
         x0 = to_model_input(images[idx], LEVELS, dequantize=True, generator=gen)
         loss = dsm_loss(model, x0, generator=gen).mean()
         opt.zero_grad(set_to_none=True)
@@ -64,6 +72,8 @@ def train(net: torch.nn.Module, images: torch.Tensor, args) -> tuple[ScoreModel,
         ema_update(ema, net, args.ema)
         if step >= args.steps - tail:
             losses.append(loss.item())
+    if args.device != "cpu":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return ScoreModel(ema, sde, "eps", c_noise="log_noise"), sum(losses) / len(losses), seconds
 
@@ -71,11 +81,24 @@ def train(net: torch.nn.Module, images: torch.Tensor, args) -> tuple[ScoreModel,
 def test_bpd(model: ScoreModel, x: torch.Tensor, args) -> tuple[float, float, int, float]:
     """(mean bits/dim, its standard error over images, NFE, seconds) of test digits x in [-1, 1]."""
     start = time.perf_counter()
-    res = scoresde.bits_per_dim(model, x, levels=LEVELS, rtol=args.rtol, atol=args.rtol,
-                                generator=torch.Generator().manual_seed(1))
+    x = x.to(args.device)
+    if args.bpd_method == "ode":
+        options = {"rtol": args.rtol, "atol": args.rtol}
+    else:
+        options = {"method": args.bpd_method, "steps": args.bpd_steps}
+    res = scoresde.bits_per_dim(model, x, levels=LEVELS, generator=torch.Generator(args.device).manual_seed(1), **options)
     bpd = res.bpd.double()
     se = (bpd.std() / math.sqrt(len(bpd))).item() if len(bpd) > 1 else float("nan")
     return bpd.mean().item(), se, int(res.nfe), time.perf_counter() - start
+
+
+def sample_fd(model: ScoreModel, args) -> tuple[float, float]:
+    """(classifier Frechet distance of --fd-n samples to the test digits, seconds)."""
+    start = time.perf_counter()
+    x = scoresde.sample(model, solver="dpm_solver++", steps=args.fd_steps, shape=(1, 8, 8), n=args.fd_n,
+                        seed=0, batch_size=500, device=args.device).x
+    fd = digits_quality(x.cpu(), dequantized=True).fd
+    return fd, time.perf_counter() - start
 
 
 def main(argv=None) -> None:
@@ -85,33 +108,45 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-dit", type=float, default=None, help="the DiT's learning rate (default --lr)")
+    p.add_argument("--lr-unet", type=float, default=None, help="the U-Net's learning rate (default --lr)")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-n", type=int, default=360, help="first N of the 360 test digits")
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE rtol = atol of the bits/dim")
+    p.add_argument("--bpd-method", default="ode",
+                   help="ode (dopri5 at --rtol) or a fixed-budget method of scoresde.bits_per_dim, e.g. dpm_solver_6m")
+    p.add_argument("--bpd-steps", type=int, default=30, help="steps of a fixed-budget --bpd-method (default 30)")
+    p.add_argument("--fd-n", type=int, default=2000, help="samples for the Frechet distance (0: none; default 2000)")
+    p.add_argument("--fd-steps", type=int, default=20, help="DPM-Solver++ steps of those samples (default 20)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     train_images = digits("train").images
     x_test = to_model_input(digits("test").images[: args.test_n], LEVELS)
-    nets = {
-        f"DiT ({args.dit})": DiT(dit_preset(args.dit, image_size=8, in_channels=1)),
-        f"U-Net ({args.unet})": UNet(preset(args.unet, image_size=8, in_channels=1)),
+    nets = {  # name -> (network, learning rate)
+        f"DiT ({args.dit})": (DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
+        f"U-Net ({args.unet})": (UNet(preset(args.unet, image_size=8, in_channels=1)), args.lr_unet or args.lr),
     }
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch thread(s); torch {torch.__version__}")
-    print(f"recipe: {args.steps} steps, batch {args.batch}, lr {args.lr} (warm-up {args.warmup}), EMA {args.ema}, "
-          f"seed {args.seed}; bits/dim of {len(x_test)} test digits, dopri5 rtol = atol = {args.rtol}\n")
-    print("| backbone | parameters | train s | loss (last 10 %) | test bits/dim | NFE | bits/dim s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, net in nets.items():
+          f"{torch.get_num_threads()} torch thread(s); device {device}; torch {torch.__version__}")
+    how = f"dopri5 rtol = atol = {args.rtol}" if args.bpd_method == "ode" else f"{args.bpd_method}, {args.bpd_steps} steps"
+    print(f"recipe: {args.steps} steps, batch {args.batch}, warm-up {args.warmup}, EMA {args.ema}, seed {args.seed}; "
+          f"bits/dim of {len(x_test)} test digits, {how}; FD of {args.fd_n} samples (dpm_solver++, {args.fd_steps} "
+          f"steps) to the test digits, floor {digits_floor():.2f}\n")
+    print("| backbone | parameters | lr | train s | loss (last 10 %) | test bits/dim | NFE | bits/dim s | FD | FD s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, (net, lr) in nets.items():
         torch.manual_seed(args.seed)  # dropout draws
-        model, loss, seconds = train(net, train_images, args)
+        model, loss, seconds = train(net, train_images, lr, args)
         bpd, se, nfe, bpd_seconds = test_bpd(model, x_test, args)
-        print(f"| {name} | {count_parameters(net):,} | {seconds:.0f} | {loss:.4f} | {bpd:.3f} +- {se:.3f} | {nfe} "
-              f"| {bpd_seconds:.0f} |", flush=True)
+        fd, fd_seconds = sample_fd(model, args) if args.fd_n else (float("nan"), 0.0)
+        print(f"| {name} | {count_parameters(net):,} | {lr:g} | {seconds:.0f} | {loss:.4f} | {bpd:.3f} +- {se:.3f} | "
+              f"{nfe} | {bpd_seconds:.0f} | {fd:.2f} | {fd_seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
