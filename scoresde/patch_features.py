@@ -51,7 +51,7 @@ from .files import read_safetensors, write_safetensors
 __all__ = [
     "ASSET", "FORMAT", "NUM_CLASSES", "PatchFeatureConfig", "PatchFeatureNet", "PatchFeatureTrainConfig",
     "load_patch_features", "pretext_accuracy", "pretext_batch", "patch_features", "patch_frechet_distance",
-    "save_patch_features", "train_patch_features",
+    "save_patch_features", "tiled_frechet_distance", "tiles", "train_patch_features",
 ]
 
 ASSET = Path(__file__).parent / "assets" / "patch_features.safetensors"
@@ -254,3 +254,26 @@ def patch_frechet_distance(images_a: Tensor, images_b: Tensor, net: PatchFeature
         if isinstance(imgs, Tensor) and imgs.ndim >= 1 and imgs.shape[0] < 2:
             raise ValueError(f"{name}: need at least 2 patches, got {imgs.shape[0]}")
     return frechet_distance_features(patch_features(images_a, net), patch_features(images_b, net))
+
+
+def tiles(images: Tensor) -> Tensor:
+    """The 16 x 16 tiles of patches (N, 3, S, S), S a multiple of 16: (N (S/16)^2, 3, 16, 16), each patch's tiles
+    in row-major order, then the next patch's."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] \
+            or images.shape[2] % SIZE or images.shape[2] == 0:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"expected square patches (N, 3, S, S) with S a multiple of {SIZE}, got {shape}")
+    N, C, S, _ = images.shape
+    k = S // SIZE
+    return images.reshape(N, C, k, SIZE, k, SIZE).permute(0, 2, 4, 1, 3, 5).reshape(N * k * k, C, SIZE, SIZE)
+
+
+def tiled_frechet_distance(images_a: Tensor, images_b: Tensor, net: PatchFeatureNet | None = None) -> float:
+    """The patch Fréchet distance of larger patches (N, 3, S, S) uint8, S a multiple of 16, at the 16 x 16 scale:
+    `patch_frechet_distance` of their 16 x 16 tiles (`tiles`), each tile one sample.
+
+    It measures the local statistics of the tiles, not how tiles fit together across a patch; for that, pair
+    it with `patch_frechet_distance` of the patches average-pooled to 16 x 16 (the whole layout at lower
+    resolution), as benchmarks/cascade_patches.py does.
+    """
+    return patch_frechet_distance(tiles(images_a), tiles(images_b), net)

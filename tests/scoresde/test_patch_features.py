@@ -12,7 +12,7 @@ from scoresde.files import read_safetensors
 from scoresde.likelihood import dequantize
 from scoresde.patch_features import (ASSET, FORMAT, PatchFeatureConfig, PatchFeatureNet, load_patch_features,
                                      patch_features, patch_frechet_distance, pretext_accuracy, pretext_batch,
-                                     save_patch_features)
+                                     save_patch_features, tiled_frechet_distance, tiles)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,19 @@ def test_floor_is_below_a_gaussian_mixture(data):
     mixture = patch_frechet_distance(to_levels(xs, 256, dequantized=True).to(torch.uint8), test.images)
     assert np.isfinite(floor) and floor > 0
     assert floor < 0.8 * mixture, (floor, mixture)  # measured 69.7 against 122.8
+
+
+def test_tiles_cut_row_major_and_the_tiled_distance_scores_them(net):
+    x = torch.arange(2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    t = tiles(x)
+    assert t.shape == (8, 3, 16, 16)
+    corners = [(0, 0, 0), (0, 0, 16), (0, 16, 0), (0, 16, 16), (1, 0, 0)]
+    for i, (n, r, c) in enumerate(corners):
+        assert torch.equal(t[i], x[n, :, r:r + 16, c:c + 16])
+    assert torch.equal(tiles(x[:, :, :16, :16]), x[:, :, :16, :16])  # a 16 x 16 patch is its own tile
+    for bad in (torch.zeros(2, 3, 24, 24), torch.zeros(2, 1, 32, 32), torch.zeros(2, 3, 32, 16)):
+        with pytest.raises(ValueError, match="multiple of 16"):
+            tiles(bad)
+    big = patches("test", 32).images[:40]
+    assert tiled_frechet_distance(big[:20], big[20:], net) == pytest.approx(
+        patch_frechet_distance(tiles(big[:20]), tiles(big[20:]), net), rel=1e-12)

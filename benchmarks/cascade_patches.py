@@ -1,0 +1,171 @@
+"""Cascaded 8 -> 32 sampling against direct 32 x 32 sampling on the natural-image patches, at equal training
+compute and equal total network evaluations (issue 21's table; docs/latent.md).
+
+    python benchmarks/cascade_patches.py                                   # the full run (hours on one CPU thread)
+    python benchmarks/cascade_patches.py --base-steps 20 --sr-steps 20 --n 64 --nfes 4 --out-dir runs/cascade_smoke
+    python benchmarks/cascade_patches.py --device cuda --base-steps 20000 --sr-steps 20000   # on a GPU
+
+Three runs of `scoresde.train` on the 32 x 32 patches (`data="patches"`, `image_size=32`, dequantized, with
+mirrored copies; the `digits` U-Net preset with `--net-options`, VP, eps, Adam with warm-up, EMA):
+
+- base: the patches average-pooled 4 x 4 (`downsample=4`: 8 x 8 images), `--base-steps` steps;
+- SR stage: 8 -> 32 (`sr_factor=4`, noise-conditioning augmentation s ~ U(0, `--sr-aug-max`)), `--sr-steps`;
+- direct: the 32 x 32 patches, trained in chunks of `--chunk` steps until its training time reaches the
+  base's plus the SR stage's (CPU seconds of this process on the CPU, wall-clock seconds on a GPU), so both
+  sides get the same training compute.
+
+Runs live in `--out-dir` and resume (the training seconds spent so far are kept in `budget.json` there).
+Then, for each total evaluation count K in `--nfes`, the cascade samples the base with DPM-Solver++ at
+ceil(K / 2) steps and the SR stage at floor(K / 2) (augmentation level `--aug-level`), the direct model
+with DPM-Solver++ at K steps, `--n` samples each (seed 0). Scores against the 350 test patches, in the
+features of the shipped patch extractor (`scoresde.patch_features`): the Frechet distance of the 16 x 16
+tiles (`tiled_frechet_distance`: local statistics) and of the patches pooled 2 x 2 to 16 x 16 (the whole
+layout at half resolution), beside the floor (350 train patches drawn at random; equal N on both sides
+when --n is 350) and the sampling seconds per image. Prints one markdown table and the machine line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import scoresde  # noqa: E402
+from scoresde.data import patches, to_levels  # noqa: E402
+from scoresde.latent.cascade import sample_cascade  # noqa: E402
+from scoresde.patch_features import patch_frechet_distance, tiled_frechet_distance  # noqa: E402
+from scoresde.train import TrainConfig, load_checkpoint, train  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out-dir", default="runs/cascade_patches")
+    p.add_argument("--base-steps", type=int, default=4000)
+    p.add_argument("--sr-steps", type=int, default=4000)
+    p.add_argument("--chunk", type=int, default=100, help="direct run: steps between budget checks (default 100)")
+    p.add_argument("--net-options", default="{'ch': 32}", help="U-Net options of all three runs (a Python dict)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--sr-aug-max", type=float, default=0.25)
+    p.add_argument("--aug-level", type=float, default=0.05, help="augmentation level when sampling (default 0.05)")
+    p.add_argument("--nfes", default="20,40", help="total evaluations per sample (default 20,40)")
+    p.add_argument("--n", type=int, default=350, help="samples per row (default 350, the test split's size)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def _seconds(device: str) -> float:
+    """The clock of the training budget: this process's CPU seconds on the CPU, wall-clock seconds elsewhere."""
+    if device == "cpu":
+        return time.process_time()
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class Budget:
+    """Training seconds per run, kept in out_dir/budget.json so that resumed runs add to them."""
+
+    def __init__(self, out: Path):
+        self.path = out / "budget.json"
+        self.spent = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def train(self, name: str, config: TrainConfig, device: str) -> None:
+        start = _seconds(device)
+        train(config)
+        self.spent[name] = self.spent.get(name, 0.0) + _seconds(device) - start
+        self.path.write_text(json.dumps(self.spent, indent=1))
+
+
+def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
+    """Train (or resume) the three runs; returns their checkpoints, training seconds and steps."""
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(out)
+    common = TrainConfig(data="patches", image_size=32, flip=True, dequantize=True, net="digits",
+                         net_options=ast.literal_eval(args.net_options), batch_size=args.batch, lr=args.lr,
+                         warmup_steps=200, ema_decay=0.999, ckpt_every=args.chunk, log_every=50, progress=False,
+                         device=args.device)
+    runs = {"base": replace(common, downsample=4, steps=args.base_steps, out_dir=str(out / "base")),
+            "sr": replace(common, sr_factor=4, sr_aug_max=args.sr_aug_max, steps=args.sr_steps, out_dir=str(out / "sr"))}
+    for name, config in runs.items():
+        budget.train(name, config, args.device)
+    target = budget.spent["base"] + budget.spent["sr"]
+    direct = replace(common, steps=0, out_dir=str(out / "direct"))
+    ckpt = out / "direct" / "checkpoint.safetensors"
+    steps = load_checkpoint(ckpt).step if ckpt.is_file() else 0
+    while budget.spent.get("direct", 0.0) < target:
+        steps += args.chunk
+        budget.train("direct", replace(direct, steps=steps), args.device)
+    runs["direct"] = replace(direct, steps=steps)
+    paths = {name: Path(c.out_dir) / "checkpoint.safetensors" for name, c in runs.items()}
+    return paths, budget.spent, {name: c.steps for name, c in runs.items()}
+
+
+def _pooled(images: torch.Tensor) -> torch.Tensor:
+    """uint8 patches (N, 3, 32, 32) averaged 2 x 2 and rounded: (N, 3, 16, 16) uint8."""
+    return F.avg_pool2d(images.double(), 2).round().to(torch.uint8)
+
+
+def scores(images: torch.Tensor, test: torch.Tensor) -> tuple[float, float]:
+    """(tiled FD, pooled FD) of uint8 patches (N, 3, 32, 32) against the uint8 test patches."""
+    return tiled_frechet_distance(images, test), patch_frechet_distance(_pooled(images), _pooled(test))
+
+
+def sample_scores(x: torch.Tensor, test: torch.Tensor) -> tuple[float, float]:
+    """`scores` of samples x (N, 3, 32, 32) in [-1, 1] of models trained on dequantized patches."""
+    return scores(to_levels(x.cpu(), 256, dequantized=True).to(torch.uint8), test)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    paths, spent, steps = train_all(args)
+    test = patches("test", 32).images
+    train_images = patches("train", 32).images
+    pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(2))[:len(test)]
+    floor = scores(train_images[pick], test)
+    base = scoresde.load_model(paths["base"], device=args.device)
+    sr = scoresde.load_sr_stage(paths["sr"], device=args.device)
+    direct = scoresde.load_model(paths["direct"], device=args.device)
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch "
+          f"thread(s); device {device}; torch {torch.__version__}")
+    print(f"net_options {args.net_options}, batch {args.batch}, lr {args.lr}; SR augmentation s ~ U(0, "
+          f"{args.sr_aug_max}), sampled at {args.aug_level}; {args.n} samples per row; floor (350 train patches): "
+          f"tiled {floor[0]:.2f}, pooled {floor[1]:.2f}\n")
+    unit = "CPU min" if args.device == "cpu" else "GPU min (wall)"
+    print(f"| model | training steps | training {unit} | NFE | tiled FD | pooled FD | sampling s / image |")
+    print("|---|---|---|---|---|---|---|")
+    for K in (int(k) for k in args.nfes.split(",")):
+        kb, ks = math.ceil(K / 2), K // 2
+        start = time.perf_counter()
+        res = sample_cascade(base, sr, n=args.n, seed=0, aug_level=args.aug_level, device=args.device,
+                             base_options={"solver": "dpm_solver++", "steps": kb},
+                             sr_options={"solver": "dpm_solver++", "steps": ks})
+        cascade_s = (time.perf_counter() - start) / args.n
+        start = time.perf_counter()
+        x = scoresde.sample(direct, solver="dpm_solver++", steps=K, n=args.n, seed=0, device=args.device).x
+        direct_s = (time.perf_counter() - start) / args.n
+        rows = (("cascade 8 -> 32", f"{steps['base']} + {steps['sr']}", (spent["base"] + spent["sr"]) / 60,
+                 f"{kb} + {ks}", sample_scores(res.x, test), cascade_s),
+                ("direct 32 x 32", f"{steps['direct']}", spent["direct"] / 60, f"{K}", sample_scores(x, test), direct_s))
+        for name, n_steps, minutes, nfe, (tiled, pooled), sec in rows:
+            print(f"| {name} | {n_steps} | {minutes:.1f} | {nfe} | {tiled:.2f} | {pooled:.2f} | {sec:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
