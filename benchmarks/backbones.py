@@ -8,7 +8,7 @@ Both networks (`--dit`, default "dit_digits": 1,864,580 parameters; `--unet`, de
 are trained with one recipe, the first phase of the shipped digits models' (docs/training.md): VP SDE,
 eps prediction, c_noise = log(sigma / alpha), the continuous DSM loss with uniform t on dequantized
 digits (train split, 1,437 images), Adam at `--lr` after `--warmup` linear warm-up steps, gradient
-clipping at 1, batch `--batch`, EMA `--ema` (`--lr-dit` / `--lr-unet` give a backbone a learning rate of its
+clipping at 1, batch `--batch`, EMA `--ema` (ramped as the trainer ramps it: min(ema, (1 + k) / (10 + k)) at step k; `--lr-dit` / `--lr-unet` give a backbone a learning rate of its
 own; the budget, steps x batch, stays equal). Both draw the same batches, times and noise (one
 generator each, seeded alike), so the backbone is the only difference. Then the EMA weights' bits/dim
 on the first `--test-n` test digits through the probability-flow ODE (`scoresde.bits_per_dim`:
@@ -69,7 +69,7 @@ def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        ema_update(ema, net, args.ema)
+        ema_update(ema, net, min(args.ema, (1 + step) / (10 + step)))  # the trainer's EMA warm-up
         if step >= args.steps - tail:
             losses.append(loss.item())
     if args.device != "cpu":
