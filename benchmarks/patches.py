@@ -15,12 +15,15 @@ log2(256 / 2) (`bpd_from_logp`, `dequantization_offset`), as benchmarks/digits.p
    and scored on the test split (`--repeats` dequantization draws; mean over patches +- standard error).
 3. With `--samples N` (and the patch feature extractor, `scoresde.patch_features`), the squared Fréchet
    distance to the test patches in its features: the floor (N train patches against the test patches)
-   and N samples of the chosen mixture, mapped to levels through the dequantization bins.
+   and N samples of the chosen mixture, mapped to levels through the dequantization bins; with `--model`, also
+   N samples of the score model (`--model-solver` at `--model-sample-steps`, seed `--seed`).
 
 Seconds are CPU seconds of this process (`time.process_time`; BLAS limited to one thread).
 
     python benchmarks/patches.py --samples 1560       # the sweep, the baselines and the Fréchet distances
     python benchmarks/patches.py --quick              # smoke test on every 10th patch
+    python benchmarks/patches.py --mixture 4,full --model scoresde/assets/patches16_vp.safetensors --samples 1560 \
+        --model-repeats 1                              # the shipped patch model beside the chosen mixture
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-method", default="dpm_solver_6m",
                    help="bits_per_dim method for --model (default dpm_solver_6m)")
     p.add_argument("--model-steps", type=int, default=30, help="its steps (default 30)")
+    p.add_argument("--model-repeats", type=int, default=None,
+                   help="dequantization draws for --model's bits/dim (default --repeats)")
+    p.add_argument("--model-solver", default="dpm_solver++",
+                   help="with --samples: the solver of --model's samples (default dpm_solver++)")
+    p.add_argument("--model-sample-steps", type=int, default=20, help="its steps (default 20)")
     p.add_argument("--max-iter", type=int, default=100, help="EM iterations at most (default 100)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -184,7 +192,8 @@ def score_model_bpd(test: torch.Tensor, args) -> tuple[tuple[float, float], floa
 
     model = scoresde.load_model(args.model)
     t0 = time.process_time()
-    res = scoresde.bits_per_dim(model, to_model_input(test, LEVELS), levels=LEVELS, repeats=args.repeats,
+    repeats = args.repeats if args.model_repeats is None else args.model_repeats
+    res = scoresde.bits_per_dim(model, to_model_input(test, LEVELS), levels=LEVELS, repeats=repeats,
                                 method=args.model_method, steps=args.model_steps, seed=args.seed + 1)
     return mean_se(res.bpd.double().numpy()), time.process_time() - t0, res.nfe
 
@@ -221,6 +230,16 @@ def frechet_rows(chosen: GaussianMixture, best: dict, train: torch.Tensor, test:
     print("|---|---|---|---|---|")
     print(f"| train patches (floor) | {n} | {floor:.3f} | 1.00 | {floor_sec:.0f} |")
     print(f"| Gaussian mixture, {mixture_name(best)}, samples | {n} | {mix:.3f} | {mix / floor:.2f} | {mix_sec:.0f} |")
+    if args.model is not None:
+        import scoresde
+
+        t0 = time.process_time()
+        x = scoresde.sample(scoresde.load_model(args.model), solver=args.model_solver, steps=args.model_sample_steps,
+                            n=n, seed=args.seed, batch_size=256).x
+        xs = to_levels(x, LEVELS, dequantized=True).to(torch.uint8)
+        fd = patch_frechet_distance(xs, test)
+        print(f"| {args.model} samples ({args.model_solver}, {args.model_sample_steps} steps) | {n} | {fd:.3f} | "
+              f"{fd / floor:.2f} | {time.process_time() - t0:.0f} |")
 
 
 if __name__ == "__main__":
