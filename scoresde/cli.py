@@ -44,12 +44,13 @@ def _check_labels(labels: list[int], model) -> None:
         raise UsageError(f"--y {bad[0]}: labels must lie in 0..{k - 1} (the model's {k} classes), or be {k} for no class")
 
 
-def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False, kind: str = "diffusion"):
+def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = False, kind: str = "diffusion",
+                data: str = "digits"):
     if path is None:
         from .training.checkpoints import default_model
 
         try:
-            return default_model(sde, conditional=conditional, kind=kind, device=device)
+            return default_model(sde, conditional=conditional, kind=kind, data=data, device=device)
         except ValueError as e:
             raise UsageError(str(e)) from None
     if kind != "diffusion":
@@ -122,10 +123,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.guidance_scale is not None and args.y is None:
         raise UsageError("--guidance-scale needs class labels --y")
+    if args.model is not None and args.data != "digits":
+        raise UsageError(f"--data {args.data} chooses a shipped model; it does not apply with --model {args.model}")
     _check_device(args.device, "sampling")
     _check_sample_paths(args)
     solver = _solver_argument(args)
-    model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None, kind=args.kind)
+    model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None, kind=args.kind,
+                        data=args.data)
     if args.solver is None and callable(getattr(model, "consistency", None)):
         solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
     if args.y is not None:
@@ -248,7 +252,10 @@ def cmd_bpd(args: argparse.Namespace) -> int:
 
     _check_device(args.device, "bits/dim")
     _check_bpd_flags(args, ADAPTIVE_METHODS)
-    model = _load_model(args.model, args.sde, args.device)
+    if args.data in ("cifar10", "folder") and args.data_root is None:  # before any model is loaded
+        raise UsageError(f"--data {args.data} needs root: pass --data-root (the folder of its files)")
+    # without --model: the shipped patch model for --data patches, else the shipped digits model (resized to, for a folder)
+    model = _load_model(args.model, args.sde, args.device, data="patches" if args.data == "patches" else "digits")
     image_size, channels = args.image_size, 3
     if args.data == "folder":  # images resized to the model's size and channels unless --image-size says otherwise
         shape = getattr(model, "image_shape", None)
@@ -321,6 +328,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     # no import of torch here: `scoresde sample --help` stays instant (names are checked when given)
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
+    p.add_argument("--data", default="digits", choices=["digits", "patches"],
+                   help="which shipped model without --model: the digits models (default) or the model of the 16 x 16 "
+                        "natural-image patches (patches; vp; docs/backbones.md)")
     p.add_argument("--kind", default="diffusion", choices=["diffusion", "cd"],
                    help="which shipped model of --sde: the diffusion model (default) or the few-step consistency model "
                         "distilled from it (cd; vp only; docs/few_step.md)")
@@ -377,7 +387,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bpd_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped model")
+    p.add_argument("--model", help="checkpoint written by `scoresde train`; default: the shipped patch model for "
+                                    "--data patches, else the shipped digits model of --sde")
     _add_sde_argument(p)
     p.add_argument("--data", default="digits", choices=["digits", "patches", "cifar10", "folder"],
                    help="data set (default: digits; patches: natural-image patches, docs/backbones.md)")

@@ -50,7 +50,7 @@ from .config import (
 from .consistency import consistency_model
 
 __all__ = [
-    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_KINDS", "PRETRAINED_FORMAT", "Checkpoint",
+    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_DATA", "MODEL_KINDS", "PATCH_MODELS", "PRETRAINED_FORMAT", "Checkpoint",
     "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "Pretrained", "read_pretrained",
     "save_checkpoint", "write_run_config",
 ]
@@ -66,6 +66,9 @@ CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 # few-step models (consistency models of scoresde.fewstep, docs/few_step.md): kind -> {sde name: file in ASSETS}
 FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}}
 MODEL_KINDS = ("diffusion", *FEW_STEP_MODELS)  # default_model's kinds
+# the shipped models of the natural-image patches (16 x 16 RGB, docs/backbones.md), per SDE
+PATCH_MODELS = {"vp": "patches16_vp.safetensors"}
+MODEL_DATA = ("digits", "patches")  # default_model's data sets
 
 
 NetConfig = UNetConfig | DiTConfig
@@ -461,19 +464,28 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     return model
 
 
-def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion", device=None) -> ScoreModel:
+def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion", data: str = "digits",
+                  device=None) -> ScoreModel:
     """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
     class-conditional one (labels 0..9, null label 10; shipped for "vp"); `kind`: "diffusion" (default), or a
     few-step model distilled from the diffusion model (FEW_STEP_MODELS: "cd"; a ConsistencyModel, sampled
-    with solver="consistency")."""
+    with solver="consistency"); `data`: "digits" (default), or "patches" for the shipped model of the 16 x 16
+    natural-image patches (PATCH_MODELS: "vp"; unconditional diffusion)."""
+    if data not in MODEL_DATA:
+        raise ValueError(f"no shipped models of data {data!r}; choose one of {list(MODEL_DATA)}")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
     if kind != "diffusion" and conditional:
         raise ValueError(f"no class-conditional {kind!r} model is shipped; use kind 'diffusion' with conditional=True")
-    table = FEW_STEP_MODELS[kind] if kind != "diffusion" else CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
+    if data == "patches" and (kind != "diffusion" or conditional):
+        raise ValueError("the shipped patch model is an unconditional diffusion model: use kind 'diffusion' and "
+                         "conditional=False with data 'patches'")
+    table = PATCH_MODELS if data == "patches" else FEW_STEP_MODELS[kind] if kind != "diffusion" else \
+        CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
     available = {name: file for name, file in table.items() if (ASSETS / file).is_file()}
     if sde not in available:
         what = "class-conditional " if conditional else "" if kind == "diffusion" else f"{kind!r} "
+        what += "patch " if data == "patches" else ""
         raise ValueError(
             f"no shipped {what}default model for sde {sde!r}; shipped: {sorted(available)}; "
             "or pass model=... (e.g. scoresde.load_model('checkpoint.safetensors'))"
