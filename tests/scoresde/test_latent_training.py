@@ -73,6 +73,7 @@ def test_latent_files_load_as_latent_models_with_their_vae(run, tmp_path):
     assert out.x.shape == (3, 3, 16, 16) and out.settings["latent"]["latent_shape"] == [4, 8, 8]
 
 
+@pytest.mark.slow
 def test_latent_runs_resume_exactly_and_refuse_a_changed_vae(monkeypatch, tmp_path):
     vae = _vae(tmp_path / "vae.safetensors")
     base = TrainConfig(**TINY, vae=str(vae), steps=6, ckpt_every=3)
@@ -82,6 +83,7 @@ def test_latent_runs_resume_exactly_and_refuse_a_changed_vae(monkeypatch, tmp_pa
         train(replace(base, steps=7, out_dir=str(out)))
 
 
+@pytest.mark.slow
 def test_latent_run_refuses_missing_mismatched_or_unscaled_vaes(tmp_path):
     config = TrainConfig(**TINY, steps=1, out_dir=str(tmp_path / "run"), vae=str(tmp_path / "missing.safetensors"))
     with pytest.raises(FileNotFoundError, match="vae: no VAE file"):

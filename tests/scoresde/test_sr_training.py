@@ -115,6 +115,7 @@ def test_sr_files_load_as_sr_stages_only(files):
         scoresde.load_sr_stage(files["sr"], ema=False)
 
 
+@pytest.mark.slow
 def test_sr_run_init_from_an_exported_stage(files, tmp_path):
     config = TrainConfig(**TINY, image_size=32, sr_factor=2, steps=0, init_from=str(files["sr"]),
                          out_dir=str(tmp_path / "run"))
@@ -123,6 +124,7 @@ def test_sr_run_init_from_an_exported_stage(files, tmp_path):
     assert torch.equal(_conditioned_output(res.model), _conditioned_output(exported))
 
 
+@pytest.mark.slow
 def test_sr_run_resumes_exactly(monkeypatch, tmp_path):
     base = TrainConfig(**TINY, image_size=32, sr_factor=4, steps=6, ckpt_every=3)
     resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss="sr_loss", module=sr_stage)
@@ -156,6 +158,7 @@ def test_cli_cascade_checks_flags_before_any_work(files, args, match, capsys):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_cascade_refuses_a_base_of_the_wrong_shape(files, tmp_path, capsys):
     # the SR stage's own file as a base is refused by load_model; a 32 x 32 base for a 16 -> 32 stage by shape
     big = train(TrainConfig(**TINY, image_size=32, steps=1, ckpt_every=1, out_dir=str(tmp_path / "big")))
