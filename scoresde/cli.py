@@ -62,7 +62,7 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
     return load_model(path, device=device)
 
 
-GRID_MAX = 64  # `scoresde sample --out`: the grid shows at most the first GRID_MAX samples
+GRID_MAX = cli_args.GRID_MAX
 
 
 def _grid_images(first, n: int, labels: list[int] | None):

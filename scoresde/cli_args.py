@@ -42,6 +42,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+GRID_MAX = 64  # the --out grids of `scoresde sample` and `cascade` show at most the first GRID_MAX samples
+
+
 def bounded_int(text: str, low: int, high: int) -> int:
     """An integer in low..high from `text`, else an ArgumentTypeError naming the range."""
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import cli_args
 from .cli_args import UsageError
 
-GRID_MAX = 64  # the --out grid shows at most the first GRID_MAX samples
+GRID_MAX = cli_args.GRID_MAX
 SAVE_SUFFIXES = (".npz", ".npy", ".pt")
 
 
