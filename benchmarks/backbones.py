@@ -72,6 +72,8 @@ def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[
         ema_update(ema, net, min(args.ema, (1 + step) / (10 + step)))  # the trainer's EMA warm-up
         if step >= args.steps - tail:
             losses.append(loss.item())
+        if args.log_every and (step + 1) % args.log_every == 0:
+            print(f"  step {step + 1}: loss {loss.item():.4f}, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if args.device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -120,6 +122,9 @@ def main(argv=None) -> None:
     p.add_argument("--bpd-steps", type=int, default=30, help="steps of a fixed-budget --bpd-method (default 30)")
     p.add_argument("--fd-n", type=int, default=2000, help="samples for the Frechet distance (0: none; default 2000)")
     p.add_argument("--fd-steps", type=int, default=20, help="DPM-Solver++ steps of those samples (default 20)")
+    p.add_argument("--only", choices=["dit", "unet"], default=None,
+                   help="run one backbone (two processes can then share the cores; default both)")
+    p.add_argument("--log-every", type=int, default=0, help="print the loss to stderr every N steps (default never)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
@@ -131,6 +136,8 @@ def main(argv=None) -> None:
         f"DiT ({args.dit})": (DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
         f"U-Net ({args.unet})": (UNet(preset(args.unet, image_size=8, in_channels=1)), args.lr_unet or args.lr),
     }
+    if args.only:
+        nets = {name: v for name, v in nets.items() if name.lower().startswith(args.only.replace("unet", "u-net"))}
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} torch thread(s); device {device}; torch {torch.__version__}")

@@ -274,6 +274,6 @@ def tiled_frechet_distance(images_a: Tensor, images_b: Tensor, net: PatchFeature
 
     It measures the local statistics of the tiles, not how tiles fit together across a patch; for that, pair
     it with `patch_frechet_distance` of the patches average-pooled to 16 x 16 (the whole layout at lower
-    resolution), as benchmarks/cascade_patches.py does.
+    resolution), as benchmarks/patches32.py does.
     """
     return patch_frechet_distance(tiles(images_a), tiles(images_b), net)

@@ -1,23 +1,29 @@
-"""Cascaded 8 -> 32 sampling against direct 32 x 32 sampling on the natural-image patches, at equal training
-compute and equal total network evaluations (issue 21's table; docs/latent.md).
+"""Cascaded 8 -> 32 sampling and latent diffusion against direct 32 x 32 sampling on the natural-image patches,
+at equal training compute and equal total network evaluations (issue 21's tables; docs/latent.md).
 
-    python benchmarks/cascade_patches.py                                   # the full run (hours on one CPU thread)
-    python benchmarks/cascade_patches.py --base-steps 20 --sr-steps 20 --n 64 --nfes 4 --out-dir runs/cascade_smoke
-    python benchmarks/cascade_patches.py --device cuda --base-steps 20000 --sr-steps 20000   # on a GPU
+    python benchmarks/patches32.py                                   # the cascade rows (hours on one CPU thread)
+    python benchmarks/patches32.py --vae runs/latent/vae.safetensors # and the latent rows (a trained patch VAE)
+    python benchmarks/patches32.py --base-steps 20 --sr-steps 20 --n 64 --nfes 4 --out-dir runs/patches32_smoke
+    python benchmarks/patches32.py --device cuda --base-steps 20000 --sr-steps 20000   # on a GPU
 
-Three runs of `scoresde.train` on the 32 x 32 patches (`data="patches"`, `image_size=32`, dequantized, with
-mirrored copies; the `digits` U-Net preset with `--net-options`, VP, eps, Adam with warm-up, EMA):
+Runs of `scoresde.train` on the 32 x 32 patches (`data="patches"`, `image_size=32`, dequantized, with
+mirrored copies; the `digits` U-Net preset with `--net-options` and attention at half the run's input
+resolution (4 x 4 for the 8 x 8 base and latents, 16 x 16 at 32 x 32), VP, eps, Adam with warm-up, EMA):
 
 - base: the patches average-pooled 4 x 4 (`downsample=4`: 8 x 8 images), `--base-steps` steps;
 - SR stage: 8 -> 32 (`sr_factor=4`, noise-conditioning augmentation s ~ U(0, `--sr-aug-max`)), `--sr-steps`;
 - direct: the 32 x 32 patches, trained in chunks of `--chunk` steps until its training time reaches the
   base's plus the SR stage's (CPU seconds of this process on the CPU, wall-clock seconds on a GPU), so both
-  sides get the same training compute.
+  sides get the same training compute;
+- latent (with `--vae FILE`, a patch VAE with its scale factor, `benchmarks/latent.py`): the same U-Net on the
+  VAE's latents of the 32 x 32 patches (`vae=FILE`), trained in chunks until its time reaches the direct
+  run's. The VAE's own training is not in that budget (it is trained once and shared by every latent model,
+  as in latent diffusion); its CPU minutes are the VAE benchmark's and are printed beside the table.
 
 Runs live in `--out-dir` and resume (the training seconds spent so far are kept in `budget.json` there).
 Then, for each total evaluation count K in `--nfes`, the cascade samples the base with DPM-Solver++ at
 ceil(K / 2) steps and the SR stage at floor(K / 2) (augmentation level `--aug-level`), the direct model
-with DPM-Solver++ at K steps, `--n` samples each (seed 0). Scores against the 350 test patches, in the
+with DPM-Solver++ at K steps, and so does the latent model (then its decoder), `--n` samples each (seed 0). Scores against the 350 test patches, in the
 features of the shipped patch extractor (`scoresde.patch_features`): the Frechet distance of the 16 x 16
 tiles (`tiled_frechet_distance`: local statistics) and of the patches pooled 2 x 2 to 16 x 16 (the whole
 layout at half resolution), beside the floor (350 train patches drawn at random; equal N on both sides
@@ -52,7 +58,7 @@ from scoresde.train import TrainConfig, load_checkpoint, train  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out-dir", default="runs/cascade_patches")
+    p.add_argument("--out-dir", default="runs/patches32")
     p.add_argument("--base-steps", type=int, default=4000)
     p.add_argument("--sr-steps", type=int, default=4000)
     p.add_argument("--chunk", type=int, default=100, help="direct run: steps between budget checks (default 100)")
@@ -63,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aug-level", type=float, default=0.05, help="augmentation level when sampling (default 0.05)")
     p.add_argument("--nfes", default="20,40", help="total evaluations per sample (default 20,40)")
     p.add_argument("--n", type=int, default=350, help="samples per row (default 350, the test split's size)")
+    p.add_argument("--vae", default=None, help="a patch VAE file: adds the latent model's rows (default none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -99,20 +106,30 @@ def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
                          net_options=ast.literal_eval(args.net_options), batch_size=args.batch, lr=args.lr,
                          warmup_steps=200, ema_decay=0.999, ckpt_every=args.chunk, log_every=50, progress=False,
                          device=args.device)
-    runs = {"base": replace(common, downsample=4, steps=args.base_steps, out_dir=str(out / "base")),
-            "sr": replace(common, sr_factor=4, sr_aug_max=args.sr_aug_max, steps=args.sr_steps, out_dir=str(out / "sr"))}
+    common32 = replace(common, net_options={"attn_resolutions": (16,), **common.net_options})
+    common8 = replace(common, net_options={"attn_resolutions": (4,), **common.net_options})
+    runs = {"base": replace(common8, downsample=4, steps=args.base_steps, out_dir=str(out / "base")),
+            "sr": replace(common32, sr_factor=4, sr_aug_max=args.sr_aug_max, steps=args.sr_steps, out_dir=str(out / "sr"))}
     for name, config in runs.items():
         budget.train(name, config, args.device)
     target = budget.spent["base"] + budget.spent["sr"]
-    direct = replace(common, steps=0, out_dir=str(out / "direct"))
-    ckpt = out / "direct" / "checkpoint.safetensors"
-    steps = load_checkpoint(ckpt).step if ckpt.is_file() else 0
-    while budget.spent.get("direct", 0.0) < target:
-        steps += args.chunk
-        budget.train("direct", replace(direct, steps=steps), args.device)
-    runs["direct"] = replace(direct, steps=steps)
+    runs["direct"] = train_to_budget(budget, "direct", replace(common32, out_dir=str(out / "direct")), target, args)
+    if args.vae:
+        latent = replace(common8, vae=args.vae, out_dir=str(out / "latent"))
+        runs["latent"] = train_to_budget(budget, "latent", latent, budget.spent["direct"], args)
     paths = {name: Path(c.out_dir) / "checkpoint.safetensors" for name, c in runs.items()}
     return paths, budget.spent, {name: c.steps for name, c in runs.items()}
+
+
+def train_to_budget(budget: Budget, name: str, config: TrainConfig, seconds: float, args) -> TrainConfig:
+    """Train (or resume) run `name` in chunks of args.chunk steps until its training time reaches `seconds`;
+    returns its configuration with the steps it ran."""
+    ckpt = Path(config.out_dir) / "checkpoint.safetensors"
+    steps = load_checkpoint(ckpt).step if ckpt.is_file() else 0
+    while budget.spent.get(name, 0.0) < seconds:
+        steps += args.chunk
+        budget.train(name, replace(config, steps=steps), args.device)
+    return replace(config, steps=steps)
 
 
 def _pooled(images: torch.Tensor) -> torch.Tensor:
@@ -141,12 +158,17 @@ def main(argv=None) -> None:
     base = scoresde.load_model(paths["base"], device=args.device)
     sr = scoresde.load_sr_stage(paths["sr"], device=args.device)
     direct = scoresde.load_model(paths["direct"], device=args.device)
+    latent = scoresde.load_model(paths["latent"], device=args.device) if "latent" in paths else None
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} torch "
           f"thread(s); device {device}; torch {torch.__version__}")
     print(f"net_options {args.net_options}, batch {args.batch}, lr {args.lr}; SR augmentation s ~ U(0, "
           f"{args.sr_aug_max}), sampled at {args.aug_level}; {args.n} samples per row; floor (350 train patches): "
-          f"tiled {floor[0]:.2f}, pooled {floor[1]:.2f}\n")
+          f"tiled {floor[0]:.2f}, pooled {floor[1]:.2f}")
+    if latent is not None:
+        print(f"latent rows: VAE {args.vae} (latents {tuple(latent.latent_shape)}, scale factor {latent.scale_factor:.4f}; "
+              f"its training is outside the budget)")
+    print()
     unit = "CPU min" if args.device == "cpu" else "GPU min (wall)"
     print(f"| model | training steps | training {unit} | NFE | tiled FD | pooled FD | sampling s / image |")
     print("|---|---|---|---|---|---|---|")
@@ -160,9 +182,15 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         x = scoresde.sample(direct, solver="dpm_solver++", steps=K, n=args.n, seed=0, device=args.device).x
         direct_s = (time.perf_counter() - start) / args.n
-        rows = (("cascade 8 -> 32", f"{steps['base']} + {steps['sr']}", (spent["base"] + spent["sr"]) / 60,
+        rows = [("cascade 8 -> 32", f"{steps['base']} + {steps['sr']}", (spent["base"] + spent["sr"]) / 60,
                  f"{kb} + {ks}", sample_scores(res.x, test), cascade_s),
-                ("direct 32 x 32", f"{steps['direct']}", spent["direct"] / 60, f"{K}", sample_scores(x, test), direct_s))
+                ("direct 32 x 32", f"{steps['direct']}", spent["direct"] / 60, f"{K}", sample_scores(x, test), direct_s)]
+        if latent is not None:
+            start = time.perf_counter()
+            z = scoresde.sample(latent, solver="dpm_solver++", steps=K, n=args.n, seed=0, device=args.device).x
+            latent_s = (time.perf_counter() - start) / args.n
+            rows.append((f"latent {tuple(latent.latent_shape)}", f"{steps['latent']}", spent["latent"] / 60, f"{K}",
+                         sample_scores(z, test), latent_s))
         for name, n_steps, minutes, nfe, (tiled, pooled), sec in rows:
             print(f"| {name} | {n_steps} | {minutes:.1f} | {nfe} | {tiled:.2f} | {pooled:.2f} | {sec:.4f} |", flush=True)
 
