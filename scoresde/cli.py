@@ -275,13 +275,16 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     if args.seed + n - 1 > MAX_SEED:  # image i draws from its own generator seeded --seed + i
         raise UsageError(f"--seed {args.seed} gives the {n} images the seeds {args.seed}..{args.seed + n - 1}, "
                          f"past 2**63 - 1; choose --seed <= {MAX_SEED - n + 1}")
+    # a latent model reports the continuous density of its latents s E(x): no dequantization (docs/latent.md)
+    latent = hasattr(model, "latent_shape")
+    levels = None if latent else images.levels
     values, nfes = [], []
     start = time.perf_counter()
     bar = _bar(n, "bits/dim", "image", quiet=args.quiet)
     try:
         for i in range(0, n, args.batch_size):
             res = bits_per_dim(
-                model, x[i:i + args.batch_size], levels=images.levels, repeats=args.repeats, n_probes=args.probes,
+                model, x[i:i + args.batch_size], levels=levels, repeats=args.repeats, n_probes=args.probes,
                 rtol=args.rtol, atol=args.atol, method=args.method, steps=args.steps, seed=args.seed + i,
             )
             values.append(res.bpd.cpu())
@@ -295,7 +298,8 @@ def cmd_bpd(args: argparse.Namespace) -> int:
     bpd = torch.cat(values).double()
     se = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     settings = dict(res.settings)
-    print(f"bits/dim {float(bpd.mean()):.4f} ± {se:.4f} (standard error over {n} images); "
+    what = "latent bits/dim (per latent dimension, of z = s E(x); not a pixel figure)" if latent else "bits/dim"
+    print(f"{what} {float(bpd.mean()):.4f} ± {se:.4f} (standard error over {n} images); "
           f"mean NFE {sum(nfes) / len(nfes):.1f}; {time.perf_counter() - start:.1f} s")
     print("settings: " + json.dumps({**settings, "data": args.data, "split": args.split, "n": n}, default=str))
     return 0

@@ -103,3 +103,15 @@ def test_cli_samples_a_latent_model_as_images(run, tmp_path, capsys):
 
     assert np.load(tmp_path / "x.npz")["x"].shape == (2, 3, 16, 16)
     assert '"latent_shape": [4, 8, 8]' in capsys.readouterr().out
+
+
+def test_cli_bpd_of_a_latent_model_is_the_latents_figure(run, capsys):
+    code = main(["bpd", "--model", str(run["exported"]), "--data", "patches", "--n", "2", "--method", "dpm_solver",
+                 "--steps", "2", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("latent bits/dim (per latent dimension")
+    assert '"space": "latent"' in out and '"latent_dim": 256' in out
+    model = scoresde.load_model(run["exported"])
+    x = scoresde.data.to_model_input(scoresde.data.patches("test", 16).images[:2], 256)
+    expected = scoresde.bits_per_dim(model, x, levels=None, method="dpm_solver", steps=2, seed=0).bpd.mean()
+    assert f"{float(expected):.4f} ±" in out
