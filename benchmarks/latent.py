@@ -6,7 +6,8 @@
 
 Data: `scoresde.data.patches(split, 32, flips=True)` scaled to [-1, 1] (1,550 train patches, 3,100 with
 flips; 350 test, no flips). The VAE (`--ch`, `--ch-mult`, `--latent-channels`) is trained by
-`scoresde.latent.vae_train.train_vae` (MSE + `--kl-weight` KL, Adam at `--lr`, batch `--batch`), saved
+`scoresde.latent.vae_train.train_vae` (MSE + `--kl-weight` KL, Adam at `--lr`, halved every `--lr-halve-every`
+steps if given, batch `--batch`), saved
 to `--out` every `--save-every` steps; running the command again with the same flags resumes there.
 Then the reconstruction PSNR (10 log10(4 / MSE) per patch, posterior-mean encoding) on the test and
 train patches, mean +- standard error over patches, beside a baseline with the same number of numbers
@@ -55,6 +56,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--kl-weight", type=float, default=1e-3)
+    p.add_argument("--lr-halve-every", type=int, default=0, help="halve the learning rate every K steps (0: constant)")
     p.add_argument("--ch", type=int, default=16)
     p.add_argument("--ch-mult", type=int, nargs="+", default=[1, 2, 2])
     p.add_argument("--latent-channels", type=int, default=4)
@@ -69,7 +71,7 @@ def main(argv=None) -> None:
     vae_config = VAEConfig(image_size=32, in_channels=3, latent_channels=args.latent_channels, ch=args.ch,
                            ch_mult=tuple(args.ch_mult), num_res_blocks=1)
     config = VAETrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, kl_weight=args.kl_weight,
-                            seed=args.seed, save_every=args.save_every)
+                            seed=args.seed, save_every=args.save_every, lr_halve_every=args.lr_halve_every)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     start_step = read_vae_file(args.out).step if os.path.exists(args.out) and not args.eval_only else 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -89,7 +91,8 @@ def main(argv=None) -> None:
           f"scale factor {scale}; steps {start_step}..{args.steps} in this call\n")
     print("| reconstruction | numbers per patch | test PSNR (dB) | train PSNR (dB) | CPU minutes (this call) |")
     print("|---|---|---|---|---|")
-    print(f"| VAE, {args.steps} steps, batch {args.batch}, kl {args.kl_weight:g} | {numbers} | "
+    halve = f", lr {args.lr:g} halved every {args.lr_halve_every}" if args.lr_halve_every else f", lr {args.lr:g}"
+    print(f"| VAE ch {vae_config.ch}, {args.steps} steps, batch {args.batch}, kl {args.kl_weight:g}{halve} | {numbers} | "
           f"{mean_se(reconstruction_psnr(vae, test))} | {mean_se(reconstruction_psnr(vae, train[::2]))} | "
           f"{cpu_min:.1f} (wall {wall_min:.1f}) |")
     for pool in (f, f * 2):

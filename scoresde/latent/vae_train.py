@@ -37,7 +37,9 @@ __all__ = ["VAETrainConfig", "compute_scale_factor", "train_vae", "vae_loss"]
 @dataclass(frozen=True)
 class VAETrainConfig:
     """steps: optimizer steps in all; batch_size; lr: Adam's; kl_weight: beta of the loss (module doc);
-    seed: of the initialization and the batches; save_every: steps between saves."""
+    seed: of the initialization and the batches; save_every: steps between saves; lr_halve_every: K > 0
+    halves the learning rate every K steps (lr 0.5^floor(step / K): a function of the step alone, so that
+    an extended run continues the schedule), 0 keeps it constant."""
 
     steps: int = 2000
     batch_size: int = 64
@@ -45,6 +47,7 @@ class VAETrainConfig:
     kl_weight: float = 1e-3
     seed: int = 0
     save_every: int = 250
+    lr_halve_every: int = 0
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -53,6 +56,11 @@ class VAETrainConfig:
         check_number("kl_weight", self.kl_weight, 0)
         check_int("seed", self.seed, 0, 2**62)
         check_int("save_every", self.save_every, 1)
+        check_int("lr_halve_every", self.lr_halve_every, 0)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the step that starts at `step` (0-based)."""
+        return self.lr * 0.5 ** (step // self.lr_halve_every) if self.lr_halve_every else self.lr
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,7 +108,11 @@ def train_vae(images: Tensor, vae_config: VAEConfig, config: VAETrainConfig, pat
     if path.exists():
         saved = read_vae_file(path)
         same = {k: v for k, v in config.to_dict().items() if k != "steps"}
-        if saved.vae.config != vae_config or {k: v for k, v in saved.train_config.items() if k != "steps"} != same:
+        try:  # a file written before a field existed reads with that field's default
+            saved_config = VAETrainConfig.from_dict(saved.train_config).to_dict()
+        except (TypeError, ValueError):
+            saved_config = saved.train_config
+        if saved.vae.config != vae_config or {k: v for k, v in saved_config.items() if k != "steps"} != same:
             raise ValueError(f"{path} holds a run with another configuration; choose a new path or the same configs "
                              "(only steps may differ: a run is extended to more steps)")
         if saved.step > config.steps:
@@ -117,6 +129,8 @@ def train_vae(images: Tensor, vae_config: VAEConfig, config: VAETrainConfig, pat
         gen = _batch_generator(config.seed, step)
         idx = torch.randint(images.shape[0], (config.batch_size,), generator=gen)
         loss, mse, kl = vae_loss(vae, images[idx], config.kl_weight, generator=gen)
+        for group in opt.param_groups:
+            group["lr"] = config.lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

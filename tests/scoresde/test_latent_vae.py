@@ -143,3 +143,35 @@ def test_save_samples_streams_the_decoded_images(tmp_path):
     assert images.shape == (5, 16, 16, 3)
     ref = scoresde.sample(model, solver="ddim", steps=3, n=5, seed=0, batch_size=2).x
     np.testing.assert_array_equal(x, ref.numpy())
+
+
+@pytest.mark.parametrize("every,expected", [(0, [1e-2] * 8), (3, [1e-2] * 3 + [5e-3] * 3 + [2.5e-3] * 2)])
+def test_lr_halving_follows_the_step_and_extends_with_the_run(tmp_path, every, expected):
+    config = VAETrainConfig(steps=8, batch_size=4, lr=1e-2, save_every=4, lr_halve_every=every)
+    assert [config.lr_at(s) for s in range(8)] == pytest.approx(expected, rel=1e-15)
+    images = smooth_images(16)
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(opt, *a, **k):
+        seen.append(opt.param_groups[0]["lr"])
+        return real_step(opt, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", step)
+        train_vae(images, TINY, dataclasses.replace(config, steps=5), tmp_path / "v.safetensors")
+        train_vae(images, TINY, config, tmp_path / "v.safetensors")  # extended: the schedule goes on from step 5
+    assert seen == pytest.approx(expected, rel=1e-15)
+    with pytest.raises(ValueError, match="lr_halve_every"):
+        VAETrainConfig(lr_halve_every=-1)
+
+
+def test_a_file_from_before_lr_halve_every_resumes(tmp_path):
+    images = smooth_images(16)
+    config = VAETrainConfig(steps=4, batch_size=4, save_every=2)
+    vae = train_vae(images, TINY, dataclasses.replace(config, steps=2), tmp_path / "v.safetensors")
+    old = {k: v for k, v in config.to_dict().items() if k != "lr_halve_every"}
+    save_vae(tmp_path / "v.safetensors", vae, step=2, train_config={**old, "steps": 2})
+    assert read_vae_file(tmp_path / "v.safetensors").step == 2
+    assert train_vae(images, TINY, config, tmp_path / "v.safetensors") is not None
+    assert read_vae_file(tmp_path / "v.safetensors").step == 4
