@@ -34,6 +34,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 import scoresde  # noqa: E402
 from scoresde import VPSDE, ScoreModel  # noqa: E402
@@ -125,6 +126,8 @@ def main(argv=None) -> None:
     p.add_argument("--only", choices=["dit", "unet"], default=None,
                    help="run one backbone (two processes can then share the cores; default both)")
     p.add_argument("--log-every", type=int, default=0, help="print the loss to stderr every N steps (default never)")
+    p.add_argument("--save-dir", default=None,
+                   help="write each backbone's EMA weights there (safetensors, float32; default: not saved)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
@@ -132,9 +135,9 @@ def main(argv=None) -> None:
 
     train_images = digits("train").images
     x_test = to_model_input(digits("test").images[: args.test_n], LEVELS)
-    nets = {  # name -> (network, learning rate)
-        f"DiT ({args.dit})": (DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
-        f"U-Net ({args.unet})": (UNet(preset(args.unet, image_size=8, in_channels=1)), args.lr_unet or args.lr),
+    nets = {  # name -> (network builder, learning rate); each network is initialized from --seed
+        f"DiT ({args.dit})": (lambda: DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
+        f"U-Net ({args.unet})": (lambda: UNet(preset(args.unet, image_size=8, in_channels=1)), args.lr_unet or args.lr),
     }
     if args.only:
         nets = {name: v for name, v in nets.items() if name.lower().startswith(args.only.replace("unet", "u-net"))}
@@ -147,9 +150,14 @@ def main(argv=None) -> None:
           f"steps) to the test digits, floor {digits_floor():.2f}\n")
     print("| backbone | parameters | lr | train s | loss (last 10 %) | test bits/dim | NFE | bits/dim s | FD | FD s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, (net, lr) in nets.items():
-        torch.manual_seed(args.seed)  # dropout draws
+    for name, (build, lr) in nets.items():
+        torch.manual_seed(args.seed)  # the initialization and the dropout draws
+        net = build()
         model, loss, seconds = train(net, train_images, lr, args)
+        if args.save_dir:
+            os.makedirs(args.save_dir, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()},
+                      os.path.join(args.save_dir, f"{name.split()[0].lower()}.safetensors"))
         bpd, se, nfe, bpd_seconds = test_bpd(model, x_test, args)
         fd, fd_seconds = sample_fd(model, args) if args.fd_n else (float("nan"), 0.0)
         print(f"| {name} | {count_parameters(net):,} | {lr:g} | {seconds:.0f} | {loss:.4f} | {bpd:.3f} +- {se:.3f} | "
