@@ -15,8 +15,10 @@ on the first `--test-n` test digits through the probability-flow ODE (`scoresde.
 dopri5 at `--rtol` = atol, or `--bpd-method` such as dpm_solver_6m at `--bpd-steps`; one Rademacher probe,
 one dequantization draw, seed 1), mean +- standard error over images, and the NFE; and the classifier
 Frechet distance of `--fd-n` samples (DPM-Solver++ at `--fd-steps`, per-sample seeds 0..n-1) to the test
-digits (`scoresde.metrics.digits_quality`, beside the floor of the train digits). Prints one markdown table;
-the machine line says where it ran; seconds are wall-clock on `--device`.
+digits (`scoresde.metrics.digits_quality`, beside the floor of the train digits). Each network is
+initialized from `--seed`. Prints one markdown table; the machine line says where it ran; seconds are
+wall-clock on `--device`, beside the training's CPU minutes of this process. `--only dit|unet` runs one
+backbone (two processes can then share the cores), `--save-dir` writes the EMA weights.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ from scoresde.train import ema_update  # noqa: E402
 LEVELS = 17
 
 
-def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[ScoreModel, float, float]:
+def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[ScoreModel, float, tuple[float, float]]:
     """Train `net` on the digit levels `images` (N, 1, 8, 8) at learning rate `lr`; return the EMA model, the
-    mean loss of the last 10 % of the steps and the seconds taken."""
+    mean loss of the last 10 % of the steps and the (wall-clock, CPU) seconds taken."""
     sde = VPSDE()
     net = net.to(args.device)
     model = ScoreModel(net, sde, "eps", c_noise="log_noise")
@@ -59,7 +61,7 @@ def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[
     images = images.to(args.device)
     tail, losses = max(1, args.steps // 10), []
     net.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, args.warmup))
@@ -77,7 +79,7 @@ def train(net: torch.nn.Module, images: torch.Tensor, lr: float, args) -> tuple[
             print(f"  step {step + 1}: loss {loss.item():.4f}, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if args.device != "cpu":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start, time.process_time() - cpu_start
     return ScoreModel(ema, sde, "eps", c_noise="log_noise"), sum(losses) / len(losses), seconds
 
 
@@ -148,8 +150,9 @@ def main(argv=None) -> None:
     print(f"recipe: {args.steps} steps, batch {args.batch}, warm-up {args.warmup}, EMA {args.ema}, seed {args.seed}; "
           f"bits/dim of {len(x_test)} test digits, {how}; FD of {args.fd_n} samples (dpm_solver++, {args.fd_steps} "
           f"steps) to the test digits, floor {digits_floor():.2f}\n")
-    print("| backbone | parameters | lr | train s | loss (last 10 %) | test bits/dim | NFE | bits/dim s | FD | FD s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone | parameters | lr | train min | train CPU min | loss (last 10 %) | test bits/dim | NFE | bits/dim s "
+          "| FD | FD s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (build, lr) in nets.items():
         torch.manual_seed(args.seed)  # the initialization and the dropout draws
         net = build()
@@ -160,7 +163,8 @@ def main(argv=None) -> None:
                       os.path.join(args.save_dir, f"{name.split()[0].lower()}.safetensors"))
         bpd, se, nfe, bpd_seconds = test_bpd(model, x_test, args)
         fd, fd_seconds = sample_fd(model, args) if args.fd_n else (float("nan"), 0.0)
-        print(f"| {name} | {count_parameters(net):,} | {lr:g} | {seconds:.0f} | {loss:.4f} | {bpd:.3f} +- {se:.3f} | "
+        print(f"| {name} | {count_parameters(net):,} | {lr:g} | {seconds[0] / 60:.1f} | {seconds[1] / 60:.1f} | {loss:.4f} | "
+              f"{bpd:.3f} +- {se:.3f} | "
               f"{nfe} | {bpd_seconds:.0f} | {fd:.2f} | {fd_seconds:.0f} |", flush=True)
 
 
