@@ -77,6 +77,7 @@ def test_optimize_traced_sampling_matches_eager():
     torch.testing.assert_close(b.x, a.x, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # about 20 s each: the default run stays under 10 minutes
 def test_optimize_traced_likelihood_matches_eager():
     model = tiny_model()
     x, _ = inputs(2)
@@ -225,6 +226,7 @@ def test_optimizer_impl_auto_is_fused_on_cuda_foreach_elsewhere():
     assert stepped.state_dict()["state"][0]["step"].item() == 1.0
 
 
+@pytest.mark.slow  # about 20 s each: the default run stays under 10 minutes
 def test_compiled_step_matches_eager_and_resumes_uncompiled(tmp_path):
     """compile="step" (network and update traced) gives the eager losses; its checkpoint resumes uncompiled."""
     ref = base_config(tmp_path, "ref")
