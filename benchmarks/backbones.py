@@ -36,11 +36,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 import scoresde  # noqa: E402
 from scoresde import VPSDE, ScoreModel  # noqa: E402
 from scoresde.data import digits, to_model_input  # noqa: E402
+from scoresde.files import write_safetensors  # noqa: E402
 from scoresde.losses import dsm_loss  # noqa: E402
 from scoresde.metrics import digits_floor, digits_quality  # noqa: E402
 from scoresde.nn import DiT, UNet, count_parameters, dit_preset, preset  # noqa: E402
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
                    help="run one backbone (two processes can then share the cores; default both)")
     p.add_argument("--log-every", type=int, default=0, help="print the loss to stderr every N steps (default never)")
     p.add_argument("--save-dir", default=None,
-                   help="write each backbone's EMA weights there (safetensors, float32; default: not saved)")
+                   help="write each backbone's EMA weights there as dit / unet.safetensors (float32; default: not saved)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
@@ -137,12 +137,13 @@ def main(argv=None) -> None:
 
     train_images = digits("train").images
     x_test = to_model_input(digits("test").images[: args.test_n], LEVELS)
-    nets = {  # name -> (network builder, learning rate); each network is initialized from --seed
-        f"DiT ({args.dit})": (lambda: DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
-        f"U-Net ({args.unet})": (lambda: UNet(preset(args.unet, image_size=8, in_channels=1)), args.lr_unet or args.lr),
+    nets = {  # --only key -> (row name, network builder, learning rate); each network is initialized from --seed
+        "dit": (f"DiT ({args.dit})", lambda: DiT(dit_preset(args.dit, image_size=8, in_channels=1)), args.lr_dit or args.lr),
+        "unet": (f"U-Net ({args.unet})", lambda: UNet(preset(args.unet, image_size=8, in_channels=1)),
+                 args.lr_unet or args.lr),
     }
     if args.only:
-        nets = {name: v for name, v in nets.items() if name.lower().startswith(args.only.replace("unet", "u-net"))}
+        nets = {args.only: nets[args.only]}
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(torch.device(args.device))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} torch thread(s); device {device}; torch {torch.__version__}")
@@ -153,14 +154,14 @@ def main(argv=None) -> None:
     print("| backbone | parameters | lr | train min | train CPU min | loss (last 10 %) | test bits/dim | NFE | bits/dim s "
           "| FD | FD s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, (build, lr) in nets.items():
+    for key, (name, build, lr) in nets.items():
         torch.manual_seed(args.seed)  # the initialization and the dropout draws
         net = build()
         model, loss, seconds = train(net, train_images, lr, args)
-        if args.save_dir:
+        if args.save_dir:  # atomically, with a digest (scoresde.files)
             os.makedirs(args.save_dir, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()},
-                      os.path.join(args.save_dir, f"{name.split()[0].lower()}.safetensors"))
+            write_safetensors(os.path.join(args.save_dir, f"{key}.safetensors"),
+                              {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}, {})
         bpd, se, nfe, bpd_seconds = test_bpd(model, x_test, args)
         fd, fd_seconds = sample_fd(model, args) if args.fd_n else (float("nan"), 0.0)
         print(f"| {name} | {count_parameters(net):,} | {lr:g} | {seconds[0] / 60:.1f} | {seconds[1] / 60:.1f} | {loss:.4f} | "

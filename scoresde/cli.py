@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import cli_args, cli_cascade
 from .cli_args import (  # noqa: F401  (generate.py imports the underscored names from here)
-    EXIT_USAGE, GRID_CHOICES, MAX_INT, MAX_SEED, MAX_STEPS, SDE_CHOICES, UsageError, parse_option,
+    EXIT_USAGE, GRID_CHOICES, GRID_MAX, MAX_INT, MAX_SEED, MAX_STEPS, SDE_CHOICES, UsageError, parse_option,
 )
 
 _Parser = cli_args.Parser
@@ -62,7 +62,6 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
     return load_model(path, device=device)
 
 
-GRID_MAX = cli_args.GRID_MAX
 
 
 def _grid_images(first, n: int, labels: list[int] | None):

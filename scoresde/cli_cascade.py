@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 from . import cli_args
-from .cli_args import UsageError
+from .cli_args import GRID_MAX, UsageError
 
-GRID_MAX = cli_args.GRID_MAX
 SAVE_SUFFIXES = (".npz", ".npy", ".pt")
 
 
