@@ -16,11 +16,15 @@ resolution (4 x 4 for the 8 x 8 base and latents, 16 x 16 at 32 x 32), VP, eps, 
   base's plus the SR stage's (CPU seconds of this process on the CPU, wall-clock seconds on a GPU), so both
   sides get the same training compute;
 - latent (with `--vae FILE`, a patch VAE with its scale factor, `benchmarks/latent.py`): the same U-Net on the
-  VAE's latents of the 32 x 32 patches (`vae=FILE`), trained in chunks until its time reaches the direct
-  run's. The VAE's own training is not in that budget (it is trained once and shared by every latent model,
+  VAE's latents of the 32 x 32 patches (`vae=FILE`), trained in chunks to the same time as the direct run
+  (the base's plus the SR stage's). The VAE's own training is not in that budget (it is trained once and shared by every latent model,
   as in latent diffusion); its CPU minutes are the VAE benchmark's and are printed beside the table.
 
 Runs live in `--out-dir` and resume (the training seconds spent so far are kept in `budget.json` there).
+`--train` picks the runs this process trains and `--no-eval` skips the table, so two processes can share two
+cores: `--train base --no-eval` beside `--train sr --no-eval`, then `--train direct --no-eval` beside
+`--train latent --no-eval`, then `--train none` for the table. The direct and latent runs both train until
+their time reaches the base's plus the SR stage's, so they need those two first.
 Then, for each total evaluation count K in `--nfes`, the cascade samples the base with DPM-Solver++ at
 ceil(K / 2) steps and the SR stage at floor(K / 2) (augmentation level `--aug-level`), the direct model
 with DPM-Solver++ at K steps, and so does the latent model (then its decoder), `--n` samples each (seed 0). Scores against the 350 test patches, in the
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import json
 import math
 import os
@@ -51,9 +56,13 @@ import torch.nn.functional as F  # noqa: E402
 
 import scoresde  # noqa: E402
 from scoresde.data import patches, to_levels  # noqa: E402
+from scoresde.files import atomic_write  # noqa: E402
 from scoresde.latent.cascade import sample_cascade  # noqa: E402
 from scoresde.patch_features import patch_frechet_distance, tiled_frechet_distance  # noqa: E402
 from scoresde.train import TrainConfig, load_checkpoint, train  # noqa: E402
+
+
+RUNS = ("base", "sr", "direct", "latent")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,7 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", default="runs/patches32")
     p.add_argument("--base-steps", type=int, default=4000)
     p.add_argument("--sr-steps", type=int, default=4000)
-    p.add_argument("--chunk", type=int, default=100, help="direct run: steps between budget checks (default 100)")
+    p.add_argument("--chunk", type=int, default=100,
+                   help="steps per training call: each records its time in budget.json, and the direct and latent "
+                        "runs check their budget after each (default 100)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="the direct and latent runs' training time (default: the base's plus the SR stage's, once "
+                        "both are trained); set, they can train beside those")
     p.add_argument("--net-options", default="{'ch': 32}", help="U-Net options of all three runs (a Python dict)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -70,9 +84,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nfes", default="20,40", help="total evaluations per sample (default 20,40)")
     p.add_argument("--n", type=int, default=350, help="samples per row (default 350, the test split's size)")
     p.add_argument("--vae", default=None, help="a patch VAE file: adds the latent model's rows (default none)")
+    p.add_argument("--train", default=None,
+                   help="runs this process trains or resumes, in this order: a comma list of " + ", ".join(RUNS)
+                        + " (latent needs --vae), or none (default: all, latent when --vae is given)")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample and print the table (needs every run trained; default on)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.train is None:
+        args.train = [r for r in RUNS if r != "latent" or args.vae]
+    else:
+        args.train = [] if args.train == "none" else args.train.split(",")
+    unknown = [r for r in args.train if r not in RUNS]
+    if unknown:
+        p.error(f"--train: unknown run(s) {unknown}; choose from {', '.join(RUNS)}, or none")
+    if "latent" in args.train and not args.vae:
+        p.error("--train latent needs --vae FILE (the patch VAE the latent model runs on)")
+    return args
 
 
 def _seconds(device: str) -> float:
@@ -84,21 +113,30 @@ def _seconds(device: str) -> float:
 
 
 class Budget:
-    """Training seconds per run, kept in out_dir/budget.json so that resumed runs add to them."""
+    """Training seconds per run, kept in out_dir/budget.json so that resumed runs add to them. Processes
+    training different runs in the same folder share the file: each update re-reads it under a lock."""
 
     def __init__(self, out: Path):
         self.path = out / "budget.json"
-        self.spent = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @property
+    def spent(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def train(self, name: str, config: TrainConfig, device: str) -> None:
         start = _seconds(device)
         train(config)
-        self.spent[name] = self.spent.get(name, 0.0) + _seconds(device) - start
-        self.path.write_text(json.dumps(self.spent, indent=1))
+        seconds = _seconds(device) - start
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            spent = self.spent
+            spent[name] = spent.get(name, 0.0) + seconds
+            atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(spent, indent=1)))
 
 
-def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
-    """Train (or resume) the three runs; returns their checkpoints, training seconds and steps."""
+def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int], float | None]:
+    """Train (or resume) the runs of args.train; returns every run's checkpoint, training seconds and steps, and
+    the direct and latent runs' time budget (None while it is not known)."""
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(out)
@@ -110,26 +148,59 @@ def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int]]:
     common8 = replace(common, net_options={"attn_resolutions": (4,), **common.net_options})
     runs = {"base": replace(common8, downsample=4, steps=args.base_steps, out_dir=str(out / "base")),
             "sr": replace(common32, sr_factor=4, sr_aug_max=args.sr_aug_max, steps=args.sr_steps, out_dir=str(out / "sr"))}
-    for name, config in runs.items():
-        budget.train(name, config, args.device)
-    target = budget.spent["base"] + budget.spent["sr"]
-    runs["direct"] = train_to_budget(budget, "direct", replace(common32, out_dir=str(out / "direct")), target, args)
+    runs["direct"] = replace(common32, out_dir=str(out / "direct"))
     if args.vae:
-        latent = replace(common8, vae=args.vae, out_dir=str(out / "latent"))
-        runs["latent"] = train_to_budget(budget, "latent", latent, budget.spent["direct"], args)
-    paths = {name: Path(c.out_dir) / "checkpoint.safetensors" for name, c in runs.items()}
-    return paths, budget.spent, {name: c.steps for name, c in runs.items()}
+        runs["latent"] = replace(common8, vae=args.vae, out_dir=str(out / "latent"))
+    for name in ("base", "sr"):
+        if name in args.train:
+            train_steps(budget, name, runs[name], args)
+    target = budget_seconds(args, runs, budget)
+    for name in ("direct", "latent"):
+        if name in args.train:
+            if target is None:
+                raise SystemExit(f"the {name} run trains to the base's plus the SR stage's time: finish those first "
+                                 "(--train base,sr), or set the time with --budget-minutes")
+            train_to_budget(budget, name, runs[name], target, args)
+    paths = {name: _checkpoint(c) for name, c in runs.items()}
+    steps = {name: _step(c) for name, c in runs.items()}
+    return paths, budget.spent, steps, target
 
 
-def train_to_budget(budget: Budget, name: str, config: TrainConfig, seconds: float, args) -> TrainConfig:
-    """Train (or resume) run `name` in chunks of args.chunk steps until its training time reaches `seconds`;
-    returns its configuration with the steps it ran."""
-    ckpt = Path(config.out_dir) / "checkpoint.safetensors"
-    steps = load_checkpoint(ckpt).step if ckpt.is_file() else 0
+def _checkpoint(config: TrainConfig) -> Path:
+    return Path(config.out_dir) / "checkpoint.safetensors"
+
+
+def _step(config: TrainConfig) -> int:
+    """The step a run's checkpoint holds (0 before its first chunk)."""
+    path = _checkpoint(config)
+    return load_checkpoint(path).step if path.is_file() else 0
+
+
+def budget_seconds(args, runs: dict[str, TrainConfig], budget: Budget) -> float | None:
+    """The training seconds of the direct and latent runs: --budget-minutes, else the base's plus the SR stage's
+    once both have run all their steps (None before)."""
+    if args.budget_minutes is not None:
+        return 60.0 * args.budget_minutes
+    if any(_step(runs[name]) < runs[name].steps for name in ("base", "sr")):
+        return None
+    return budget.spent["base"] + budget.spent["sr"]
+
+
+def train_steps(budget: Budget, name: str, config: TrainConfig, args) -> None:
+    """Train (or resume) run `name` to config.steps in chunks of args.chunk steps, each chunk's time recorded
+    (a run killed mid-chunk resumes from the last chunk's checkpoint and redoes that chunk)."""
+    done = _step(config)
+    while done < config.steps:
+        done = min(done + args.chunk, config.steps)
+        budget.train(name, replace(config, steps=done), args.device)
+
+
+def train_to_budget(budget: Budget, name: str, config: TrainConfig, seconds: float, args) -> None:
+    """Train (or resume) run `name` in chunks of args.chunk steps until its training time reaches `seconds`."""
+    done = _step(config)
     while budget.spent.get(name, 0.0) < seconds:
-        steps += args.chunk
-        budget.train(name, replace(config, steps=steps), args.device)
-    return replace(config, steps=steps)
+        done += args.chunk
+        budget.train(name, replace(config, steps=done), args.device)
 
 
 def _pooled(images: torch.Tensor) -> torch.Tensor:
@@ -150,7 +221,14 @@ def sample_scores(x: torch.Tensor, test: torch.Tensor) -> tuple[float, float]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    paths, spent, steps = train_all(args)
+    paths, spent, steps, target = train_all(args)
+    if not args.eval:
+        return
+    wanted = {"base": args.base_steps, "sr": args.sr_steps}
+    untrained = [name for name in paths if steps[name] < wanted.get(name, 1)
+                 or name in ("direct", "latent") and (target is None or spent.get(name, 0.0) < target)]
+    if untrained:
+        raise SystemExit(f"the table needs every run trained; not yet: {', '.join(untrained)} (--train)")
     test = patches("test", 32).images
     train_images = patches("train", 32).images
     pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(2))[:len(test)]
