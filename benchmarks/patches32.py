@@ -79,6 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--net-options", default="{'ch': 32}", help="U-Net options of all three runs (a Python dict)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--prediction", default="eps", help="the networks' prediction (eps, v, x0; default eps)")
+    p.add_argument("--prediction-32", default=None,
+                   help="the prediction of the runs whose networks output 32 x 32 images, the SR stage and the direct "
+                        "model (default: --prediction)")
     p.add_argument("--sr-aug-max", type=float, default=0.25)
     p.add_argument("--aug-level", type=float, default=0.05, help="augmentation level when sampling (default 0.05)")
     p.add_argument("--nfes", default="20,40", help="total evaluations per sample (default 20,40)")
@@ -143,8 +147,9 @@ def train_all(args) -> tuple[dict[str, Path], dict[str, float], dict[str, int], 
     common = TrainConfig(data="patches", image_size=32, flip=True, dequantize=True, net="digits",
                          net_options=ast.literal_eval(args.net_options), batch_size=args.batch, lr=args.lr,
                          warmup_steps=200, ema_decay=0.999, ckpt_every=args.chunk, log_every=50, progress=False,
-                         device=args.device)
-    common32 = replace(common, net_options={"attn_resolutions": (16,), **common.net_options})
+                         device=args.device, prediction=args.prediction)
+    common32 = replace(common, net_options={"attn_resolutions": (16,), **common.net_options},
+                       prediction=args.prediction_32 or args.prediction)
     common8 = replace(common, net_options={"attn_resolutions": (4,), **common.net_options})
     runs = {"base": replace(common8, downsample=4, steps=args.base_steps, out_dir=str(out / "base")),
             "sr": replace(common32, sr_factor=4, sr_aug_max=args.sr_aug_max, steps=args.sr_steps, out_dir=str(out / "sr"))}

@@ -25,7 +25,7 @@ __all__ = [
     # networks and training (docs/training.md)
     "TrainConfig", "UNet", "UNetConfig", "data", "load_model", "losses", "metrics",
     # cascades: the super-resolution stage a run with sr_factor > 1 trains (docs/latent.md)
-    "load_sr_stage",
+    "default_cascade", "load_sr_stage",
     # speed: compiled / bf16 / channels_last networks for sampling and likelihoods (docs/gpu.md)
     "speed",
     # conditional generation (docs/guidance.md)
@@ -50,6 +50,7 @@ _NAMES = {
     "TrainConfig": "training.config",
     "default_model": "training.checkpoints", "load_model": "training.checkpoints",
     "load_pretrained": "training.checkpoints", "load_sr_stage": "training.checkpoints",
+    "default_cascade": "training.checkpoints",
     "CFGModel": "guidance", "ClassifierGuidedModel": "guidance",
     "colorize": "controllable", "inpaint": "controllable",
     "as_denoiser": "interop", "from_denoiser": "interop", "from_diffusers": "interop", "load_diffusers": "interop",

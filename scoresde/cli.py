@@ -26,6 +26,10 @@ _Parser = cli_args.Parser
 _positive_int, _steps, _seed, _count = cli_args.positive_int, cli_args.steps, cli_args.seed, cli_args.count
 _labels, _literal, _check_out_dir = cli_args.labels, cli_args.literal, cli_args.check_out_dir
 
+# the shipped few-step kinds (checkpoints.FEW_STEP_MODELS, named here so that --help imports no torch; a test
+# checks they agree): sampled with solver "consistency" by default
+FEW_STEP_KINDS = ("cd",)
+
 
 def _check_device(device: str, purpose: str) -> str:
     from .devices import check_device
@@ -95,7 +99,7 @@ def _solver_argument(args: argparse.Namespace) -> dict:
     """sample()'s solver arguments: a name with its --option values, or a module:Class built with them."""
     options = dict(args.option or [])
     if args.solver is None:  # the default: consistency sampling for a shipped few-step model, else pc
-        return {"solver": "pc" if args.kind == "diffusion" else "consistency", **options}
+        return {"solver": "consistency" if args.kind in FEW_STEP_KINDS else "pc", **options}
     if ":" not in args.solver:
         return {"solver": args.solver, **options}
     cls = cli_args.solver_class(args.solver)
@@ -332,11 +336,12 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint (.safetensors) written by `scoresde train`; default: the shipped model")
     _add_sde_argument(p)
     p.add_argument("--data", default="digits", choices=["digits", "patches"],
-                   help="which shipped model without --model: the digits models (default) or the model of the 16 x 16 "
-                        "natural-image patches (patches; vp; docs/backbones.md)")
-    p.add_argument("--kind", default="diffusion", choices=["diffusion", "cd"],
-                   help="which shipped model of --sde: the diffusion model (default) or the few-step consistency model "
-                        "distilled from it (cd; vp only; docs/few_step.md)")
+                   help="which shipped model without --model: the digits models (default) or the models of the "
+                        "natural-image patches (patches; vp; 16 x 16, docs/backbones.md, or 32 x 32 with --kind latent)")
+    p.add_argument("--kind", default="diffusion", choices=["diffusion", *FEW_STEP_KINDS, "latent"],
+                   help="which shipped model of --sde: the diffusion model (default), the few-step consistency model "
+                        "distilled from it (cd; digits, vp only; docs/few_step.md), or the latent diffusion model of "
+                        "the 32 x 32 patches (latent; with --data patches; docs/latent.md)")
     p.add_argument("--solver", default=None,
                    help="a name from `scoresde solvers` (default: pc; consistency for a consistency model); auto: the best measured deterministic solver, "
                         "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "

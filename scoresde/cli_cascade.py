@@ -2,7 +2,8 @@
 (`scoresde.latent.cascade.sample_cascade`; docs/latent.md, "Cascades").
 
 The base model is any model file `scoresde.load_model` reads; the SR stage is the file of a run with
-`--sr-factor` > 1 (`scoresde.load_sr_stage`). Each stage takes its own solver, steps and options. Like
+`--sr-factor` > 1 (`scoresde.load_sr_stage`); with neither, the shipped 8 -> 32 cascade of the natural-image
+patches (`scoresde.default_cascade`). Each stage takes its own solver, steps and options. Like
 `scoresde sample`, every flag is checked before any model is loaded or sampled.
 """
 
@@ -20,9 +21,10 @@ SAVE_SUFFIXES = (".npz", ".npy", ".pt")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # no import of torch here: `scoresde cascade --help` stays instant
-    p.add_argument("--base", required=True, help="the base model file (low-resolution images; `scoresde train`)")
-    p.add_argument("--sr", required=True,
-                   help="the SR stage's model file (a run with --sr-factor > 1, or a file exported from one)")
+    p.add_argument("--base", help="the base model file (low-resolution images; `scoresde train`); default, with "
+                                  "--sr omitted too: the shipped cascade of the 32 x 32 patches (docs/latent.md)")
+    p.add_argument("--sr", help="the SR stage's model file (a run with --sr-factor > 1, or a file exported from "
+                                "one); give it with --base, or neither")
     for prefix, stage in (("", "base"), ("sr-", "SR")):
         p.add_argument(f"--{prefix}solver", default="auto",
                        help=f"the {stage} stage's solver, a name from `scoresde solvers` (default: auto, the best "
@@ -54,8 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _check_paths(args: argparse.Namespace) -> None:
     """Every path before any work: the model files exist, the outputs' suffixes and folders are valid."""
+    if (args.base is None) != (args.sr is None):
+        given, missing = ("--base", "--sr") if args.sr is None else ("--sr", "--base")
+        raise UsageError(f"{given} needs {missing} (a cascade's two files), or give neither for the shipped cascade")
     for flag, path in (("--base", args.base), ("--sr", args.sr)):
-        if not Path(path).is_file():
+        if path is not None and not Path(path).is_file():
             raise UsageError(f"{flag}: model file {path!r} does not exist")
     cli_args.check_image_suffix(args.out, "--out")
     if args.low_out is not None:
@@ -92,13 +97,15 @@ def _save(path: str, res) -> None:
 def cmd_cascade(args: argparse.Namespace) -> int:
     from .devices import check_device
     from .latent.cascade import sample_cascade, upsample
-    from .training.checkpoints import load_model, load_sr_stage
+    from .training.checkpoints import default_cascade, load_model, load_sr_stage
     from .training.samples import save_image_grid
 
     check_device(args.device, purpose="sampling")
     _check_paths(args)
-    base = load_model(args.base, device=args.device)
-    sr = load_sr_stage(args.sr, device=args.device)
+    if args.base is None:
+        base, sr = default_cascade(device=args.device)
+    else:
+        base, sr = load_model(args.base, device=args.device), load_sr_stage(args.sr, device=args.device)
     if tuple(base.image_shape) != tuple(sr.low_shape):
         raise UsageError(f"the base model makes images {tuple(base.image_shape)}, the SR stage is conditioned on "
                          f"{tuple(sr.low_shape)} (its factor {sr.factor} of {tuple(sr.image_shape)})")

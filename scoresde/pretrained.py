@@ -5,12 +5,12 @@ docstring describes the exported format. This module only re-exports its names.
 """
 
 from .training.checkpoints import (
-    ASSETS, CONDITIONAL_MODELS, DEFAULT_MODELS, FEW_STEP_MODELS, MODEL_DATA, MODEL_KINDS, PATCH_MODELS, default_model,
-    export_model, load_pretrained,
+    ASSETS, CASCADE_MODELS, CONDITIONAL_MODELS, DEFAULT_MODELS, FEW_STEP_MODELS, LATENT_MODELS, MODEL_DATA, MODEL_KINDS,
+    PATCH_MODELS, default_cascade, default_model, export_model, load_pretrained,
 )
 from .training.checkpoints import PRETRAINED_FORMAT as FORMAT  # noqa: F401  (importable as before, outside __all__)
 
 __all__ = [
-    "ASSETS", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "MODEL_DATA", "MODEL_KINDS", "PATCH_MODELS",
-    "default_model", "export_model", "load_pretrained",
+    "ASSETS", "CASCADE_MODELS", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "LATENT_MODELS", "MODEL_DATA",
+    "MODEL_KINDS", "PATCH_MODELS", "default_cascade", "default_model", "export_model", "load_pretrained",
 ]

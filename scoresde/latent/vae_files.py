@@ -20,10 +20,14 @@ import torch
 from torch import Tensor
 
 from ..files import read_safetensors, write_safetensors
-from ..training.checkpoints import MAX_STEP, _meta_json
+from ..training.checkpoints import ASSETS, MAX_STEP, _meta_json
 from .vae import VAE, vae_from_state
 
-__all__ = ["FORMAT", "VAEFile", "load_vae", "read_vae_file", "save_vae"]
+__all__ = ["DEFAULT_VAE", "FORMAT", "VAEFile", "default_vae", "load_vae", "read_vae_file", "save_vae"]
+
+# the shipped patch VAE (f = 4, latents (4, 8, 8) of 32 x 32 RGB patches; docs/latent.md), a file in ASSETS; the
+# shipped latent model's file embeds the same weights
+DEFAULT_VAE = "patches32_vae.safetensors"
 
 FORMAT = "scoresde-vae"
 
@@ -40,8 +44,9 @@ class VAEFile:
 
 
 def save_vae(path: str | os.PathLike, vae: VAE, *, step: int = 0, train_config: dict | None = None,
-             optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write vae (and the optimizer's state, for resuming) to `path` atomically; returns the path."""
+             optimizer: torch.optim.Optimizer | None = None, mode: int | None = None) -> Path:
+    """Write vae (and the optimizer's state, for resuming) to `path` atomically; returns the path. mode: the
+    file's permission bits (0o644 for a package asset), else the default."""
     tensors = {f"vae.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
     meta = {"format": FORMAT, "vae_config": json.dumps(vae.config.to_dict()), "scale_factor": repr(vae.scale_factor).lower(),
             "step": str(int(step)), "train_config": json.dumps(train_config or {})}
@@ -51,7 +56,7 @@ def save_vae(path: str | os.PathLike, vae: VAE, *, step: int = 0, train_config: 
             for key, value in per_param.items():
                 tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
         meta["opt_groups"] = json.dumps(state["param_groups"])
-    return write_safetensors(path, tensors, meta)
+    return write_safetensors(path, tensors, meta, mode=mode)
 
 
 def _number(path, meta: dict[str, str], key: str, low: float, high: float) -> float:
@@ -94,3 +99,8 @@ def read_vae_file(path: str | os.PathLike, *, device=None) -> VAEFile:
 def load_vae(path: str | os.PathLike, *, device=None) -> VAE:
     """The VAE of a file written by `save_vae`, in eval mode, with its scale_factor (tensors and JSON only)."""
     return read_vae_file(path, device=device).vae
+
+
+def default_vae(*, device=None) -> VAE:
+    """The shipped VAE of the 32 x 32 natural-image patches (DEFAULT_VAE), with its scale factor."""
+    return load_vae(ASSETS / DEFAULT_VAE, device=device)

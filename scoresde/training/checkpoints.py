@@ -50,8 +50,9 @@ from .config import (
 from .consistency import consistency_model
 
 __all__ = [
-    "ASSETS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS", "FORMAT", "MODEL_DATA", "MODEL_KINDS", "PATCH_MODELS", "PRETRAINED_FORMAT", "Checkpoint",
-    "LogInterval", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "Pretrained", "read_pretrained",
+    "ASSETS", "CASCADE_MODELS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS",
+    "LATENT_MODELS", "FORMAT", "MODEL_DATA", "MODEL_KINDS", "PATCH_MODELS", "PRETRAINED_FORMAT", "Checkpoint",
+    "LogInterval", "default_cascade", "default_model", "export_model", "load_checkpoint", "load_model", "load_pretrained", "load_sr_stage", "Pretrained", "read_pretrained",
     "save_checkpoint", "write_run_config",
 ]
 
@@ -65,10 +66,15 @@ DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetens
 CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 # few-step models (consistency models of scoresde.fewstep, docs/few_step.md): kind -> {sde name: file in ASSETS}
 FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}}
-MODEL_KINDS = ("diffusion", *FEW_STEP_MODELS)  # default_model's kinds
 # the shipped models of the natural-image patches (16 x 16 RGB, docs/backbones.md), per SDE
 PATCH_MODELS = {"vp": "patches16_vp.safetensors"}
+# the shipped latent diffusion model of the 32 x 32 patches (a LatentModel; its file embeds the patch VAE,
+# docs/latent.md), per SDE
+LATENT_MODELS = {"vp": "patches32_latent_vp.safetensors"}
+MODEL_KINDS = ("diffusion", *FEW_STEP_MODELS, "latent")  # default_model's kinds
 MODEL_DATA = ("digits", "patches")  # default_model's data sets
+# the shipped cascade of the 32 x 32 patches, per SDE: (base model of the patches pooled 4 x 4, 8 -> 32 SR stage)
+CASCADE_MODELS = {"vp": ("patches8_base_vp.safetensors", "patches32_sr_vp.safetensors")}
 
 
 NetConfig = UNetConfig | DiTConfig
@@ -469,28 +475,45 @@ def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion
     """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
     class-conditional one (labels 0..9, null label 10; shipped for "vp"); `kind`: "diffusion" (default), or a
     few-step model distilled from the diffusion model (FEW_STEP_MODELS: "cd"; a ConsistencyModel, sampled
-    with solver="consistency"); `data`: "digits" (default), or "patches" for the shipped model of the 16 x 16
-    natural-image patches (PATCH_MODELS: "vp"; unconditional diffusion)."""
+    with solver="consistency"), or "latent" (with data "patches": the latent diffusion model of the 32 x 32
+    patches, LATENT_MODELS, a LatentModel whose samples are decoded images); `data`: "digits" (default), or
+    "patches" for the shipped models of the natural-image patches (kind "diffusion": the 16 x 16 model,
+    PATCH_MODELS: "vp"; unconditional)."""
     if data not in MODEL_DATA:
         raise ValueError(f"no shipped models of data {data!r}; choose one of {list(MODEL_DATA)}")
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    if kind == "latent" and (data != "patches" or conditional):
+        raise ValueError("the shipped latent model is an unconditional model of the 32 x 32 patches: use "
+                         "data 'patches' and conditional=False with kind 'latent'")
     if kind != "diffusion" and conditional:
         raise ValueError(f"no class-conditional {kind!r} model is shipped; use kind 'diffusion' with conditional=True")
-    if data == "patches" and (kind != "diffusion" or conditional):
-        raise ValueError("the shipped patch model is an unconditional diffusion model: use kind 'diffusion' and "
-                         "conditional=False with data 'patches'")
-    table = PATCH_MODELS if data == "patches" else FEW_STEP_MODELS[kind] if kind != "diffusion" else \
-        CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
+    if data == "patches" and (kind not in ("diffusion", "latent") or conditional):
+        raise ValueError("the shipped patch models are unconditional: use kind 'diffusion' (16 x 16) or 'latent' "
+                         "(32 x 32) and conditional=False with data 'patches'")
+    table = LATENT_MODELS if kind == "latent" else PATCH_MODELS if data == "patches" else \
+        FEW_STEP_MODELS[kind] if kind != "diffusion" else CONDITIONAL_MODELS if conditional else DEFAULT_MODELS
     available = {name: file for name, file in table.items() if (ASSETS / file).is_file()}
     if sde not in available:
-        what = "class-conditional " if conditional else "" if kind == "diffusion" else f"{kind!r} "
-        what += "patch " if data == "patches" else ""
+        what = "class-conditional " if conditional else f"{kind!r} " if kind in FEW_STEP_MODELS else ""
+        what += "latent " if kind == "latent" else "patch " if data == "patches" else ""
         raise ValueError(
             f"no shipped {what}default model for sde {sde!r}; shipped: {sorted(available)}; "
             "or pass model=... (e.g. scoresde.load_model('checkpoint.safetensors'))"
         )
     return load_pretrained(ASSETS / available[sde], device=device)
+
+
+def default_cascade(sde: str = "vp", *, device=None) -> tuple[ScoreModel, nn.Module]:
+    """The shipped cascade of the 32 x 32 natural-image patches (CASCADE_MODELS; docs/latent.md): (base, stage),
+    the base a ScoreModel of the patches average-pooled 4 x 4 (8 x 8 images), the stage an 8 -> 32 SRStage
+    (`load_sr_stage`); sample them with `scoresde.latent.cascade.sample_cascade(base, stage, ...)`."""
+    available = {name: files for name, files in CASCADE_MODELS.items() if all((ASSETS / f).is_file() for f in files)}
+    if sde not in available:
+        raise ValueError(f"no shipped cascade for sde {sde!r}; shipped: {sorted(available)}; or load your own with "
+                         "scoresde.load_model (base) and scoresde.load_sr_stage (SR stage)")
+    base, stage = available[sde]
+    return load_pretrained(ASSETS / base, device=device), load_sr_stage(ASSETS / stage, device=device)
 
 
 def load_model(path: str | os.PathLike, *, ema: bool = True, device=None) -> ScoreModel:

@@ -134,13 +134,13 @@ def test_a_resumed_cd_run_without_its_target_is_refused(tmp_path, teacher):
 def test_shipped_model_kinds_are_checked_by_name():
     from scoresde.pretrained import MODEL_KINDS, default_model
 
-    with pytest.raises(ValueError, match=r"unknown model kind 'lcm'; choose one of \['diffusion', 'cd'\]"):
+    with pytest.raises(ValueError, match=r"unknown model kind 'lcm'; choose one of \['diffusion', 'cd', 'latent'\]"):
         default_model("vp", kind="lcm")
     with pytest.raises(ValueError, match="no shipped 'cd' default model for sde 've'"):
         default_model("ve", kind="cd")
     with pytest.raises(ValueError, match="no class-conditional 'cd' model is shipped"):
         default_model("vp", kind="cd", conditional=True)
-    assert MODEL_KINDS == ("diffusion", "cd")
+    assert MODEL_KINDS == ("diffusion", "cd", "latent")
 
 
 def test_cli_kind_choices_are_the_shipped_kinds():

@@ -190,6 +190,7 @@ def test_config_errors(kw, match):
         TrainConfig(**kw)
 
 
+@pytest.mark.slow  # 12 s; the loss itself is checked exactly above, and the trainer's loop by test_train.py
 def test_smoke_flow_matching_training_on_digits(tmp_path):
     """60 steps of a 16-channel digits U-Net predicting the velocity, batch 64: the loss starts near
     E|eps - x0|^2 (measured 1.68 over the first 5 steps) and the last 10 steps average at most 0.6 of

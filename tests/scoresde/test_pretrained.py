@@ -104,7 +104,7 @@ def test_shipped_patch_model_loads_by_name_and_samples_patches():
     assert x.shape == (2, 3, 16, 16) and bool(torch.isfinite(x).all())
     with pytest.raises(ValueError, match="no shipped models of data 'cifar10'; choose one of"):
         default_model("vp", data="cifar10")
-    with pytest.raises(ValueError, match="the shipped patch model is an unconditional diffusion model"):
+    with pytest.raises(ValueError, match="the shipped patch models are unconditional: use kind 'diffusion'"):
         default_model("vp", data="patches", kind="cd")
     with pytest.raises(ValueError, match=r"no shipped patch default model for sde 've'; shipped: \['vp'\]"):
         default_model("ve", data="patches")
