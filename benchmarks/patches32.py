@@ -23,8 +23,8 @@ resolution (4 x 4 for the 8 x 8 base and latents, 16 x 16 at 32 x 32), VP, eps, 
 Runs live in `--out-dir` and resume (the training seconds spent so far are kept in `budget.json` there).
 `--train` picks the runs this process trains and `--no-eval` skips the table, so two processes can share two
 cores: `--train base --no-eval` beside `--train sr --no-eval`, then `--train direct --no-eval` beside
-`--train latent --no-eval`, then `--train none` for the table. The direct and latent runs both train until
-their time reaches the base's plus the SR stage's, so they need those two first.
+`--train latent --no-eval`, then `--train none` for the table. The direct and latent runs train until their
+time reaches the base's plus the SR stage's, so they wait for those two, unless `--budget-minutes` sets it.
 Then, for each total evaluation count K in `--nfes`, the cascade samples the base with DPM-Solver++ at
 ceil(K / 2) steps and the SR stage at floor(K / 2) (augmentation level `--aug-level`), the direct model
 with DPM-Solver++ at K steps, and so does the latent model (then its decoder), `--n` samples each (seed 0). Scores against the 350 test patches, in the

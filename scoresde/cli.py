@@ -66,8 +66,6 @@ def _load_model(path: str | None, sde: str, device: str, *, conditional: bool = 
     return load_model(path, device=device)
 
 
-
-
 def _grid_images(first, n: int, labels: list[int] | None):
     """(images in grid order, images per row or None, how many samples they show) of the --out grid.
 
