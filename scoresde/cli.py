@@ -133,11 +133,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
                         data=args.data)
     if args.solver is None and callable(getattr(model, "consistency", None)):
         solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
+    steps, grid = args.steps, args.grid
+    if args.solver is None and args.times is None:  # a progressive-distillation student: DDIM on its own grid
+        from .training.progressive import pd_sampling
+
+        distilled = pd_sampling(model)
+        if distilled is not None:
+            solver = {**solver, "solver": "ddim"}
+            steps, grid = steps or distilled[0], grid or distilled[1]
     if args.y is not None:
         _check_labels(args.y, model)
-    grid = args.grid if args.times is None else _times_grid(args, model)
+    if args.times is not None:
+        grid = _times_grid(args, model)
     kwargs = dict(
-        model=model, steps=args.steps, grid=grid, shape=None if args.shape is None else tuple(args.shape),
+        model=model, steps=steps, grid=grid, shape=None if args.shape is None else tuple(args.shape),
         seed=args.seed, device=args.device, progress=not args.quiet, **solver,
     )  # shape None: the model's image_shape
     if args.y is not None:  # labels repeat cyclically to fill the n samples
@@ -341,7 +350,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                         "distilled from it (cd; digits, vp only; docs/few_step.md), or the latent diffusion model of "
                         "the 32 x 32 patches (latent; with --data patches; docs/latent.md)")
     p.add_argument("--solver", default=None,
-                   help="a name from `scoresde solvers` (default: pc; consistency for a consistency model); auto: the best measured deterministic solver, "
+                   help="a name from `scoresde solvers` (default: pc; consistency for a consistency model; ddim for a "
+                        "progressive-distillation student, `scoresde train --loss pd`, with its --steps and --grid as its "
+                        "file records them); auto: the best measured deterministic solver, "
                         "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "
                         "built with the --option values; module:Class imports that module (the current folder "
                         "first), running its code as `python -m` would: name only code you trust")

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from solvers.grids import GRIDS
 from solvers.validate import dataclass_from_dict
 
 from .. import data as datasets
@@ -25,13 +26,22 @@ from ..sde_names import SDE_NAMES, SDE_TABLE, make_sde
 from ..speed import COMPILE_BACKENDS
 
 __all__ = [
-    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS", "PRECISIONS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
+    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
+    "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
     "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sr_stage", "build_sde", "check_resume", "net_config_diff",
     "net_kind", "net_kind_of",
 ]
 
-LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect")
+LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd")
 CONSISTENCY_LOSSES = ("cd", "ct", "ect")  # the model is a ConsistencyModel (scoresde.fewstep)
+TEACHER_LOSSES = ("cd", "ect", "pd")  # the losses that take a teacher model file
+# progressive distillation (loss "pd", scoresde.fewstep.progressive): the grids its rounds walk (every grid of
+# solvers.grids nests: each is uniform in some function of t, so a 2N-step grid's every other time is the N-step
+# grid) and its weightings (as scoresde.fewstep.progressive.WEIGHTINGS; a test checks they agree)
+PD_GRIDS = tuple(GRIDS)
+PD_WEIGHTINGS = ("snr_plus_one", "truncated_snr")
+PD_DEFAULTS = ("uniform_t", "snr_plus_one")  # (pd_grid, pd_weighting) when the config leaves them None
+PD_MAX_STEPS = 500_000  # the teacher's 2N-step grid stays within solvers.grids.MAX_STEPS
 TEACHER_STEPS = ("ddim", "heun", "dpm_solver_2")  # as scoresde.fewstep.consistency_losses.TEACHER_STEPS
 DISTANCES = ("l2", "pseudo_huber")
 # per consistency loss: (distance, target_decay) when the config leaves them None
@@ -140,10 +150,10 @@ class TrainConfig:
     L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
     learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
     flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform"); "cd", "ct", "ect":
-    the consistency losses (next section).
+    the consistency losses (next section); "pd": progressive distillation (the section after it).
     Consistency (docs/few_step.md): losses "cd", "ct" and "ect" train a ConsistencyModel (scoresde.fewstep)
     over a network that predicts `prediction`, f = c_skip x + c_den D with D its data estimate; `teacher` (a diffusion model file of
-    this data and sde whose weights start the student unless `init_from` is set; "cd" evaluates it, "ect"
+    this data and sde whose weights start the student unless `init_from` is set; "cd" and "pd" evaluate it, "ect"
     only starts from it; its dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
     blends from x at the process's t_eps to D); `cd_n` (the points of the Karras grid of "cd"); `teacher_step`
     (the teacher's one step per pair of "cd": "ddim", "heun" or "dpm_solver_2"); `ect_stages` (the stages over
@@ -151,6 +161,14 @@ class TrainConfig:
     ect); `target_decay` (the EMA decay of the target network; None: 0.95 for cd, 0 for ct and ect, where the
     target is the student itself without gradients). "ct" trains from scratch along iCT's discretization
     curriculum over `steps`.
+    Distillation (docs/distillation.md): loss "pd" runs one round of progressive distillation (Salimans & Ho 2022):
+    a plain ScoreModel (usually `prediction` "v", from the teacher's weights through `init_from`) learns to take in
+    one DDIM step what `teacher` takes in two; `pd_steps` (N: the student's DDIM steps, on every other time of the
+    teacher's 2N-step grid); `pd_grid` (the grid's name in solvers.grids.GRIDS; None: "uniform_t"); `pd_weighting`
+    (the loss weight, "snr_plus_one" 1 + alpha^2/sigma^2 or "truncated_snr" max(alpha^2/sigma^2, 1); None:
+    snr_plus_one). The run's files record N and the grid: a teacher from an earlier round must have recorded
+    exactly 2N steps on the same grid (a plain diffusion teacher takes any 2N), and `scoresde sample --model` samples
+    them with DDIM on that grid by default, as do the run's progress grids (sample_every).
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
@@ -193,7 +211,7 @@ class TrainConfig:
     learn_variance: bool = False
     sr_factor: int = 1
     sr_aug_max: float | None = None
-    loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect"] = "dsm"
+    loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd"] = "dsm"
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
     hybrid_lambda: float = 0.001
@@ -204,6 +222,9 @@ class TrainConfig:
     ect_stages: int = 8
     distance: str | None = None
     target_decay: float | None = None
+    pd_steps: int | None = None
+    pd_grid: str | None = None
+    pd_weighting: str | None = None
 
     optimizer: Literal["adam", "adamw"] = "adam"
     optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
@@ -281,6 +302,14 @@ class TrainConfig:
             _check_number("target_decay", self.target_decay, 0.0, 1.0, "[)")
         if self.sr_aug_max is not None:
             _check_number("sr_aug_max", self.sr_aug_max, 0.0, 1.0, "[]")
+        if self.pd_steps is not None and (isinstance(self.pd_steps, bool) or not isinstance(self.pd_steps, int)
+                                          or not 1 <= self.pd_steps <= PD_MAX_STEPS):
+            raise ValueError(f"pd_steps must be an integer in [1, {PD_MAX_STEPS}] (the student's DDIM steps; the "
+                             f"teacher takes twice as many), got {self.pd_steps!r}")
+        if self.pd_grid is not None:
+            _check_choice("pd_grid", self.pd_grid, PD_GRIDS)
+        if self.pd_weighting is not None:
+            _check_choice("pd_weighting", self.pd_weighting, PD_WEIGHTINGS)
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
             raise ValueError(f"teacher must be None or a model file path, got {self.teacher!r}")
         if self.vae is not None and (not isinstance(self.vae, str) or not self.vae):
@@ -346,10 +375,11 @@ class TrainConfig:
                 got = "" if isinstance(value, bool) else f", got {getattr(self, name)!r}"
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
         self._check_consistency()
+        self._check_pd()
         self._check_sr()
         if self.vae is not None:
             unsupported = {f"sr_factor {self.sr_factor}": self.sr_factor > 1, f"loss {self.loss!r}": self.loss in (
-                "hybrid", *CONSISTENCY_LOSSES), "sample_every": self.sample_every > 0}
+                "hybrid", *CONSISTENCY_LOSSES, "pd"), "sample_every": self.sample_every > 0}
             bad = [name for name, on in unsupported.items() if on]
             if bad:
                 raise ValueError(f"a latent run (vae) does not support {bad} yet: it trains loss 'dsm' or "
@@ -365,26 +395,51 @@ class TrainConfig:
             raise ValueError("loss 'cd' needs teacher (a model file: a diffusion model of this data and sde)")
         if self.loss == "ect" and self.teacher is None and self.init_from is None:
             raise ValueError("loss 'ect' tunes a pretrained diffusion model: give teacher or init_from (its weights)")
-        if self.teacher is not None and self.loss not in ("cd", "ect"):
-            raise ValueError(f"teacher is for loss 'cd' or 'ect', got loss {self.loss!r}")
+        if self.teacher is not None and self.loss not in TEACHER_LOSSES:
+            raise ValueError(f"teacher is for loss 'cd', 'ect' or 'pd', got loss {self.loss!r}")
         if not consistency:
             unused = [name for name in ("distance", "target_decay") if getattr(self, name) is not None]
             if unused:
                 raise ValueError(f"{unused} apply to the consistency losses {list(CONSISTENCY_LOSSES)}; "
                                  f"loss is {self.loss!r}")
             return
+        self._check_few_step("consistency", "noise levels", "the consistency losses evaluate the network")
+
+    def _check_pd(self) -> None:
+        """Progressive distillation's fields: a teacher and pd_steps with loss "pd", its options with no other loss,
+        and no option its trainer does not implement (each named, rather than ignored)."""
+        options = [name for name in ("pd_steps", "pd_grid", "pd_weighting") if getattr(self, name) is not None]
+        if self.loss != "pd":
+            if options:
+                raise ValueError(f"{options} apply to loss 'pd' (progressive distillation); loss is {self.loss!r}")
+            return
+        if self.teacher is None:
+            raise ValueError("loss 'pd' needs teacher (a model file: a diffusion model of this data and sde, or the "
+                             "student of the previous round)")
+        if self.pd_steps is None:
+            raise ValueError("loss 'pd' needs pd_steps (N >= 1: the student's DDIM steps; the teacher takes 2N)")
+        self._check_few_step("distillation", "times (the student's grid)", "loss 'pd' evaluates the networks on its grid,")
+
+    def _check_few_step(self, trainer: str, draws: str, evaluates: str) -> None:
+        """What the consistency and distillation trainers share: no class labels, augmentation, learned variance or
+        bf16; uniform time_sampling (they draw their own times); a continuous c_noise (they evaluate between the
+        DDPM timesteps). `trainer`, `draws`, `evaluates`: the words of the errors."""
         unsupported = {"conditional": self.conditional, "learn_variance": self.learn_variance,
                        "augment_p": self.augment_p > 0, "precision bf16": self.precision == "bf16"}
         bad = [name for name, on in unsupported.items() if on]
         if bad:
-            raise ValueError(f"loss {self.loss!r} does not support {bad} yet (the consistency trainer is unconditional, "
+            raise ValueError(f"loss {self.loss!r} does not support {bad} yet (the {trainer} trainer is unconditional, "
                              "fp32, without augmentation or learned variance)")
         if self.time_sampling != "uniform":
-            raise ValueError(f"loss {self.loss!r} draws its own noise levels; time_sampling must stay 'uniform', "
+            raise ValueError(f"loss {self.loss!r} draws its own {draws}; time_sampling must stay 'uniform', "
                              f"got {self.time_sampling!r}")
         if self.sde == "ddpm" and self.c_noise == "timestep":
-            raise ValueError("the consistency losses evaluate the network between the DDPM timesteps; "
-                             "use a continuous c_noise (e.g. 'log_noise')")
+            raise ValueError(f"{evaluates} between the DDPM timesteps; use a continuous c_noise (e.g. 'log_noise')")
+
+    def pd_options(self) -> tuple[str, str]:
+        """(grid, weighting) of loss "pd", PD_DEFAULTS where None."""
+        grid, weighting = PD_DEFAULTS
+        return (self.pd_grid or grid, self.pd_weighting or weighting)
 
     def _check_sr(self) -> None:
         """An SR run's fields: sr_aug_max only with sr_factor > 1, and no option the SR stage does not implement."""

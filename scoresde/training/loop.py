@@ -1,5 +1,6 @@
-"""Training by denoising score matching, Improved DDPM's hybrid loss, flow matching or a consistency loss
-(cd, ct, ect: scoresde.training.consistency, docs/few_step.md), on one device or many (DDP launched by torchrun).
+"""Training by denoising score matching, Improved DDPM's hybrid loss, flow matching, a consistency loss
+(cd, ct, ect: scoresde.training.consistency, docs/few_step.md) or a round of progressive distillation (pd:
+scoresde.training.progressive, docs/distillation.md), on one device or many (DDP launched by torchrun).
 
     from scoresde.train import TrainConfig, train
     res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
@@ -79,6 +80,7 @@ from .config import (
 )
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
+from .progressive import check_pd_teacher, pd_loss, pd_teacher_grid
 from .samples import write_samples
 from .step import ParameterUpdate, compute_loss, ema_update, make_optimizer
 
@@ -184,7 +186,8 @@ class _Run:
     one the loss calls); history: the hybrid loss's LossHistory, else None; start: the first step;
     open_log: the log interval open at `start` (from the checkpoint; empty for a new run); target: a
     consistency loss's target network (target_decay > 0), else None; teacher: the teacher model of loss
-    "cd", else None; vae: a latent run's VAE (config.vae, on the device, eval mode), else None.
+    "cd" or "pd", else None; teacher_ts: the teacher's (2N + 1,) grid of loss "pd", else None; vae: a latent
+    run's VAE (config.vae, on the device, eval mode), else None.
     """
 
     config: TrainConfig
@@ -207,6 +210,7 @@ class _Run:
     open_log: LogInterval
     target: nn.Module | None = None
     teacher: ScoreModel | None = None
+    teacher_ts: Tensor | None = None
     vae: nn.Module | None = None
 
     def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
@@ -242,11 +246,14 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
 
 
 def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: SDE, device: torch.device) -> ScoreModel:
-    """The teacher model file of loss "cd" or "ect" (config.teacher), checked against the run (check_teacher)."""
+    """The teacher model file of loss "cd", "ect" or "pd" (config.teacher), checked against the run (check_teacher;
+    for "pd" also check_pd_teacher: its recorded steps and grid)."""
     if not Path(config.teacher).is_file():
         raise FileNotFoundError(f"teacher: no model file at {config.teacher}")
     teacher = load_model(config.teacher, device=device)
     check_teacher(config, teacher, net_config, sde, weights=config.init_from is None)
+    if config.loss == "pd":
+        check_pd_teacher(config, teacher, net_config)
     return teacher
 
 
@@ -254,7 +261,7 @@ def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig
              opt: torch.optim.Optimizer, history: LossHistory | None, target: nn.Module | None,
              teacher: ScoreModel | None, vae: nn.Module | None) -> tuple[int, LogInterval]:
     """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set, or
-    from the teacher's weights (losses "cd", "ect"); returns the step to continue from and the log interval
+    from the teacher's weights (losses "cd", "ect", "pd"); returns the step to continue from and the log interval
     open at that step. The target network (if any) starts as the network."""
     if not path.is_file():
         if config.init_from is not None:
@@ -319,16 +326,15 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
     opt = make_optimizer(config, net, device)
     history = LossHistory(sde.N, device=device) if config.loss == "hybrid" else None
     target = teacher = None
-    if config.loss in CONSISTENCY_LOSSES:
-        if config.consistency_options()[1] > 0:
-            target = copy.deepcopy(ema).to(device).requires_grad_(False)
-        if config.teacher is not None:
-            teacher = _load_teacher(config, net_config, sde, device)
+    if config.loss in CONSISTENCY_LOSSES and config.consistency_options()[1] > 0:
+        target = copy.deepcopy(ema).to(device).requires_grad_(False)
+    if config.teacher is not None:  # losses "cd", "ect", "pd"
+        teacher = _load_teacher(config, net_config, sde, device)
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
     start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher, vae)
-    if config.loss != "cd":
+    if config.loss not in ("cd", "pd"):
         teacher = None  # ect only starts from its weights
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +351,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
         open_log=open_log, target=target, teacher=teacher, vae=None if vae is None else vae.to(device).eval(),
+        teacher_ts=pd_teacher_grid(config, sde).to(device) if config.loss == "pd" else None,
     )
 
 
@@ -398,6 +405,8 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     if config.loss in CONSISTENCY_LOSSES:
         target = model if run.target is None else run.score_model(run.target)  # the student itself: no gradient flows
         loss = consistency_loss(config, model, target, run.teacher, x0, step, gen)
+    elif config.loss == "pd":  # Salimans & Ho 2022, Algorithm 2: one student DDIM step for two of the teacher's
+        loss = pd_loss(config, model, run.teacher, run.teacher_ts, x0, gen)
     else:
         loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.net_config.num_classes, levels=run.levels,
                                     history=run.history, generator=gen)

@@ -37,14 +37,17 @@ class _Labelled:
 
 @torch.no_grad()
 def sample_images(model: ScoreModel, shape, *, steps: int = 250, y: Tensor | None = None,
-                  generator: torch.Generator | None = None, device=None) -> Tensor:
+                  generator: torch.Generator | None = None, device=None, ddim_grid: Tensor | None = None) -> Tensor:
     """Samples (B, *D) in [-1, 1]: Euler-Maruyama on a uniform t grid, then Tweedie's denoising
     (`steps` evaluations plus one); from a consistency model (one with `consistency`), multistep consistency
-    sampling on the Karras grid (`steps` evaluations). y (B,) labels for a conditional model (None: unconditional).
+    sampling on the Karras grid (`steps` evaluations); with `ddim_grid` (a progressive-distillation student's
+    grid), DDIM on it (`steps` unused). y (B,) labels for a conditional model (None: unconditional).
     """
     m = model if y is None else _Labelled(model, y)
     x_T = model.sde.prior_sample(shape, generator=generator, device=device, dtype=torch.float32)
-    if callable(getattr(model, "consistency", None)):
+    if ddim_grid is not None:
+        x = solvers.get("ddim")(m, x_T, ddim_grid).x
+    elif callable(getattr(model, "consistency", None)):
         ts = solvers.grids.karras(model.sde, steps, t_end=model.t_eps)
         x = solvers.get("consistency")(m, x_T, ts, generator=generator).x
     else:
@@ -93,7 +96,9 @@ def write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfi
     if unet_config.num_classes is not None:
         y = torch.arange(n, device=device) % unet_config.num_classes
     shape = (n, unet_config.in_channels, unet_config.image_size, unet_config.image_size)
+    # a progressive-distillation student is right on its own grid only: DDIM there
+    ddim_grid = solvers.grids.make(config.pd_options()[0], model.sde, config.pd_steps) if config.loss == "pd" else None
     with torch.no_grad():
-        x = sample_images(model, shape, steps=config.sample_steps, y=y, generator=gen, device=device)
+        x = sample_images(model, shape, steps=config.sample_steps, y=y, generator=gen, device=device, ddim_grid=ddim_grid)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     save_image_grid(x, out / "samples" / f"step_{step:07d}.png", scale=max(1, 32 // unet_config.image_size))

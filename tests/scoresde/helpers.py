@@ -1,4 +1,5 @@
-"""Helpers the training tests share (tests/scoresde/test_train.py, test_hybrid.py, test_speed.py, test_flow.py)."""
+"""Helpers the training tests share (tests/scoresde/test_train.py, test_hybrid.py, test_speed.py, test_flow.py,
+test_consistency_trainer.py, test_pd_trainer.py)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_l
         for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), k
     return res, ref, out
+
+
+def trained_and_exported(config, out) -> str:
+    """Train `config` into the folder out/run and export its checkpoint as out/model.safetensors; returns that file's
+    path (the teachers of the distillation tests)."""
+    train(replace(config, out_dir=str(Path(out) / "run")))
+    from scoresde.pretrained import export_model
+
+    return str(export_model(Path(out) / "run" / "checkpoint.safetensors", Path(out) / "model.safetensors"))
 
 
 def train_killed_in_step(monkeypatch, config, loss: str, step: int, module=train_step) -> None:

@@ -13,7 +13,7 @@ from scoresde.train import TrainConfig, load_checkpoint, load_model, train
 from scoresde.training import loop as train_loop
 from scoresde.training.config import CONSISTENCY_DEFAULTS
 
-from .helpers import resumed_equals_uninterrupted
+from .helpers import resumed_equals_uninterrupted, trained_and_exported
 
 TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,)},
             batch_size=16, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1, progress=False, device="cpu")
@@ -22,16 +22,14 @@ TINY = dict(net_options={"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny digits diffusion model trained 4 steps and exported: (its file, its TrainConfig)."""
-    out = tmp_path_factory.mktemp("teacher")
-    config = TrainConfig(**TINY, steps=4, ckpt_every=4, out_dir=str(out / "run"))
-    train(config)
-    return str(export_model(out / "run" / "checkpoint.safetensors", out / "teacher.safetensors")), config
+    config = TrainConfig(**TINY, steps=4, ckpt_every=4)
+    return trained_and_exported(config, tmp_path_factory.mktemp("teacher")), config
 
 
 @pytest.mark.parametrize("kw,match", [
     (dict(loss="cd"), "loss 'cd' needs teacher"),
     (dict(loss="ect"), "loss 'ect' tunes a pretrained diffusion model: give teacher or init_from"),
-    (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd' or 'ect'"),
+    (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd', 'ect' or 'pd'"),
     (dict(loss="dsm", distance="l2"), r"\['distance'\] apply to the consistency losses"),
     (dict(loss="dsm", target_decay=0.9), r"\['target_decay'\] apply"),
     (dict(loss="ct", distance="l1"), "unknown distance 'l1'; choose one of"),
