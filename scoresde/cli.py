@@ -134,10 +134,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.solver is None and callable(getattr(model, "consistency", None)):
         solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
     steps, grid = args.steps, args.grid
-    if args.solver is None and args.times is None:  # a progressive-distillation student: DDIM on its own grid
+    # a distilled student: DDIM on a pd student's recorded steps and grid, or one uniform step of a rectified flow
+    # (reflow; on FlowSDE one DDIM step is one Euler step)
+    if args.solver is None and args.times is None:
         from .training.progressive import pd_sampling
+        from .training.reflow import reflow_sampling
 
-        distilled = pd_sampling(model)
+        distilled = pd_sampling(model) or reflow_sampling(model)
         if distilled is not None:
             solver = {**solver, "solver": "ddim"}
             steps, grid = steps or distilled[0], grid or distilled[1]
@@ -352,7 +355,8 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None,
                    help="a name from `scoresde solvers` (default: pc; consistency for a consistency model; ddim for a "
                         "progressive-distillation student, `scoresde train --loss pd`, with its --steps and --grid as its "
-                        "file records them); auto: the best measured deterministic solver, "
+                        "file records them, and for a rectified flow, `scoresde train --loss reflow`: one Euler step "
+                        "(DDIM is Euler on sde flow), --steps 1 --grid uniform_t); auto: the best measured deterministic solver, "
                         "options and grid for the model's SDE and --steps (solvers.recommend); or module:Class, a solvers.Solver subclass "
                         "built with the --option values; module:Class imports that module (the current folder "
                         "first), running its code as `python -m` would: name only code you trust")

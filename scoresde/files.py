@@ -11,7 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["DIGEST_KEY", "atomic_write", "clean_stale_tmp", "read_safetensors", "tensor_digest", "write_safetensors"]
+__all__ = [
+    "DIGEST_KEY", "atomic_write", "clean_stale_tmp", "file_sha256", "read_safetensors", "tensor_digest", "write_safetensors",
+]
 
 DIGEST_KEY = "sha256"  # metadata entry: `tensor_digest` of the file's tensors and other metadata
 # the temporary names `atomic_write` gives: ".<name>.tmp<pid>"
@@ -99,6 +101,15 @@ def tensor_digest(tensors: dict[str, Tensor], meta: dict[str, str]) -> str:
         t = tensors[k].detach().to("cpu").contiguous()
         h.update(f"tensor {len(k)}:{k} {t.dtype} {tuple(t.shape)}:".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from solvers.grids import GRIDS
+from solvers.grids import GRIDS, MAX_STEPS
 from solvers.validate import dataclass_from_dict
 
 from .. import data as datasets
@@ -27,14 +27,15 @@ from ..speed import COMPILE_BACKENDS
 
 __all__ = [
     "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
-    "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
+    "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "REFLOW_DEFAULTS", "REFLOW_SOLVERS",
+    "RESUMABLE_CHANGES", "SR_AUG_MAX",
     "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sr_stage", "build_sde", "check_resume", "net_config_diff",
     "net_kind", "net_kind_of",
 ]
 
-LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd")
+LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd", "reflow")
 CONSISTENCY_LOSSES = ("cd", "ct", "ect")  # the model is a ConsistencyModel (scoresde.fewstep)
-TEACHER_LOSSES = ("cd", "ect", "pd")  # the losses that take a teacher model file
+TEACHER_LOSSES = ("cd", "ect", "pd", "reflow")  # the losses that take a teacher model file
 # progressive distillation (loss "pd", scoresde.fewstep.progressive): the grids its rounds walk (every grid of
 # solvers.grids nests: each is uniform in some function of t, so a 2N-step grid's every other time is the N-step
 # grid) and its weightings (as scoresde.fewstep.progressive.WEIGHTINGS; a test checks they agree)
@@ -42,6 +43,11 @@ PD_GRIDS = tuple(GRIDS)
 PD_WEIGHTINGS = ("snr_plus_one", "truncated_snr")
 PD_DEFAULTS = ("uniform_t", "snr_plus_one")  # (pd_grid, pd_weighting) when the config leaves them None
 PD_MAX_STEPS = 500_000  # the teacher's 2N-step grid stays within solvers.grids.MAX_STEPS
+# rectified-flow reflow (loss "reflow", scoresde.fewstep.reflow): the deterministic fixed-grid solvers that may
+# integrate the teacher's ODE for the pairs (a test checks each is registered and deterministic), and
+# (reflow_solver, reflow_steps) when the config leaves them None: fewstep.reflow.reflow_pairs's defaults
+REFLOW_SOLVERS = ("heun", "ddim", "dpm_solver", "dpm_solver++", "dpm_solver_multistep", "deis", "ipndm", "unipc")
+REFLOW_DEFAULTS = ("heun", 50)
 TEACHER_STEPS = ("ddim", "heun", "dpm_solver_2")  # as scoresde.fewstep.consistency_losses.TEACHER_STEPS
 DISTANCES = ("l2", "pseudo_huber")
 # per consistency loss: (distance, target_decay) when the config leaves them None
@@ -76,6 +82,13 @@ _INTEGERS = {  # field -> its least value
     "log_every": 1, "sample_every": 0, "sample_n": 1, "sample_steps": 1, "cd_n": 2, "ect_stages": 1,
     "sr_factor": 1, "downsample": 1,
 }
+# fields that may be None, else checked as above: choices, integers (their least value), step counts (their largest
+# value and what they count)
+_OPTIONAL_CHOICES = {"distance": DISTANCES, "pd_grid": PD_GRIDS, "pd_weighting": PD_WEIGHTINGS,
+                     "reflow_solver": REFLOW_SOLVERS}
+_OPTIONAL_INTEGERS = {"image_size": 1, "reflow_pairs": 1, "reflow_round": 1}
+_OPTIONAL_STEPS = {"pd_steps": (PD_MAX_STEPS, " (the student's DDIM steps; the teacher takes twice as many)"),
+                   "reflow_steps": (MAX_STEPS, "")}
 # the largest seed: training's per-step RNG seeds (loop._step_seed) are distinct for seeds below 2^12
 MAX_SEED = 2**12 - 1
 _POSITIVE, _NONNEGATIVE = (0.0, math.inf, "()"), (0.0, math.inf, "[)")
@@ -150,11 +163,12 @@ class TrainConfig:
     L_vlb with importance-sampled timesteps; needs sde "ddpm", time_sampling "discrete",
     learn_variance and data on their integer grid, dequantize=False); "flow_matching" (MSE of the
     flow velocity, t ~ U(t_eps, T); needs sde "flow" and time_sampling "uniform"); "cd", "ct", "ect":
-    the consistency losses (next section); "pd": progressive distillation (the section after it).
+    the consistency losses (next section); "pd" and "reflow": progressive distillation and rectified-flow reflow
+    (the section after it).
     Consistency (docs/few_step.md): losses "cd", "ct" and "ect" train a ConsistencyModel (scoresde.fewstep)
     over a network that predicts `prediction`, f = c_skip x + c_den D with D its data estimate; `teacher` (a diffusion model file of
-    this data and sde whose weights start the student unless `init_from` is set; "cd" and "pd" evaluate it, "ect"
-    only starts from it; its dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
+    this data and sde whose weights start the student unless `init_from` is set; "cd", "pd" and "reflow" evaluate it,
+    "ect" only starts from it; its dropout may differ, e.g. net_options {"dropout": 0.0}); `boundary_width` (the noise levels over which f
     blends from x at the process's t_eps to D); `cd_n` (the points of the Karras grid of "cd"); `teacher_step`
     (the teacher's one step per pair of "cd": "ddim", "heun" or "dpm_solver_2"); `ect_stages` (the stages over
     which "ect" shrinks its gap); `distance` ("l2" or "pseudo_huber"; None: l2 for cd, pseudo_huber for ct and
@@ -169,6 +183,15 @@ class TrainConfig:
     snr_plus_one). The run's files record N and the grid: a teacher from an earlier round must have recorded
     exactly 2N steps on the same grid (a plain diffusion teacher takes any 2N), and `scoresde sample --model` samples
     them with DDIM on that grid by default, as do the run's progress grids (sample_every).
+    Loss "reflow" runs one round of rectified-flow reflow (Liu et al. 2022) from a flow model `teacher` (sde "flow"):
+    at the start the run draws P noises x_T from a generator seeded from `seed` and integrates the teacher's ODE from
+    each to a sample; `reflow_pairs` (P >= batch_size: the pairs, written once to out_dir/reflow_pairs.safetensors
+    and reused on resume); `reflow_solver` (the deterministic solver that makes the pairs: heun, ddim, dpm_solver,
+    dpm_solver++, dpm_solver_multistep, deis, ipndm or unipc; None: heun); `reflow_steps` (that solver's steps on
+    the uniform_t grid; None: 50); `reflow_round` (k >= 1: the teacher's round plus one, 0 for a flow model trained
+    otherwise, so the student is the (k + 1)-rectified flow; None: 1). Training draws batches of pairs instead of
+    images and minimizes the flow-matching loss on the straight path between each noise and its sample;
+    `scoresde sample --model` samples the result with one Euler (DDIM) step by default, as do its progress grids.
     Optimizer: `optimizer` ("adam", "adamw"), lr, betas, adam_eps, weight_decay, warmup_steps,
     grad_clip (0 disables), ema_decay; `batch_size` (global, split evenly over ranks), `steps`,
     `seed`; `optimizer_impl` ("auto": "fused" on CUDA unless compile is "step", else "foreach";
@@ -211,7 +234,7 @@ class TrainConfig:
     learn_variance: bool = False
     sr_factor: int = 1
     sr_aug_max: float | None = None
-    loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd"] = "dsm"
+    loss: Literal["dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd", "reflow"] = "dsm"
     time_sampling: Literal["uniform", "likelihood", "discrete"] = "uniform"
     t_eps: float = 1e-5
     hybrid_lambda: float = 0.001
@@ -225,6 +248,10 @@ class TrainConfig:
     pd_steps: int | None = None
     pd_grid: str | None = None
     pd_weighting: str | None = None
+    reflow_pairs: int | None = None
+    reflow_solver: str | None = None
+    reflow_steps: int | None = None
+    reflow_round: int | None = None
 
     optimizer: Literal["adam", "adamw"] = "adam"
     optimizer_impl: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
@@ -290,26 +317,11 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         for name, interval in _NUMBERS.items():
             _check_number(name, getattr(self, name), *interval)
-        if self.image_size is not None:
-            _check_integer("image_size", self.image_size, 1)
+        self._check_optional_fields()
         if isinstance(self.channels, bool) or self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
         if len(self.betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.distance is not None:
-            _check_choice("distance", self.distance, DISTANCES)
-        if self.target_decay is not None:
-            _check_number("target_decay", self.target_decay, 0.0, 1.0, "[)")
-        if self.sr_aug_max is not None:
-            _check_number("sr_aug_max", self.sr_aug_max, 0.0, 1.0, "[]")
-        if self.pd_steps is not None and (isinstance(self.pd_steps, bool) or not isinstance(self.pd_steps, int)
-                                          or not 1 <= self.pd_steps <= PD_MAX_STEPS):
-            raise ValueError(f"pd_steps must be an integer in [1, {PD_MAX_STEPS}] (the student's DDIM steps; the "
-                             f"teacher takes twice as many), got {self.pd_steps!r}")
-        if self.pd_grid is not None:
-            _check_choice("pd_grid", self.pd_grid, PD_GRIDS)
-        if self.pd_weighting is not None:
-            _check_choice("pd_weighting", self.pd_weighting, PD_WEIGHTINGS)
         if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
             raise ValueError(f"teacher must be None or a model file path, got {self.teacher!r}")
         if self.vae is not None and (not isinstance(self.vae, str) or not self.vae):
@@ -337,6 +349,23 @@ class TrainConfig:
                 f"image_size, in_channels and num_classes (taken from the data) and augment_dim (from augment); "
                 f"unknown {bad}"
             )
+
+    def _check_optional_fields(self) -> None:
+        """The fields that may be None (the few-step options, image_size, sr_aug_max): each, when set, alone."""
+        for name, valid in _OPTIONAL_CHOICES.items():
+            if getattr(self, name) is not None:
+                _check_choice(name, getattr(self, name), valid)
+        for name, lo in _OPTIONAL_INTEGERS.items():
+            if getattr(self, name) is not None:
+                _check_integer(name, getattr(self, name), lo)
+        for name, (hi, why) in _OPTIONAL_STEPS.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi):
+                raise ValueError(f"{name} must be an integer in [1, {hi}]{why}, got {value!r}")
+        if self.target_decay is not None:
+            _check_number("target_decay", self.target_decay, 0.0, 1.0, "[)")
+        if self.sr_aug_max is not None:
+            _check_number("sr_aug_max", self.sr_aug_max, 0.0, 1.0, "[]")
 
     def _net_config_class(self) -> type:
         """UNetConfig or DiTConfig, as `net` names a U-Net or a DiT preset (UNetConfig for an unknown name)."""
@@ -368,6 +397,7 @@ class TrainConfig:
                        ("learn_variance", True, "L_vlb trains the variance channels"),
                        ("dequantize", False, "its decoder term scores the integer levels")),
             "flow_matching": (("sde", "flow", None), ("time_sampling", "uniform", "t ~ U(t_eps, T)")),
+            "reflow": (("sde", "flow", "it straightens a flow model"),),
         }
         for name, value, why in needs.get(self.loss, ()):
             if getattr(self, name) != value:
@@ -376,10 +406,11 @@ class TrainConfig:
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
         self._check_consistency()
         self._check_pd()
+        self._check_reflow()
         self._check_sr()
         if self.vae is not None:
             unsupported = {f"sr_factor {self.sr_factor}": self.sr_factor > 1, f"loss {self.loss!r}": self.loss in (
-                "hybrid", *CONSISTENCY_LOSSES, "pd"), "sample_every": self.sample_every > 0}
+                "hybrid", *CONSISTENCY_LOSSES, "pd", "reflow"), "sample_every": self.sample_every > 0}
             bad = [name for name, on in unsupported.items() if on]
             if bad:
                 raise ValueError(f"a latent run (vae) does not support {bad} yet: it trains loss 'dsm' or "
@@ -396,7 +427,7 @@ class TrainConfig:
         if self.loss == "ect" and self.teacher is None and self.init_from is None:
             raise ValueError("loss 'ect' tunes a pretrained diffusion model: give teacher or init_from (its weights)")
         if self.teacher is not None and self.loss not in TEACHER_LOSSES:
-            raise ValueError(f"teacher is for loss 'cd', 'ect' or 'pd', got loss {self.loss!r}")
+            raise ValueError(f"teacher is for loss 'cd', 'ect', 'pd' or 'reflow', got loss {self.loss!r}")
         if not consistency:
             unused = [name for name in ("distance", "target_decay") if getattr(self, name) is not None]
             if unused:
@@ -408,10 +439,7 @@ class TrainConfig:
     def _check_pd(self) -> None:
         """Progressive distillation's fields: a teacher and pd_steps with loss "pd", its options with no other loss,
         and no option its trainer does not implement (each named, rather than ignored)."""
-        options = [name for name in ("pd_steps", "pd_grid", "pd_weighting") if getattr(self, name) is not None]
-        if self.loss != "pd":
-            if options:
-                raise ValueError(f"{options} apply to loss 'pd' (progressive distillation); loss is {self.loss!r}")
+        if not self._loss_options("pd", ("pd_steps", "pd_grid", "pd_weighting"), "progressive distillation"):
             return
         if self.teacher is None:
             raise ValueError("loss 'pd' needs teacher (a model file: a diffusion model of this data and sde, or the "
@@ -419,6 +447,40 @@ class TrainConfig:
         if self.pd_steps is None:
             raise ValueError("loss 'pd' needs pd_steps (N >= 1: the student's DDIM steps; the teacher takes 2N)")
         self._check_few_step("distillation", "times (the student's grid)", "loss 'pd' evaluates the networks on its grid,")
+
+    def _check_reflow(self) -> None:
+        """Reflow's fields: a teacher and reflow_pairs (at least one batch) with loss "reflow", its options with no other
+        loss, and no option its trainer does not implement (each named, rather than ignored): the data only give the
+        image shape, so also no flips or dequantization."""
+        if not self._loss_options("reflow", ("reflow_pairs", "reflow_solver", "reflow_steps", "reflow_round"),
+                                  "rectified-flow reflow"):
+            return
+        if self.teacher is None:
+            raise ValueError("loss 'reflow' needs teacher (a model file: a flow model of this data, sde 'flow', e.g. a "
+                             "flow_matching run's, or the student of the previous reflow round)")
+        if self.reflow_pairs is None or self.reflow_pairs < self.batch_size:
+            raise ValueError(f"loss 'reflow' needs reflow_pairs >= batch_size {self.batch_size} (P: the (noise, sample) "
+                             f"pairs the teacher makes at the start; batches are drawn from them), got {self.reflow_pairs!r}")
+        unused = [name for name in ("flip", "dequantize") if getattr(self, name)]
+        if unused:
+            raise ValueError(f"loss 'reflow' does not support {unused}: it trains on the teacher's (noise, sample) pairs, "
+                             "not on the data (which only give the image shape)")
+        self._check_few_step("reflow", "times", "loss 'reflow' evaluates the network")
+
+    def _loss_options(self, loss: str, names: tuple[str, ...], what: str) -> bool:
+        """Whether the run's loss is `loss`; with another loss, refuse any of the fields `names` that is set (not None),
+        naming them and `what` the loss is."""
+        if self.loss == loss:
+            return True
+        options = [name for name in names if getattr(self, name) is not None]
+        if options:
+            raise ValueError(f"{options} apply to loss {loss!r} ({what}); loss is {self.loss!r}")
+        return False
+
+    def reflow_options(self) -> tuple[str, int, int]:
+        """(solver, steps, round) of loss "reflow", REFLOW_DEFAULTS and round 1 where None."""
+        solver, steps = REFLOW_DEFAULTS
+        return (self.reflow_solver or solver, self.reflow_steps or steps, self.reflow_round or 1)
 
     def _check_few_step(self, trainer: str, draws: str, evaluates: str) -> None:
         """What the consistency and distillation trainers share: no class labels, augmentation, learned variance or

@@ -29,7 +29,7 @@ from ..param import ScoreModel
 from ..sde import SDE
 from .config import TrainConfig, net_config_diff
 
-__all__ = ["check_teacher", "consistency_loss", "consistency_model"]
+__all__ = ["check_image_teacher", "check_teacher", "consistency_loss", "consistency_model"]
 
 
 def consistency_model(config: TrainConfig, net: nn.Module, sde: SDE) -> ConsistencyModel:
@@ -62,6 +62,19 @@ def check_teacher(config: TrainConfig, teacher: ScoreModel, net_config, sde: SDE
             "set the run's sde to the teacher's"
         raise ValueError(f"teacher {path} differs from this run (teacher -> run) in {'; '.join(diffs)}; {fix}"
                          + ("" if not weights else ", or start from other weights with init_from"))
+
+
+def check_image_teacher(config: TrainConfig, teacher: ScoreModel, net_config) -> None:
+    """Refuse a teacher (a loaded model file) of a distillation run ("pd", "reflow") that is not a model of the run's
+    data: a latent model, or one of another image shape than the run's network sees."""
+    path = config.teacher
+    if hasattr(teacher, "latent_shape"):
+        raise ValueError(f"teacher {path}: it is a latent diffusion model (its file holds a VAE); loss {config.loss!r} "
+                         "distills models of the data itself")
+    shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
+    t_shape = getattr(teacher, "image_shape", None)
+    if t_shape is not None and tuple(t_shape) != shape:
+        raise ValueError(f"teacher {path}: it models images {tuple(t_shape)}; this run's network sees {shape}")
 
 
 def consistency_loss(config: TrainConfig, student: ConsistencyModel, target: ConsistencyModel,

@@ -1,6 +1,7 @@
 """Training by denoising score matching, Improved DDPM's hybrid loss, flow matching, a consistency loss
-(cd, ct, ect: scoresde.training.consistency, docs/few_step.md) or a round of progressive distillation (pd:
-scoresde.training.progressive, docs/distillation.md), on one device or many (DDP launched by torchrun).
+(cd, ct, ect: scoresde.training.consistency, docs/few_step.md), a round of progressive distillation (pd:
+scoresde.training.progressive) or of rectified-flow reflow (reflow: scoresde.training.reflow; both
+docs/distillation.md), on one device or many (DDP launched by torchrun).
 
     from scoresde.train import TrainConfig, train
     res = train(TrainConfig(data="digits", net="digits", steps=2000, out_dir="runs/digits"))
@@ -20,6 +21,8 @@ What a run writes to `out_dir` (rank 0 only):
 - `metrics.jsonl`, one JSON object per `log_every` steps: step, loss (mean over the interval and
   over ranks), lr, grad_norm, images_per_s (scoresde.training.metrics_log).
 - `samples/step_XXXXXXX.png`, every `sample_every` steps: a grid drawn from the EMA model.
+- `reflow_pairs.safetensors` (loss "reflow"): the teacher's (noise, sample) pairs, made at the first start and
+  read back by every later one (scoresde.training.reflow).
 
 Exact resume. When `out_dir` holds a checkpoint, `train` continues from it. All randomness of a
 step (training times, noise, label dropout, flips, augmentations, dequantization and dropout) is drawn
@@ -81,6 +84,7 @@ from .config import (
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .progressive import check_pd_teacher, pd_loss, pd_teacher_grid
+from .reflow import check_reflow_teacher, reflow_batch_loss, training_pairs
 from .samples import write_samples
 from .step import ParameterUpdate, compute_loss, ema_update, make_optimizer
 
@@ -113,7 +117,8 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _step_seed(seed: int, rank: int, step: int, stream: int) -> int:
-    """Seed of random stream `stream` (0: loss and augmentation, 1: dropout) of one step on one rank.
+    """Seed of random stream `stream` (0: loss and augmentation, 1: dropout; 2 at rank 0 and step 0: the noise of loss
+    "reflow"'s pairs) of one step on one rank.
 
     Distinct for every (seed < 2^12 = config.MAX_SEED + 1, rank < 2^10, stream < 4, step < 2^40): the
     fields fill all 64 bits that torch seeds take (seeds below 2^11 give the values they gave when the
@@ -187,7 +192,8 @@ class _Run:
     open_log: the log interval open at `start` (from the checkpoint; empty for a new run); target: a
     consistency loss's target network (target_decay > 0), else None; teacher: the teacher model of loss
     "cd" or "pd", else None; teacher_ts: the teacher's (2N + 1,) grid of loss "pd", else None; vae: a latent
-    run's VAE (config.vae, on the device, eval mode), else None.
+    run's VAE (config.vae, on the device, eval mode), else None; pairs: the (noise, samples) pairs of loss "reflow",
+    each (P, *D) on the device, which its batch indices pick from, else None.
     """
 
     config: TrainConfig
@@ -212,6 +218,7 @@ class _Run:
     teacher: ScoreModel | None = None
     teacher_ts: Tensor | None = None
     vae: nn.Module | None = None
+    pairs: tuple[Tensor, Tensor] | None = None
 
     def score_model(self, net: nn.Module | functools.partial) -> ScoreModel:
         """A ScoreModel over `net` with the run's SDE and parameterization (a ConsistencyModel for a
@@ -246,11 +253,14 @@ def _init_weights(net: nn.Module, ema: nn.Module, net_config: UNetConfig | DiTCo
 
 
 def _load_teacher(config: TrainConfig, net_config: UNetConfig | DiTConfig, sde: SDE, device: torch.device) -> ScoreModel:
-    """The teacher model file of loss "cd", "ect" or "pd" (config.teacher), checked against the run (check_teacher;
-    for "pd" also check_pd_teacher: its recorded steps and grid)."""
+    """The teacher model file of loss "cd", "ect", "pd" or "reflow" (config.teacher), checked against the run
+    (check_teacher; for "pd" also check_pd_teacher: its recorded steps and grid; for "reflow" first
+    check_reflow_teacher: a flow model of the data, of the round before)."""
     if not Path(config.teacher).is_file():
         raise FileNotFoundError(f"teacher: no model file at {config.teacher}")
     teacher = load_model(config.teacher, device=device)
+    if config.loss == "reflow":
+        check_reflow_teacher(config, teacher, net_config)
     check_teacher(config, teacher, net_config, sde, weights=config.init_from is None)
     if config.loss == "pd":
         check_pd_teacher(config, teacher, net_config)
@@ -261,7 +271,7 @@ def _restore(config: TrainConfig, path: Path, net_config: UNetConfig | DiTConfig
              opt: torch.optim.Optimizer, history: LossHistory | None, target: nn.Module | None,
              teacher: ScoreModel | None, vae: nn.Module | None) -> tuple[int, LogInterval]:
     """Resume from the checkpoint at `path` if there is one, else start from config.init_from if set, or
-    from the teacher's weights (losses "cd", "ect", "pd"); returns the step to continue from and the log interval
+    from the teacher's weights (losses "cd", "ect", "pd", "reflow"); returns the step to continue from and the log interval
     open at that step. The target network (if any) starts as the network."""
     if not path.is_file():
         if config.init_from is not None:
@@ -328,14 +338,19 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
     target = teacher = None
     if config.loss in CONSISTENCY_LOSSES and config.consistency_options()[1] > 0:
         target = copy.deepcopy(ema).to(device).requires_grad_(False)
-    if config.teacher is not None:  # losses "cd", "ect", "pd"
+    if config.teacher is not None:  # losses "cd", "ect", "pd", "reflow"
         teacher = _load_teacher(config, net_config, sde, device)
     out = Path(config.out_dir)
     if rank == 0:
         clean_stale_tmp(out)  # left by a run killed mid-write
+    pairs = None
+    if config.loss == "reflow":  # made once (noise from stream 2), read back by every later start
+        shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
+        gen = _seed_generator(torch.Generator(), _step_seed(config.seed, 0, 0, 2))
+        pairs = training_pairs(config, teacher, shape, out, device, gen, rank=rank, world=world)
     start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher, vae)
     if config.loss not in ("cd", "pd"):
-        teacher = None  # ect only starts from its weights
+        teacher = None  # ect only starts from its weights, reflow from its weights and pairs
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         truncate_metrics(out / METRICS, start)
@@ -351,7 +366,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
         images=data.images.to(device), labels=data.labels.to(device) if config.conditional else None,
         levels=data.levels, net=net, ema=ema, ddp=ddp, opt=opt, update=update, history=history, start=start,
         open_log=open_log, target=target, teacher=teacher, vae=None if vae is None else vae.to(device).eval(),
-        teacher_ts=pd_teacher_grid(config, sde).to(device) if config.loss == "pd" else None,
+        teacher_ts=pd_teacher_grid(config, sde).to(device) if config.loss == "pd" else None, pairs=pairs,
     )
 
 
@@ -381,13 +396,12 @@ def _batches(sampler: torch.utils.data.DistributedSampler, per_rank: int, start:
         yield order[i * per_rank:(i + 1) * per_rank]
 
 
-def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
-    """Step `step` on the images idx (per_rank,): returns the loss and gradient norm (0-d, on the device) and lr."""
+def _loss(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch.Generator):
+    """The loss of step `step` on the images idx (per_rank,) (loss "reflow": on the pairs idx), a 0-d tensor, and
+    the hybrid loss's per-example terms (None for every other loss)."""
     config = run.config
-    _seed_generator(gen, _step_seed(config.seed, run.rank, step, 0))
-    dropout_seed = _step_seed(config.seed, run.rank, step, 1)
-    torch.manual_seed(dropout_seed)  # dropout: the accelerators' default generators take all 64 bits,
-    _seed_generator(torch.default_generator, dropout_seed)  # the CPU's only 32 (_cpu_seed)
+    if config.loss == "reflow":  # Liu et al. 2022: flow matching on the straight paths of the teacher's pairs
+        return reflow_batch_loss(config, model, run.pairs, idx, gen), None
     batch = run.images[idx]
     if config.augment_p > 0:  # the network is told each image's transformation (non-leaking)
         batch, aug = augment(batch, config.augment, config.augment_p, max_shift=config.augment_max_shift, generator=gen)
@@ -410,6 +424,18 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     else:
         loss, hybrid = compute_loss(config, model, x0, y=y, null_label=run.net_config.num_classes, levels=run.levels,
                                     history=run.history, generator=gen)
+    return loss, hybrid
+
+
+def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    """Step `step` on the images (or pairs) idx (per_rank,): returns the loss and gradient norm (0-d, on the device)
+    and lr."""
+    config = run.config
+    _seed_generator(gen, _step_seed(config.seed, run.rank, step, 0))
+    dropout_seed = _step_seed(config.seed, run.rank, step, 1)
+    torch.manual_seed(dropout_seed)  # dropout: the accelerators' default generators take all 64 bits,
+    _seed_generator(torch.default_generator, dropout_seed)  # the CPU's only 32 (_cpu_seed)
+    loss, hybrid = _loss(run, model, idx, step, gen)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
@@ -472,9 +498,10 @@ def train(config: TrainConfig) -> TrainResult:
         C, H, W = data.shape
         vae = _load_vae(config, (C, H // config.downsample, W // config.downsample))
     net_config = build_net_config(config, data.shape, data.num_classes, latent_shape=None if vae is None else vae.latent_shape)
-    sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True,
+    items = config.reflow_pairs if config.loss == "reflow" else len(data)  # reflow's batches are of its pairs
+    sampler = torch.utils.data.DistributedSampler(range(items), num_replicas=world, rank=rank, shuffle=True,
                                                   seed=config.seed, drop_last=True)
-    if len(sampler) // (config.batch_size // world) == 0:
+    if len(sampler) // (config.batch_size // world) == 0:  # reflow_pairs >= batch_size, checked by the config
         raise ValueError(f"{data.source}: {len(data)} images give no full batch of {config.batch_size // world} per rank")
 
     cuda = device.type == "cuda"

@@ -28,6 +28,7 @@ from ..fewstep.progressive import distillation_loss
 from ..param import ScoreModel
 from ..sde import SDE
 from .config import TrainConfig
+from .consistency import check_image_teacher
 
 __all__ = ["check_pd_teacher", "pd_loss", "pd_sampling", "pd_teacher_grid"]
 
@@ -53,13 +54,7 @@ def check_pd_teacher(config: TrainConfig, teacher: ScoreModel, net_config) -> No
     model, or one of another image shape), or that an earlier "pd" round distilled to other than 2 * pd_steps steps
     or to another grid; the error names both numbers (or both grids) and the fix."""
     path, grid = config.teacher, config.pd_options()[0]
-    if hasattr(teacher, "latent_shape"):
-        raise ValueError(f"teacher {path}: it is a latent diffusion model (its file holds a VAE); loss 'pd' distills "
-                         "models of the data itself")
-    shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
-    t_shape = getattr(teacher, "image_shape", None)
-    if t_shape is not None and tuple(t_shape) != shape:
-        raise ValueError(f"teacher {path}: it models images {tuple(t_shape)}; this run's network sees {shape}")
+    check_image_teacher(config, teacher, net_config)
     recorded = pd_sampling(teacher)
     if recorded is None:  # a plain diffusion model: any 2N steps
         return

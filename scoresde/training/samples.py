@@ -16,6 +16,7 @@ from ..files import atomic_write
 from ..nn import UNetConfig
 from ..param import ScoreModel
 from .config import TrainConfig
+from .reflow import PAIR_GRID, REFLOW_SAMPLE_STEPS
 
 __all__ = ["sample_images", "save_image_grid", "write_samples"]
 
@@ -41,7 +42,7 @@ def sample_images(model: ScoreModel, shape, *, steps: int = 250, y: Tensor | Non
     """Samples (B, *D) in [-1, 1]: Euler-Maruyama on a uniform t grid, then Tweedie's denoising
     (`steps` evaluations plus one); from a consistency model (one with `consistency`), multistep consistency
     sampling on the Karras grid (`steps` evaluations); with `ddim_grid` (a progressive-distillation student's
-    grid), DDIM on it (`steps` unused). y (B,) labels for a conditional model (None: unconditional).
+    grid, or a reflow student's few-step uniform grid), DDIM on it (`steps` unused). y (B,) labels for a conditional model (None: unconditional).
     """
     m = model if y is None else _Labelled(model, y)
     x_T = model.sde.prior_sample(shape, generator=generator, device=device, dtype=torch.float32)
@@ -96,8 +97,11 @@ def write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfi
     if unet_config.num_classes is not None:
         y = torch.arange(n, device=device) % unet_config.num_classes
     shape = (n, unet_config.in_channels, unet_config.image_size, unet_config.image_size)
-    # a progressive-distillation student is right on its own grid only: DDIM there
-    ddim_grid = solvers.grids.make(config.pd_options()[0], model.sde, config.pd_steps) if config.loss == "pd" else None
+    ddim_grid = None
+    if config.loss == "pd":  # a progressive-distillation student is right on its own grid only: DDIM there
+        ddim_grid = solvers.grids.make(config.pd_options()[0], model.sde, config.pd_steps)
+    elif config.loss == "reflow":  # a rectified flow's few Euler steps, as `scoresde sample` takes (DDIM = Euler on flow)
+        ddim_grid = solvers.grids.make(PAIR_GRID, model.sde, REFLOW_SAMPLE_STEPS)
     with torch.no_grad():
         x = sample_images(model, shape, steps=config.sample_steps, y=y, generator=gen, device=device, ddim_grid=ddim_grid)
     (out / "samples").mkdir(parents=True, exist_ok=True)

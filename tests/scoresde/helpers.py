@@ -1,5 +1,5 @@
 """Helpers the training tests share (tests/scoresde/test_train.py, test_hybrid.py, test_speed.py, test_flow.py,
-test_consistency_trainer.py, test_pd_trainer.py)."""
+test_consistency_trainer.py, test_pd_trainer.py, test_reflow_trainer.py)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,18 @@ def train_killed_in_step_5(monkeypatch, config, loss: str, module=train_step) ->
     train_killed_in_step(monkeypatch, config, loss, 5, module)
 
 
-def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_loss", module=train_step):
+def resumed_equals_uninterrupted(monkeypatch, base, tmp_path, loss: str = "dsm_loss", module=train_step, *,
+                                 between=None):
     """Train `base` (steps=6, ckpt_every=3) uninterrupted in tmp_path/ref and, in tmp_path/run, killed in step 5
     and resumed; assert the resumed run logs the same losses bit for bit and ends with equal net and EMA
-    weights. `module`: where the loop looks `loss` up. Returns (resumed result, reference result, the run's folder)."""
+    weights. `module`: where the loop looks `loss` up; `between`: called with the run's folder after the kill, before
+    the resumption. Returns (resumed result, reference result, the run's folder)."""
     ref = train(replace(base, out_dir=str(tmp_path / "ref")))
     out = tmp_path / "run"  # dies in its 5th step, after the checkpoint of step 3 and the log of step 4
     train_killed_in_step_5(monkeypatch, replace(base, out_dir=str(out)), loss, module)
     assert load_checkpoint(out / "checkpoint.safetensors").step == 3 and len(logged_losses(out)) == 4
+    if between is not None:
+        between(out)
     res = train(replace(base, out_dir=str(out)))
     assert logged_losses(out) == logged_losses(tmp_path / "ref")  # bit for bit, including the re-run steps 4 and 5
     for a, b in ((res.net, ref.net), (res.ema, ref.ema)):
@@ -49,6 +53,19 @@ def trained_and_exported(config, out) -> str:
     from scoresde.pretrained import export_model
 
     return str(export_model(Path(out) / "run" / "checkpoint.safetensors", Path(out) / "model.safetensors"))
+
+
+def sampled_with_ddim_by_default(capsys, model_file, folder, nfe: int) -> None:
+    """`scoresde sample --model model_file` (a distilled student's file) takes DDIM on uniform_t with `nfe` evaluations
+    by default, and --steps 4 still overrides (4 evaluations); the grid is written to folder/x.png."""
+    from scoresde.cli import main
+
+    png = str(Path(folder) / "x.png")
+    assert main(["sample", "--model", str(model_file), "--n", "2", "--out", png, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"NFE {nfe}," in printed and '"solver": "ddim"' in printed and '"grid": "uniform_t"' in printed, printed
+    assert main(["sample", "--model", str(model_file), "--n", "2", "--steps", "4", "--out", png, "--quiet"]) == 0
+    assert "NFE 4," in capsys.readouterr().out
 
 
 def train_killed_in_step(monkeypatch, config, loss: str, step: int, module=train_step) -> None:

@@ -29,7 +29,7 @@ def teacher(tmp_path_factory):
 @pytest.mark.parametrize("kw,match", [
     (dict(loss="cd"), "loss 'cd' needs teacher"),
     (dict(loss="ect"), "loss 'ect' tunes a pretrained diffusion model: give teacher or init_from"),
-    (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd', 'ect' or 'pd'"),
+    (dict(loss="dsm", teacher="t.safetensors"), "teacher is for loss 'cd', 'ect', 'pd' or 'reflow'"),
     (dict(loss="dsm", distance="l2"), r"\['distance'\] apply to the consistency losses"),
     (dict(loss="dsm", target_decay=0.9), r"\['target_decay'\] apply"),
     (dict(loss="ct", distance="l1"), "unknown distance 'l1'; choose one of"),

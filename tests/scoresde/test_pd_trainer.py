@@ -20,7 +20,7 @@ from scoresde.training.config import PD_GRIDS, PD_WEIGHTINGS
 from scoresde.training.progressive import pd_sampling
 from solvers import grids
 
-from .helpers import resumed_equals_uninterrupted, trained_and_exported
+from .helpers import resumed_equals_uninterrupted, sampled_with_ddim_by_default, trained_and_exported
 
 NET = {"ch": 8, "num_res_blocks": 1, "ch_mult": (1, 2), "attn_resolutions": (4,), "dropout": 0.0}
 # a v-prediction teacher, so that its weights start a v-prediction student (the paper's choice) without init_from
@@ -59,7 +59,7 @@ def round1(teacher, tmp_path_factory):
     (dict(loss="pd", teacher="t", pd_steps=2, conditional=True), r"loss 'pd' does not support \['conditional'\]"),
     (dict(loss="pd", teacher="t", pd_steps=2, time_sampling="likelihood"), "time_sampling must stay 'uniform'"),
     (dict(loss="pd", teacher="t", pd_steps=2, vae="v.safetensors"), r"does not support \[\"loss 'pd'\"\]"),
-    (dict(loss="dsm", teacher="t"), "teacher is for loss 'cd', 'ect' or 'pd', got loss 'dsm'"),
+    (dict(loss="dsm", teacher="t"), "teacher is for loss 'cd', 'ect', 'pd' or 'reflow', got loss 'dsm'"),
 ])
 def test_bad_pd_configs_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -146,12 +146,7 @@ def test_cli_trains_a_round_and_samples_it_with_ddim_on_its_grid(tmp_path, capsy
     capsys.readouterr()
     assert (out / "samples" / "step_0000001.png").is_file()  # the progress grid: DDIM on the student's grid
     exported = export_model(out / "checkpoint.safetensors", tmp_path / "r2.safetensors")
-    png = str(tmp_path / "x.png")
-    assert main(["sample", "--model", str(exported), "--n", "2", "--out", png, "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert "NFE 2," in printed and '"solver": "ddim"' in printed and '"grid": "uniform_t"' in printed, printed
-    assert main(["sample", "--model", str(exported), "--n", "2", "--steps", "4", "--out", png, "--quiet"]) == 0
-    assert "NFE 4," in capsys.readouterr().out
+    sampled_with_ddim_by_default(capsys, exported, tmp_path, nfe=2)
     assert main(["train", "--loss", "pd", "--teacher", path, "--pd-steps", "3", "--prediction", "v", "--net-options",
                  repr(NET), "--batch-size", "16", "--steps", "1", "--device", "cpu", "--out-dir",
                  str(tmp_path / "bad"), "--quiet"]) == 2
