@@ -67,9 +67,18 @@ def _boundary(t_eps: float, t: Tensor) -> Tensor:
     return torch.tensor([t_eps], dtype=t.dtype, device=t.device).to(torch.float64)
 
 
+def _time64(sde: SDE, t: Tensor) -> Tensor:
+    """t (B,) as float64, where the terminal time T rounded to t's dtype (above T in float32 when T = 0.999, as
+    on FlowSDE) is T itself: the time it stands for, which the SDE's float64 functions accept."""
+    t64 = t.to(torch.float64)
+    if t.dtype == torch.float64:
+        return t64
+    return torch.where(t == torch.tensor(sde.T, dtype=t.dtype, device=t.device), torch.full_like(t64, sde.T), t64)
+
+
 def noise_gap(sde: SDE, t: Tensor, t_eps: float) -> Tensor:
     """nu(t) - nu(t_eps), float64 (B,), exactly 0 where t is the boundary time (t_eps rounded to t's dtype)."""
-    t64, t_b = t.to(torch.float64), _boundary(t_eps, t)
+    t64, t_b = _time64(sde, t), _boundary(t_eps, t)
     d_nu = noise_level(sde, t64) - noise_level(sde, t_b)
     return torch.where(t64 == t_b, torch.zeros_like(d_nu), d_nu)
 
@@ -79,7 +88,7 @@ def boundary_coefficients(sde: SDE, t: Tensor, t_eps: float, sigma_data: float) 
 
     c_skip(t_eps) = 1 and c_out(t_eps) = 0 exactly; see the module docstring for the formulas.
     """
-    t64 = t.to(torch.float64)
+    t64 = _time64(sde, t)
     t_b = _boundary(t_eps, t)
     alpha, nu = sde.alpha(t64), noise_level(sde, t64)
     a_eps = sde.alpha(t_b)

@@ -102,18 +102,19 @@ def test_ct_and_ect_losses_give_gradients_to_the_student_only_and_follow_the_gen
 
 
 @pytest.mark.parametrize("method", sorted(ORDER))
-def test_cd_loss_from_a_score_model_teacher_in_float32(method):
+@pytest.mark.parametrize("sde,N", [(VPSDE(), 18), (FlowSDE(), 2)], ids=["vp", "flow"])
+def test_cd_loss_from_a_score_model_teacher_in_float32(method, sde, N):
     """CD from a ScoreModel teacher (eps prediction, float32) trains a ConsistencyModel student: finite loss,
-    gradients for the student only."""
+    gradients for the student only. On flow, N = 2 makes every interval end at T = 0.999, which float32 rounds
+    up (0.99900001): the student's coefficients take that time as T (it once raised "t must lie in [0, T]")."""
     from scoresde import ScoreModel
 
     torch.manual_seed(1)
     teacher_net, net = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    sde = VPSDE()
     teacher = ScoreModel(lambda x, c: teacher_net(torch.cat([x, c[:, None]], 1)), sde, "eps")
     student = ConsistencyModel(lambda x, c: net(torch.cat([x, c[:, None]], 1)), sde)
     x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
-    out = cd_loss(student, student, teacher, x0, generator=torch.Generator().manual_seed(3), N=18, method=method)
+    out = cd_loss(student, student, teacher, x0, generator=torch.Generator().manual_seed(3), N=N, method=method)
     out.backward()
     assert out.dtype == torch.float32 and bool(torch.isfinite(out)) and net.weight.grad is not None
     assert teacher_net.weight.grad is None
