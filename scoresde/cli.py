@@ -28,7 +28,7 @@ _labels, _literal, _check_out_dir = cli_args.labels, cli_args.literal, cli_args.
 
 # the shipped few-step kinds (checkpoints.FEW_STEP_MODELS, named here so that --help imports no torch; a test
 # checks they agree): sampled with solver "consistency" by default
-FEW_STEP_KINDS = ("cd",)
+FEW_STEP_KINDS = ("cd", "ect")
 
 
 def _check_device(device: str, purpose: str) -> str:
@@ -349,8 +349,9 @@ def _add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="which shipped model without --model: the digits models (default) or the models of the "
                         "natural-image patches (patches; vp; 16 x 16, docs/backbones.md, or 32 x 32 with --kind latent)")
     p.add_argument("--kind", default="diffusion", choices=["diffusion", *FEW_STEP_KINDS, "latent"],
-                   help="which shipped model of --sde: the diffusion model (default), the few-step consistency model "
-                        "distilled from it (cd; digits, vp only; docs/few_step.md), or the latent diffusion model of "
+                   help="which shipped model of --sde: the diffusion model (default), a few-step consistency model "
+                        "made from it (cd: distilled, the better one; ect: consistency-tuned; digits, vp only; "
+                        "docs/few_step.md), or the latent diffusion model of "
                         "the 32 x 32 patches (latent; with --data patches; docs/latent.md)")
     p.add_argument("--solver", default=None,
                    help="a name from `scoresde solvers` (default: pc; consistency for a consistency model; ddim for a "

@@ -65,7 +65,7 @@ DEFAULT_MODELS = {"vp": "digits_vp.safetensors", "subvp": "digits_subvp.safetens
 # class-conditional models (a learned null class; used when scoresde.sample gets labels y and no model)
 CONDITIONAL_MODELS = {"vp": "digits_vp_cond.safetensors"}
 # few-step models (consistency models of scoresde.fewstep, docs/few_step.md): kind -> {sde name: file in ASSETS}
-FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}}
+FEW_STEP_MODELS = {"cd": {"vp": "digits_vp_cd.safetensors"}, "ect": {"vp": "digits_vp_ect.safetensors"}}
 # the shipped models of the natural-image patches (16 x 16 RGB, docs/backbones.md), per SDE
 PATCH_MODELS = {"vp": "patches16_vp.safetensors"}
 # the shipped latent diffusion model of the 32 x 32 patches (a LatentModel; its file embeds the patch VAE,
@@ -474,8 +474,8 @@ def default_model(sde: str, *, conditional: bool = False, kind: str = "diffusion
                   device=None) -> ScoreModel:
     """The shipped digits model trained with `sde` ("vp", "subvp" or "ve"); `conditional`: the
     class-conditional one (labels 0..9, null label 10; shipped for "vp"); `kind`: "diffusion" (default), or a
-    few-step model distilled from the diffusion model (FEW_STEP_MODELS: "cd"; a ConsistencyModel, sampled
-    with solver="consistency"), or "latent" (with data "patches": the latent diffusion model of the 32 x 32
+    few-step model made from the diffusion model (FEW_STEP_MODELS: "cd", consistency distillation, or "ect", easy
+    consistency tuning; a ConsistencyModel, sampled with solver="consistency"), or "latent" (with data "patches": the latent diffusion model of the 32 x 32
     patches, LATENT_MODELS, a LatentModel whose samples are decoded images); `data`: "digits" (default), or
     "patches" for the shipped models of the natural-image patches (kind "diffusion": the 16 x 16 model,
     PATCH_MODELS: "vp"; unconditional)."""

@@ -132,13 +132,13 @@ def test_a_resumed_cd_run_without_its_target_is_refused(tmp_path, teacher):
 def test_shipped_model_kinds_are_checked_by_name():
     from scoresde.pretrained import MODEL_KINDS, default_model
 
-    with pytest.raises(ValueError, match=r"unknown model kind 'lcm'; choose one of \['diffusion', 'cd', 'latent'\]"):
+    with pytest.raises(ValueError, match=r"unknown model kind 'lcm'; choose one of \['diffusion', 'cd', 'ect', 'latent'\]"):
         default_model("vp", kind="lcm")
     with pytest.raises(ValueError, match="no shipped 'cd' default model for sde 've'"):
         default_model("ve", kind="cd")
     with pytest.raises(ValueError, match="no class-conditional 'cd' model is shipped"):
         default_model("vp", kind="cd", conditional=True)
-    assert MODEL_KINDS == ("diffusion", "cd", "latent")
+    assert MODEL_KINDS == ("diffusion", "cd", "ect", "latent")
 
 
 def test_cli_kind_choices_are_the_shipped_kinds():
@@ -191,14 +191,14 @@ def test_shipped_few_step_models_load_by_name_and_sample_in_one_evaluation(kind,
 
 @pytest.mark.parametrize("kind", sorted(__import__("scoresde.pretrained", fromlist=["x"]).FEW_STEP_MODELS))
 def test_shipped_few_step_models_walk_their_fitted_intermediate_times(kind):
-    """The shipped few-step model stores intermediate times for 2-4 steps (benchmarks/fit_consistency_times.py),
-    each one that beat the Karras grid on held-out samples; sample(steps=k) walks them by default, ending at the
-    boundary time, and an explicit grid still wins."""
+    """A shipped few-step model stores intermediate times for 2-4 steps (benchmarks/fit_consistency_times.py),
+    only those that beat the Karras grid on held-out samples (CD: all three; ECT: 2 and 3, its fitted 4-step grid
+    lost); sample(steps=k) walks them by default, ending at the boundary time, and an explicit grid still wins."""
     from scoresde.pretrained import default_model
 
     model = default_model("vp", kind=kind)
     stored = {g.steps: g for g in model.fitted_grids if g.solver == "consistency"}
-    assert sorted(stored) == [2, 3, 4]
+    assert sorted(stored) == {"cd": [2, 3, 4], "ect": [2, 3]}[kind]
     for steps, g in stored.items():
         assert g.fit["held_out"]["fd"] < g.fit["held_out"]["fd_karras"], g.fit
         s = scoresde.sample(model, solver="consistency", steps=steps, n=2, seed=0)
