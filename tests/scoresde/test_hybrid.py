@@ -173,7 +173,7 @@ def test_history_record_keeps_the_last_values_in_batch_order():
     (dict(loss="hybrid", sde="ddpm", time_sampling="discrete"), "needs learn_variance=True"),
     (dict(loss="hybrid", sde="ddpm", learn_variance=True), "needs time_sampling 'discrete'"),
     (dict(HYBRID, dequantize=True), "needs dequantize=False"),
-    (dict(loss="l1"), r"unknown loss 'l1'; choose one of \['dsm', 'hybrid', 'flow_matching', 'cd', 'ct', 'ect'\]"),
+    (dict(loss="l1"), r"unknown loss 'l1'; choose one of \['dsm', 'hybrid', 'flow_matching', 'cd', 'ct', 'ect', 'pd', 'reflow'\]"),
     (dict(net_options={"learn_variance": True}), "use TrainConfig.learn_variance"),
     (dict(HYBRID, hybrid_lambda=-1.0), "hybrid_lambda must be"),
 ])
