@@ -27,10 +27,10 @@ from ..speed import COMPILE_BACKENDS
 
 __all__ = [
     "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
-    "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "REFLOW_DEFAULTS", "REFLOW_SOLVERS",
-    "RESUMABLE_CHANGES", "SR_AUG_MAX",
+    "PAIR_GRID", "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "REFLOW_DEFAULTS",
+    "REFLOW_SAMPLE_STEPS", "REFLOW_SOLVERS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
     "TRAIN_PREDICTIONS", "TrainConfig", "build_net", "build_net_config", "build_sr_stage", "build_sde", "check_resume", "net_config_diff",
-    "net_kind", "net_kind_of",
+    "net_kind", "net_kind_of", "recorded_config",
 ]
 
 LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd", "reflow")
@@ -48,6 +48,8 @@ PD_MAX_STEPS = 500_000  # the teacher's 2N-step grid stays within solvers.grids.
 # (reflow_solver, reflow_steps) when the config leaves them None: fewstep.reflow.reflow_pairs's defaults
 REFLOW_SOLVERS = ("heun", "ddim", "dpm_solver", "dpm_solver++", "dpm_solver_multistep", "deis", "ipndm", "unipc")
 REFLOW_DEFAULTS = ("heun", 50)
+PAIR_GRID = "uniform_t"  # the grid the pairs' solver walks (fewstep.reflow.reflow_pairs's default)
+REFLOW_SAMPLE_STEPS = 1  # Euler steps a reflow student is sampled with by default (`TrainConfig.ddim_sampling`)
 TEACHER_STEPS = ("ddim", "heun", "dpm_solver_2")  # as scoresde.fewstep.consistency_losses.TEACHER_STEPS
 DISTANCES = ("l2", "pseudo_huber")
 # per consistency loss: (distance, target_decay) when the config leaves them None
@@ -503,6 +505,15 @@ class TrainConfig:
         grid, weighting = PD_DEFAULTS
         return (self.pd_grid or grid, self.pd_weighting or weighting)
 
+    def ddim_sampling(self) -> tuple[int, str] | None:
+        """(steps, grid name) a "pd" or "reflow" run's student is sampled with by DDIM (Euler on FlowSDE): the pd
+        student's own steps and grid, or REFLOW_SAMPLE_STEPS on PAIR_GRID for a rectified flow; None for any other loss."""
+        if self.loss == "pd":
+            return self.pd_steps, self.pd_options()[0]
+        if self.loss == "reflow":
+            return REFLOW_SAMPLE_STEPS, PAIR_GRID
+        return None
+
     def _check_sr(self) -> None:
         """An SR run's fields: sr_aug_max only with sr_factor > 1, and no option the SR stage does not implement."""
         if self.sr_factor == 1:
@@ -618,3 +629,11 @@ def check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:
         detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff)
         raise ValueError(f"cannot resume from {path}: configuration differs in {detail}; "
                          f"only {sorted(RESUMABLE_CHANGES)} may change (or use a new out_dir)")
+
+
+def recorded_config(model, loss: str) -> TrainConfig | None:
+    """The TrainConfig a loaded model file records (its `config` dict) when its run trained `loss`, else None."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or config.get("loss") != loss:
+        return None
+    return TrainConfig.from_dict(config)

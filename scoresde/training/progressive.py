@@ -27,7 +27,7 @@ from solvers import grids
 from ..fewstep.progressive import distillation_loss
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import TrainConfig
+from .config import TrainConfig, recorded_config
 from .consistency import check_image_teacher
 
 __all__ = ["check_pd_teacher", "pd_loss", "pd_sampling", "pd_teacher_grid"]
@@ -42,11 +42,8 @@ def pd_teacher_grid(config: TrainConfig, sde: SDE) -> Tensor:
 def pd_sampling(model) -> tuple[int, str] | None:
     """(steps, grid name) a loaded model file was distilled to by a "pd" run (sample it with DDIM on
     grids.make(grid, sde, steps)), or None for any other model (its `config` records another loss, or none)."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict) or config.get("loss") != "pd":
-        return None
-    recorded = TrainConfig.from_dict(config)
-    return recorded.pd_steps, recorded.pd_options()[0]
+    recorded = recorded_config(model, "pd")
+    return None if recorded is None else recorded.ddim_sampling()
 
 
 def check_pd_teacher(config: TrainConfig, teacher: ScoreModel, net_config) -> None:

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..fewstep.reflow import reflow_loss, reflow_pairs
 from ..files import file_sha256, read_safetensors, write_safetensors
 from ..param import ScoreModel
-from .config import TrainConfig
+from .config import PAIR_GRID, REFLOW_SAMPLE_STEPS, TrainConfig, recorded_config
 from .consistency import check_image_teacher
 
 __all__ = [
@@ -45,27 +45,18 @@ __all__ = [
 
 PAIRS = "reflow_pairs.safetensors"  # the file name in a run's out_dir
 PAIRS_FORMAT = "scoresde.reflow_pairs/1"
-PAIR_GRID = "uniform_t"  # the grid the pairs' solver walks (fewstep.reflow.reflow_pairs's default)
-REFLOW_SAMPLE_STEPS = 1  # Euler steps `scoresde sample --model` takes on a reflow file by default
-
-
-def _reflow_config(model) -> TrainConfig | None:
-    """The TrainConfig of a loaded model file made by a "reflow" run, else None."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict) or config.get("loss") != "reflow":
-        return None
-    return TrainConfig.from_dict(config)
 
 
 def reflow_sampling(model) -> tuple[int, str] | None:
     """(steps, grid name) to sample a loaded model file of a "reflow" run with DDIM (= Euler on FlowSDE):
     (REFLOW_SAMPLE_STEPS, "uniform_t"); None for any other model."""
-    return None if _reflow_config(model) is None else (REFLOW_SAMPLE_STEPS, PAIR_GRID)
+    recorded = recorded_config(model, "reflow")
+    return None if recorded is None else recorded.ddim_sampling()
 
 
 def teacher_round(teacher) -> int:
     """The reflow round of a loaded model file: its run's reflow_round for a "reflow" run's file, else 0."""
-    config = _reflow_config(teacher)
+    config = recorded_config(teacher, "reflow")
     return 0 if config is None else config.reflow_options()[2]
 
 

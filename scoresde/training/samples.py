@@ -16,7 +16,6 @@ from ..files import atomic_write
 from ..nn import UNetConfig
 from ..param import ScoreModel
 from .config import TrainConfig
-from .reflow import PAIR_GRID, REFLOW_SAMPLE_STEPS
 
 __all__ = ["sample_images", "save_image_grid", "write_samples"]
 
@@ -97,11 +96,9 @@ def write_samples(model: ScoreModel, unet_config: UNetConfig, config: TrainConfi
     if unet_config.num_classes is not None:
         y = torch.arange(n, device=device) % unet_config.num_classes
     shape = (n, unet_config.in_channels, unet_config.image_size, unet_config.image_size)
-    ddim_grid = None
-    if config.loss == "pd":  # a progressive-distillation student is right on its own grid only: DDIM there
-        ddim_grid = solvers.grids.make(config.pd_options()[0], model.sde, config.pd_steps)
-    elif config.loss == "reflow":  # a rectified flow's few Euler steps, as `scoresde sample` takes (DDIM = Euler on flow)
-        ddim_grid = solvers.grids.make(PAIR_GRID, model.sde, REFLOW_SAMPLE_STEPS)
+    # a pd student is right on its own grid only, a rectified flow is for one Euler step: DDIM there, as `scoresde sample`
+    distilled = config.ddim_sampling()
+    ddim_grid = None if distilled is None else solvers.grids.make(distilled[1], model.sde, distilled[0])
     with torch.no_grad():
         x = sample_images(model, shape, steps=config.sample_steps, y=y, generator=gen, device=device, ddim_grid=ddim_grid)
     (out / "samples").mkdir(parents=True, exist_ok=True)
