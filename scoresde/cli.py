@@ -96,8 +96,8 @@ def _check_sample_paths(args: argparse.Namespace) -> None:
 def _solver_argument(args: argparse.Namespace) -> dict:
     """sample()'s solver arguments: a name with its --option values, or a module:Class built with them."""
     options = dict(args.option or [])
-    if args.solver is None:  # the default: consistency sampling for a shipped few-step model, else pc
-        return {"solver": "consistency" if args.kind in FEW_STEP_KINDS else "pc", **options}
+    if args.solver is None:  # the model's own sampler (scoresde.sampling.model_sampler)
+        return {"solver": None, **options}
     if ":" not in args.solver:
         return {"solver": args.solver, **options}
     cls = cli_args.solver_class(args.solver)
@@ -131,19 +131,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     solver = _solver_argument(args)
     model = _load_model(args.model, args.sde, args.device, conditional=args.y is not None, kind=args.kind,
                         data=args.data)
-    if args.solver is None and callable(getattr(model, "consistency", None)):
-        solver = {**solver, "solver": "consistency"}  # a consistency model's own sampler by default
-    steps, grid = args.steps, args.grid
-    # a distilled student: DDIM on a pd student's recorded steps and grid, or one uniform step of a rectified flow
-    # (reflow; on FlowSDE one DDIM step is one Euler step)
-    if args.solver is None and args.times is None:
-        from .training.progressive import pd_sampling
-        from .training.reflow import reflow_sampling
-
-        distilled = pd_sampling(model) or reflow_sampling(model)
-        if distilled is not None:
-            solver = {**solver, "solver": "ddim"}
-            steps, grid = steps or distilled[0], grid or distilled[1]
+    steps, grid = args.steps, args.grid  # solver None: sample() takes the model's own sampler, steps and grid
     if args.y is not None:
         _check_labels(args.y, model)
     if args.times is not None:

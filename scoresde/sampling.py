@@ -28,7 +28,7 @@ from .sampling_args import (
 from .sde_names import SDE_NAMES, make_sde
 from .sde import SDE
 
-__all__ = ["SDES", "Samples", "make_generators", "make_sde", "sample"]
+__all__ = ["SDES", "Samples", "make_generators", "make_sde", "model_sampler", "sample"]
 
 # sample(sde=...) names (scoresde.sde.SDE_TABLE) -> a factory of the process with its default schedule
 SDES = {name: functools.partial(make_sde, name) for name in SDE_NAMES}
@@ -118,7 +118,25 @@ class _Plan:
     fitted: dict = field(default_factory=dict)  # settings on the model's fitted grids (scoresde.fitted_grids.choose)
 
 
-def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,
+def model_sampler(model) -> tuple[str, int | None, str | None]:
+    """(solver, steps, grid) that `sample(model)` uses when no solver is given; None: the solver's own default.
+
+    A consistency model (one with a callable `consistency`): "consistency". A loaded student of a "pd" run: "ddim" on
+    the steps and grid it was distilled to; of a "reflow" run: "ddim" in one uniform step (one Euler step on
+    FlowSDE), both read from the file's recorded run config (`TrainConfig.ddim_sampling`). Any other model: "pc".
+    """
+    if callable(getattr(model, "consistency", None)):
+        return "consistency", None, None
+    from .training.config import recorded_config  # loaded lazily, as default_model
+
+    for loss in ("pd", "reflow"):
+        recorded = recorded_config(model, loss)
+        if recorded is not None:
+            return ("ddim", *recorded.ddim_sampling())
+    return "pc", None, None
+
+
+def _plan(model=None, *, sde=None, solver=None, steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,
           t_end=None, seed=None, generator=None, device=None, dtype=None, callback=None, y=None,
           guidance_scale=None, null_label=None, batch_size=None, **solver_options) -> _Plan:
     """Check `sample`'s arguments (the same names and defaults) and resolve model, solver, grid and noise."""
@@ -129,6 +147,11 @@ def _plan(model=None, *, sde=None, solver="pc", steps=None, grid=None, n=None, s
     device = None if device is None else check_device(device)
     model, image_shape, null_label, labels = _resolve_model(model, sde, y, guidance_scale, null_label, device)
     check_callables(model, callback)
+    if solver is None:  # the model's own sampler, its steps and grid unless given
+        solver, own_steps, own_grid = model_sampler(model)
+        if not isinstance(grid, Tensor):  # a tensor of times fixes the steps
+            steps = own_steps if steps is None else steps
+        grid = own_grid if grid is None else grid
     auto, grid_given = is_auto(solver), grid is not None
     if auto:
         solver, solver_options, grid, steps = resolve_auto(model.sde, solver_options, grid, steps)
@@ -251,7 +274,7 @@ def sample(
     model=None,
     *,
     sde: str | SDE | None = None,
-    solver: str | solvers.Solver = "pc",
+    solver: str | solvers.Solver | None = None,
     steps: int | None = None,
     grid: str | Tensor | None = None,
     n: int | None = None,
@@ -274,8 +297,10 @@ def sample(
     """Sample from `model` (the shipped default model for `sde` when None) with a named solver.
 
     model: a Model (e.g. `ScoreModel`, `AnalyticModel`); its `sde` is used, and `sde`, if given,
-    must be the same object. solver: a name in `solvers.available()` (options as keywords, e.g.
-    ``snr=0.16``), a built solver, or "auto": the best measured deterministic configuration for the
+    must be the same object. solver: None (default) for the model's own sampler, `model_sampler(model)`:
+    "consistency" for a consistency model, DDIM on a progressive-distillation student's recorded steps and grid,
+    one DDIM (Euler) step for a reflow student (steps and grid still override), else "pc"; a name in
+    `solvers.available()` (options as keywords, e.g. ``snr=0.16``), a built solver, or "auto": the best measured deterministic configuration for the
     model's SDE and `steps` evaluations (default 20), `solvers.recommend(model.sde, steps)`, which
     chooses solver, options and grid (so "auto" refuses options and grid; settings record the
     concrete choice and settings["auto"] = True).

@@ -57,8 +57,17 @@ def trained_and_exported(config, out) -> str:
 
 def sampled_with_ddim_by_default(capsys, model_file, folder, nfe: int) -> None:
     """`scoresde sample --model model_file` (a distilled student's file) takes DDIM on uniform_t with `nfe` evaluations
-    by default, and --steps 4 still overrides (4 evaluations); the grid is written to folder/x.png."""
+    by default, and --steps 4 still overrides (4 evaluations); the grid is written to folder/x.png. So does
+    `scoresde.sample(model)` in Python: its default is bit for bit DDIM with those steps and grid."""
+    import scoresde
     from scoresde.cli import main
+    from scoresde.train import load_model
+
+    model = load_model(model_file)
+    own = scoresde.sample(model, n=3, seed=0)
+    assert (own.nfe, own.settings["solver"], own.settings["grid"]) == (nfe, "ddim", "uniform_t"), own.settings
+    assert torch.equal(own.x, scoresde.sample(model, n=3, seed=0, solver="ddim", steps=nfe, grid="uniform_t").x)
+    assert scoresde.sample(model, n=3, seed=0, steps=4).nfe == 4
 
     png = str(Path(folder) / "x.png")
     assert main(["sample", "--model", str(model_file), "--n", "2", "--out", png, "--quiet"]) == 0

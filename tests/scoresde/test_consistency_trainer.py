@@ -171,7 +171,8 @@ def test_a_student_may_predict_otherwise_when_init_from_names_its_weights(tmp_pa
 @pytest.mark.parametrize("kind", sorted(__import__("scoresde.pretrained", fromlist=["x"]).FEW_STEP_MODELS))
 def test_shipped_few_step_models_load_by_name_and_sample_in_one_evaluation(kind, tmp_path, capsys):
     """Each shipped few-step model: a file of at most 4 MB, a ConsistencyModel of the VP process whose one-step
-    sample costs one evaluation, and the CLI's --kind samples it with the consistency sampler by default."""
+    sample costs one evaluation, and `scoresde.sample(model)` and the CLI's --kind sample it with the consistency
+    sampler by default."""
     from scoresde.cli import main
     from scoresde.pretrained import ASSETS, FEW_STEP_MODELS, default_model
 
@@ -181,6 +182,8 @@ def test_shipped_few_step_models_load_by_name_and_sample_in_one_evaluation(kind,
     assert isinstance(model, ConsistencyModel) and model.image_shape == (1, 8, 8)
     s = scoresde.sample(model, solver="consistency", steps=1, n=8, seed=0)
     assert s.nfe == 1 and float(s.x.abs().max()) < 3  # digits in about [-1, 1]
+    own = scoresde.sample(model, n=8, seed=0)  # no solver: the model's own, one step by default
+    assert own.settings["solver"] == "consistency" and own.nfe == 1 and torch.equal(own.x, s.x)
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(model.consistency(x, torch.full((2,), model.t_eps)), x)
     out = tmp_path / "x.png"
