@@ -4,12 +4,18 @@
     python benchmarks/few_step_digits.py --model runs/digits_vp_cd/checkpoint.safetensors --n 500
     python benchmarks/few_step_digits.py --grid-dir docs              # also write the sample grids
     python benchmarks/few_step_digits.py --teacher-solvers ""         # the few-step rows only (--teacher-only: the others)
+    python benchmarks/few_step_digits.py --model runs/reflow1/checkpoint.safetensors \
+        --teacher runs/flow/checkpoint.safetensors                    # a rectified flow beside its flow teacher
+    python benchmarks/few_step_digits.py --model runs/flow/checkpoint.safetensors --sampler ddim --grid uniform_t \
+        --teacher-solvers ""                                          # a flow model in 1, 2, 4 Euler steps
 
 Rows (issue 19's table, docs/few_step.md): each few-step model (the shipped `default_model("vp", kind=K)`
-for K in FEW_STEP_MODELS that are present, or --model files) with the `consistency` sampler at --nfes
-(the model's fitted grid when its file stores one for that step count, benchmarks/fit_consistency_times.py,
-and then also the default Karras grid, rho 7, ending at the model's boundary time); beside them the teacher (the shipped VP model)
-with --teacher-solvers at --teacher-nfes. Each row draws --n samples from seed --seed (per-sample seeds
+for K in FEW_STEP_MODELS that are present, or --model files) at --nfes steps of its own sampler
+(`scoresde.sampling.model_sampler`: `consistency` for a consistency model, DDIM on uniform_t for a
+"reflow" run's file or on its recorded grid for a "pd" run's) or of --sampler on --grid; a consistency
+model walks its fitted grid when its file stores one for that step count (benchmarks/fit_consistency_times.py),
+and then also the default Karras grid, rho 7, ending at the model's boundary time. Beside them the teacher (the
+shipped VP model, or the --teacher file) with --teacher-solvers at --teacher-nfes. Each row draws --n samples from seed --seed (per-sample seeds
 seed + i, so rows share their noise) and scores them with `scoresde.metrics.digits_quality`'s measure: the
 squared Fréchet distance to the 360 test digits in the penultimate features of the shipped digits
 classifier (samples mapped to the 17 levels by dequantization bin: the models learned dequantized data),
@@ -38,7 +44,6 @@ from scoresde import data as datasets
 from scoresde.metrics import class_entropy, class_histogram, classifier_features, frechet_distance_features, quantize_digits
 from scoresde.pretrained import ASSETS, FEW_STEP_MODELS, default_model
 from scoresde.train import load_model, save_image_grid
-from solvers.consistency import Consistency
 
 LEVELS = 17
 
@@ -50,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=2000, help="samples per row (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed --seed + i (default 0)")
     p.add_argument("--nfes", default="1,2,4", help="few-step evaluations (default 1,2,4)")
+    p.add_argument("--sampler", default=None,
+                   help="the few-step models' solver, one evaluation per step (default: each model's own)")
+    p.add_argument("--grid", default=None, help="with --sampler: its grid (default: the solver's)")
+    p.add_argument("--teacher", default=None, help="the teacher's model file (default: the shipped digits_vp)")
     p.add_argument("--teacher-solvers", default="unipc,dpm_solver++,auto",
                    help="teacher solvers (default unipc,dpm_solver++,auto)")
     p.add_argument("--teacher-nfes", default="5,10,20", help="teacher evaluations (default 5,10,20)")
@@ -64,6 +73,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in args.teacher_solvers:
         if name != "auto" and name not in solvers.available():
             p.error(f"--teacher-solvers: unknown solver {name!r}; choose from {sorted(solvers.available())} or auto")
+    if args.sampler is not None and args.sampler not in solvers.available():
+        p.error(f"--sampler: unknown solver {args.sampler!r}; choose from {sorted(solvers.available())}")
+    if args.sampler is not None and solvers.get(args.sampler).nfe_per_step != 1:
+        p.error(f"--sampler: {args.sampler!r} takes {solvers.get(args.sampler).nfe_per_step} evaluations per step; "
+                "the few-step rows need one per step")
+    if args.grid is not None and args.sampler is None:
+        p.error("--grid needs --sampler (each model's own sampler walks its own grid)")
     if args.n < 2 or min(args.nfes + args.teacher_nfes) < 1:
         p.error("--n must be at least 2 and every NFE at least 1")
     return args
@@ -87,15 +103,15 @@ def floor(n: int, ref_feats: torch.Tensor, seed: int) -> float:
                for _ in range(10)) / 10
 
 
-def row(model, name: str, solver: str, steps: int, args, ref_feats, grid: str | None = None) -> dict:
-    """One table row: n samples of `model` with `solver` on `steps` steps of `grid` (None: the model's fitted grid
-    for them when it carries one, else the solver's default grid)."""
+def row(model, name: str, solver: str | None, steps: int, args, ref_feats, grid: str | None = None) -> dict:
+    """One table row: n samples of `model` with `solver` (None: the model's own, `model_sampler`) on `steps` steps of
+    `grid` (None: the model's fitted grid for them when it carries one, else the solver's or the model's own grid)."""
     start = time.process_time()
     s = scoresde.sample(model, solver=solver, steps=steps, grid=grid, n=args.n, seed=args.seed,
                         batch_size=args.batch_size)
     cpu = time.process_time() - start
     fd, ent = score(s.x, ref_feats)
-    chosen = s.settings.get("solver", solver) if solver == "auto" else solver
+    chosen = s.settings.get("solver", solver) if solver in ("auto", None) else solver
     nfe = s.settings["nfe_per_chunk"][0]  # per sample: s.nfe sums the batches' evaluations
     grid_used = s.settings["grid"]
     print(f"  {name} {chosen} NFE {nfe} ({grid_used} grid): FD {fd:.2f} ({cpu:.0f} CPU s)", file=sys.stderr, flush=True)
@@ -118,16 +134,18 @@ def main(argv=None) -> None:
     rows = []
     for name, model in ([] if args.teacher_only else few_step_models(args)):
         for nfe in args.nfes:
-            rows.append(row(model, name, "consistency", nfe, args, ref_feats)
+            rows.append(row(model, name, args.sampler, nfe, args, ref_feats, grid=args.grid)
                         | {"step": getattr(model, "step", None), "default": True})
-            if rows[-1]["grid"] == "fitted":  # the model's stored intermediate times, beside the default Karras grid
-                rows.append(row(model, name, "consistency", nfe, args, ref_feats, grid=Consistency.default_grid)
+            if rows[-1]["grid"] == "fitted":  # the model's stored times, beside the solver's default (Karras) grid
+                used = rows[-1]["solver"]
+                rows.append(row(model, name, used, nfe, args, ref_feats, grid=solvers.get(used).default_grid)
                             | {"step": getattr(model, "step", None)})
-    teacher = default_model("vp")
+    teacher = default_model("vp") if args.teacher is None else load_model(args.teacher)
+    teacher_name = "teacher (digits_vp)" if args.teacher is None else f"teacher ({args.teacher})"
     for solver in args.teacher_solvers:
         for nfe in args.teacher_nfes:
             steps = nfe if solver == "auto" else max(1, nfe // solvers.get(solver).nfe_per_step)
-            rows.append(row(teacher, "teacher (digits_vp)", solver, steps, args, ref_feats) | {"step": teacher.step})
+            rows.append(row(teacher, teacher_name, solver, steps, args, ref_feats) | {"step": teacher.step})
     fl = floor(args.n, ref_feats, args.seed)
     print(f"\n{args.n} samples per row, seed {args.seed}; floor (train vs test, {min(args.n, 1437)} images): {fl:.2f}; "
           f"{torch.get_num_threads()} thread(s)\n")

@@ -74,3 +74,16 @@ def test_shape_arguments_required():
         scoresde.sample(model(), solver="dpm_solver++", n=2)
     with pytest.raises(ValueError, match="give x_T or"):
         scoresde.sample(model(), solver="dpm_solver++", n=2, shape=(3,), x_T=torch.zeros(2, 3))
+
+
+def test_without_a_solver_a_plain_model_is_sampled_with_pc():
+    """model_sampler: a model that is neither a consistency model nor a distilled student's file takes "pc" on its
+    default grid (the pd, reflow and consistency defaults are tested with their files in test_pd_trainer.py,
+    test_reflow_trainer.py and test_consistency_trainer.py)."""
+    from scoresde.sampling import model_sampler
+
+    m = model()
+    assert model_sampler(m) == ("pc", None, None)
+    own = scoresde.sample(m, steps=6, n=2, shape=(3,), seed=3, dtype=F64)
+    pc = scoresde.sample(m, solver="pc", steps=6, n=2, shape=(3,), seed=3, dtype=F64)
+    assert own.settings["solver"] == "pc" and own.nfe == pc.nfe and torch.equal(own.x, pc.x)
