@@ -7,7 +7,8 @@ and model files, load_model), `step` (loss, optimizer, EMA), `samples` (progress
 
 from .sde_names import SDE_NAMES as SDES
 from .training.checkpoints import CHECKPOINT, Checkpoint, load_checkpoint, load_model
-from .training.config import COMPILE, OPTIMIZER_IMPLS, TrainConfig, build_sde
+from .training.builders import build_sde
+from .training.config import COMPILE, OPTIMIZER_IMPLS, TrainConfig
 from .training.loop import TrainResult, setup_distributed, train
 from .training.samples import sample_images, save_image_grid
 from .training.step import ParameterUpdate, compute_loss, ema_update, make_optimizer, optimizer_impl

@@ -44,9 +44,8 @@ from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import (
-    CONSISTENCY_LOSSES, NET_KINDS, TrainConfig, build_net, build_sde, build_sr_stage, net_kind, net_kind_of,
-)
+from .builders import NET_KINDS, build_net, build_sde, build_sr_stage, net_kind, net_kind_of
+from .config import CONSISTENCY_LOSSES, TrainConfig
 from .consistency import consistency_model
 
 __all__ = [

@@ -27,7 +27,8 @@ from ..fewstep.consistency import ConsistencyModel
 from ..fewstep.consistency_losses import cd_loss, ct_loss, ect_loss, ect_stage, ict_discretization
 from ..param import ScoreModel
 from ..sde import SDE
-from .config import TrainConfig, net_config_diff
+from .builders import net_config_diff
+from .config import TrainConfig
 
 __all__ = ["check_image_teacher", "check_teacher", "consistency_loss", "consistency_model"]
 

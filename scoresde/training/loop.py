@@ -8,7 +8,7 @@ docs/distillation.md), on one device or many (DDP launched by torchrun).
     res.model.eps(x, t)                                  # ScoreModel over the EMA weights
     train(TrainConfig(net="dit_digits", ...))            # a DiT: any preset of TrainConfig.net
 
-The network is built from its configuration (`config.build_net`: UNet(UNetConfig) or DiT(DiTConfig));
+The network is built from its configuration (`builders.build_net`: UNet(UNetConfig) or DiT(DiTConfig));
 nothing here depends on which: EMA, autocast, torch.compile, DDP and checkpoints see an nn.Module.
 
 What a run writes to `out_dir` (rank 0 only):
@@ -77,10 +77,8 @@ from .checkpoints import (
     CHECKPOINT, PRETRAINED_FORMAT, LogInterval, load_checkpoint, load_model, read_pretrained, save_checkpoint,
     write_run_config,
 )
-from .config import (
-    CONSISTENCY_LOSSES, TrainConfig, build_net, build_net_config, build_sde, build_sr_stage, check_resume,
-    net_config_diff, net_kind_of,
-)
+from .builders import build_net, build_net_config, build_sde, build_sr_stage, net_config_diff, net_kind_of
+from .config import CONSISTENCY_LOSSES, TrainConfig, check_resume
 from .consistency import check_teacher, consistency_loss, consistency_model
 from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .progressive import check_pd_teacher, pd_loss, pd_teacher_grid

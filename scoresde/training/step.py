@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ..losses import HybridLoss, LossHistory, dsm_loss, flow_matching_loss, hybrid_loss
 from ..param import ScoreModel
-from .config import TrainConfig, build_sr_stage
+from .builders import build_sr_stage
+from .config import TrainConfig
 
 __all__ = ["ParameterUpdate", "compute_loss", "ema_update", "make_optimizer", "optimizer_impl"]
 

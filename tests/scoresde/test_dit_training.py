@@ -19,7 +19,7 @@ from scoresde.data import load
 from scoresde.nn import DiT, DiTConfig, UNet
 from scoresde.train import TrainConfig, load_checkpoint, load_model, train
 from scoresde.training.checkpoints import ASSETS, DEFAULT_MODELS, export_model
-from scoresde.training.config import build_net_config, build_sde
+from scoresde.training.builders import build_net_config, build_sde
 from scoresde.training.step import compute_loss
 
 from .helpers import resumed_equals_uninterrupted

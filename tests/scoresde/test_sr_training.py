@@ -13,7 +13,8 @@ from scoresde.latent import sr_stage
 from scoresde.latent.cascade import SRStage, sr_loss
 from scoresde.pretrained import export_model
 from scoresde.train import TrainConfig, train
-from scoresde.training.config import SR_AUG_MAX, build_net_config
+from scoresde.training.builders import build_net_config
+from scoresde.training.config import SR_AUG_MAX
 from scoresde.training import step as train_step
 from scoresde.training.step import compute_loss
 
