@@ -24,6 +24,7 @@ from ..param import C_NOISE
 from ..sde_names import SDE_NAMES
 from ..speed import COMPILE_BACKENDS
 from .builders import NET_KINDS, net_kind
+from .few_step_checks import CONSISTENCY_LOSSES, check_consistency, check_pd, check_reflow
 
 __all__ = [
     "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
@@ -33,8 +34,6 @@ __all__ = [
 ]
 
 LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd", "reflow")
-CONSISTENCY_LOSSES = ("cd", "ct", "ect")  # the model is a ConsistencyModel (scoresde.fewstep)
-TEACHER_LOSSES = ("cd", "ect", "pd", "reflow")  # the losses that take a teacher model file
 # progressive distillation (loss "pd", scoresde.fewstep.progressive): the grids its rounds walk (every grid of
 # solvers.grids nests: each is uniform in some function of t, so a 2N-step grid's every other time is the N-step
 # grid) and its weightings (as scoresde.fewstep.progressive.WEIGHTINGS; a test checks they agree)
@@ -403,9 +402,9 @@ class TrainConfig:
                 want = f"{name}={value}" if isinstance(value, bool) else f"{name} {value!r}"
                 got = "" if isinstance(value, bool) else f", got {getattr(self, name)!r}"
                 raise ValueError(f"loss {self.loss!r} needs {want}{f' ({why})' if why else ''}{got}")
-        self._check_consistency()
-        self._check_pd()
-        self._check_reflow()
+        check_consistency(self)
+        check_pd(self)
+        check_reflow(self)
         self._check_sr()
         if self.vae is not None:
             unsupported = {f"sr_factor {self.sr_factor}": self.sr_factor > 1, f"loss {self.loss!r}": self.loss in (
@@ -417,85 +416,10 @@ class TrainConfig:
         if self.precision == "bf16" and self.device != "auto" and torch.device(self.device).type != "cuda":
             raise ValueError(f"precision 'bf16' is for CUDA only; device is {self.device!r} (use precision 'fp32')")
 
-    def _check_consistency(self) -> None:
-        """The consistency losses' fields: a teacher exactly where the loss uses one, and no option the
-        consistency trainer does not implement (each named, rather than ignored)."""
-        consistency = self.loss in CONSISTENCY_LOSSES
-        if self.loss == "cd" and self.teacher is None:
-            raise ValueError("loss 'cd' needs teacher (a model file: a diffusion model of this data and sde)")
-        if self.loss == "ect" and self.teacher is None and self.init_from is None:
-            raise ValueError("loss 'ect' tunes a pretrained diffusion model: give teacher or init_from (its weights)")
-        if self.teacher is not None and self.loss not in TEACHER_LOSSES:
-            raise ValueError(f"teacher is for loss 'cd', 'ect', 'pd' or 'reflow', got loss {self.loss!r}")
-        if not consistency:
-            unused = [name for name in ("distance", "target_decay") if getattr(self, name) is not None]
-            if unused:
-                raise ValueError(f"{unused} apply to the consistency losses {list(CONSISTENCY_LOSSES)}; "
-                                 f"loss is {self.loss!r}")
-            return
-        self._check_few_step("consistency", "noise levels", "the consistency losses evaluate the network")
-
-    def _check_pd(self) -> None:
-        """Progressive distillation's fields: a teacher and pd_steps with loss "pd", its options with no other loss,
-        and no option its trainer does not implement (each named, rather than ignored)."""
-        if not self._loss_options("pd", ("pd_steps", "pd_grid", "pd_weighting"), "progressive distillation"):
-            return
-        if self.teacher is None:
-            raise ValueError("loss 'pd' needs teacher (a model file: a diffusion model of this data and sde, or the "
-                             "student of the previous round)")
-        if self.pd_steps is None:
-            raise ValueError("loss 'pd' needs pd_steps (N >= 1: the student's DDIM steps; the teacher takes 2N)")
-        self._check_few_step("distillation", "times (the student's grid)", "loss 'pd' evaluates the networks on its grid,")
-
-    def _check_reflow(self) -> None:
-        """Reflow's fields: a teacher and reflow_pairs (at least one batch) with loss "reflow", its options with no other
-        loss, and no option its trainer does not implement (each named, rather than ignored): the data only give the
-        image shape, so also no flips or dequantization."""
-        if not self._loss_options("reflow", ("reflow_pairs", "reflow_solver", "reflow_steps", "reflow_round"),
-                                  "rectified-flow reflow"):
-            return
-        if self.teacher is None:
-            raise ValueError("loss 'reflow' needs teacher (a model file: a flow model of this data, sde 'flow', e.g. a "
-                             "flow_matching run's, or the student of the previous reflow round)")
-        if self.reflow_pairs is None or self.reflow_pairs < self.batch_size:
-            raise ValueError(f"loss 'reflow' needs reflow_pairs >= batch_size {self.batch_size} (P: the (noise, sample) "
-                             f"pairs the teacher makes at the start; batches are drawn from them), got {self.reflow_pairs!r}")
-        unused = [name for name in ("flip", "dequantize") if getattr(self, name)]
-        if unused:
-            raise ValueError(f"loss 'reflow' does not support {unused}: it trains on the teacher's (noise, sample) pairs, "
-                             "not on the data (which only give the image shape)")
-        self._check_few_step("reflow", "times", "loss 'reflow' evaluates the network")
-
-    def _loss_options(self, loss: str, names: tuple[str, ...], what: str) -> bool:
-        """Whether the run's loss is `loss`; with another loss, refuse any of the fields `names` that is set (not None),
-        naming them and `what` the loss is."""
-        if self.loss == loss:
-            return True
-        options = [name for name in names if getattr(self, name) is not None]
-        if options:
-            raise ValueError(f"{options} apply to loss {loss!r} ({what}); loss is {self.loss!r}")
-        return False
-
     def reflow_options(self) -> tuple[str, int, int]:
         """(solver, steps, round) of loss "reflow", REFLOW_DEFAULTS and round 1 where None."""
         solver, steps = REFLOW_DEFAULTS
         return (self.reflow_solver or solver, self.reflow_steps or steps, self.reflow_round or 1)
-
-    def _check_few_step(self, trainer: str, draws: str, evaluates: str) -> None:
-        """What the consistency and distillation trainers share: no class labels, augmentation, learned variance or
-        bf16; uniform time_sampling (they draw their own times); a continuous c_noise (they evaluate between the
-        DDPM timesteps). `trainer`, `draws`, `evaluates`: the words of the errors."""
-        unsupported = {"conditional": self.conditional, "learn_variance": self.learn_variance,
-                       "augment_p": self.augment_p > 0, "precision bf16": self.precision == "bf16"}
-        bad = [name for name, on in unsupported.items() if on]
-        if bad:
-            raise ValueError(f"loss {self.loss!r} does not support {bad} yet (the {trainer} trainer is unconditional, "
-                             "fp32, without augmentation or learned variance)")
-        if self.time_sampling != "uniform":
-            raise ValueError(f"loss {self.loss!r} draws its own {draws}; time_sampling must stay 'uniform', "
-                             f"got {self.time_sampling!r}")
-        if self.sde == "ddpm" and self.c_noise == "timestep":
-            raise ValueError(f"{evaluates} between the DDPM timesteps; use a continuous c_noise (e.g. 'log_noise')")
 
     def pd_options(self) -> tuple[str, str]:
         """(grid, weighting) of loss "pd", PD_DEFAULTS where None."""
