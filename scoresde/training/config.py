@@ -87,7 +87,7 @@ _OPTIONAL_CHOICES = {"distance": DISTANCES, "pd_grid": PD_GRIDS, "pd_weighting":
 _OPTIONAL_INTEGERS = {"image_size": 1, "reflow_pairs": 1, "reflow_round": 1}
 _OPTIONAL_STEPS = {"pd_steps": (PD_MAX_STEPS, " (the student's DDIM steps; the teacher takes twice as many)"),
                    "reflow_steps": (MAX_STEPS, "")}
-# the largest seed: training's per-step RNG seeds (loop._step_seed) are distinct for seeds below 2^12
+# the largest seed: training's per-step RNG seeds (ranks.step_seed) are distinct for seeds below 2^12
 MAX_SEED = 2**12 - 1
 _POSITIVE, _NONNEGATIVE = (0.0, math.inf, "()"), (0.0, math.inf, "[)")
 _NUMBERS = {  # field -> (lo, hi, brackets): the interval of valid values, "(" and ")" open

@@ -56,13 +56,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import data as datasets
@@ -84,84 +82,12 @@ from .metrics_log import METRICS, MetricsLog, truncate_metrics
 from .progressive import check_pd_teacher, pd_loss, pd_teacher_grid
 from .reflow import check_reflow_teacher, reflow_batch_loss, training_pairs
 from .samples import write_samples
+from .ranks import rank_world, record_losses, resolve_device, seed_generator, setup_distributed, step_seed
 from .step import ParameterUpdate, compute_loss, ema_update, make_optimizer
 
 __all__ = ["METRICS", "TrainResult", "setup_distributed", "train"]
 
 _NET_NAMES = {"unet": "U-Net", "dit": "DiT"}  # for messages
-
-
-# --- distributed ---------------------------------------------------------------------------------
-
-def setup_distributed() -> tuple[int, int]:
-    """Join the process group described by torchrun's environment; returns (rank, world_size).
-
-    Without torchrun (no WORLD_SIZE, or 1) nothing happens and (0, 1) comes back. Backend: NCCL
-    with one device per process (LOCAL_RANK) when CUDA is available, else gloo.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 or (dist.is_available() and dist.is_initialized()):
-        return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _step_seed(seed: int, rank: int, step: int, stream: int) -> int:
-    """Seed of random stream `stream` (0: loss and augmentation, 1: dropout; 2 at rank 0 and step 0: the noise of loss
-    "reflow"'s pairs) of one step on one rank.
-
-    Distinct for every (seed < 2^12 = config.MAX_SEED + 1, rank < 2^10, stream < 4, step < 2^40): the
-    fields fill all 64 bits that torch seeds take (seeds below 2^11 give the values they gave when the
-    top bit was masked off, so their runs are unchanged).
-    """
-    return ((((seed * 1024 + rank) * 4 + stream) << 40) + step) & ((1 << 64) - 1)
-
-
-def _cpu_seed(value: int) -> int:
-    """The seed for a CPU generator that stands for the 64-bit `_step_seed` value.
-
-    torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, which `_step_seed` fills with
-    the step alone: seed, rank and stream would not reach it. This mixes all 64 bits into the low 32
-    (the splitmix64 finalizer); accelerator generators (Philox) take the 64-bit value as it is.
-    """
-    z = value & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0xFFFFFFFF
-
-
-def _seed_generator(gen: torch.Generator, value: int) -> torch.Generator:
-    """gen seeded with the `_step_seed` value (mixed into 32 bits on the CPU, `_cpu_seed`)."""
-    return gen.manual_seed(_cpu_seed(value) if gen.device.type == "cpu" else value)
-
-
-def _record_losses(history: LossHistory, steps: Tensor, vlb: Tensor, world: int) -> None:
-    """Record every rank's (timestep, L_vlb) pairs in rank order, so that all ranks keep the same history."""
-    if world > 1:
-        all_steps, all_vlb = [torch.empty_like(steps) for _ in range(world)], [torch.empty_like(vlb) for _ in range(world)]
-        dist.all_gather(all_steps, steps.contiguous())
-        dist.all_gather(all_vlb, vlb.contiguous())
-        steps, vlb = torch.cat(all_steps), torch.cat(all_vlb)
-    history.record(steps, vlb)
-
-
-def _resolve_device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 # --- a run ---------------------------------------------------------------------------------------
@@ -344,7 +270,7 @@ def _setup(config: TrainConfig, data: datasets.ImageData, sde: SDE, net_config: 
     pairs = None
     if config.loss == "reflow":  # made once (noise from stream 2), read back by every later start
         shape = (net_config.in_channels, net_config.image_size, net_config.image_size)
-        gen = _seed_generator(torch.Generator(), _step_seed(config.seed, 0, 0, 2))
+        gen = seed_generator(torch.Generator(), step_seed(config.seed, 0, 0, 2))
         pairs = training_pairs(config, teacher, shape, out, device, gen, rank=rank, world=world)
     start, open_log = _restore(config, out / CHECKPOINT, net_config, net, ema, opt, history, target, teacher, vae)
     if config.loss not in ("cd", "pd"):
@@ -429,10 +355,10 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     """Step `step` on the images (or pairs) idx (per_rank,): returns the loss and gradient norm (0-d, on the device)
     and lr."""
     config = run.config
-    _seed_generator(gen, _step_seed(config.seed, run.rank, step, 0))
-    dropout_seed = _step_seed(config.seed, run.rank, step, 1)
+    seed_generator(gen, step_seed(config.seed, run.rank, step, 0))
+    dropout_seed = step_seed(config.seed, run.rank, step, 1)
     torch.manual_seed(dropout_seed)  # dropout: the accelerators' default generators take all 64 bits,
-    _seed_generator(torch.default_generator, dropout_seed)  # the CPU's only 32 (_cpu_seed)
+    seed_generator(torch.default_generator, dropout_seed)  # the CPU's only 32 (cpu_seed)
     loss, hybrid = _loss(run, model, idx, step, gen)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -441,7 +367,7 @@ def _train_step(run: _Run, model: ScoreModel, idx: Tensor, step: int, gen: torch
     if run.target is not None:  # Song et al. 2023, Alg. 2: theta^- <- stopgrad(mu theta^- + (1 - mu) theta)
         ema_update(run.target, run.net, config.consistency_options()[1])
     if hybrid is not None:
-        _record_losses(run.history, hybrid.step, hybrid.vlb, run.world)
+        record_losses(run.history, hybrid.step, hybrid.vlb, run.world)
     return loss, grad_norm, lr
 
 
@@ -482,8 +408,8 @@ def _loop(run: _Run, sampler: torch.utils.data.DistributedSampler, bar) -> tuple
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) as configured; see the module docstring. Call `setup_distributed` first under torchrun."""
-    rank, world = _rank_world()
-    device = _resolve_device(config)
+    rank, world = rank_world()
+    device = resolve_device(config)
     if config.precision == "bf16" and device.type != "cuda":
         raise ValueError(f"precision 'bf16' is for CUDA only; running on {device} (use precision 'fp32')")
     if config.batch_size % world:

@@ -146,10 +146,10 @@ def test_to_model_input_maps_the_levels_onto_minus_one_to_one():
 
 
 def test_training_seeds_0_and_2048_draw_different_step_noise():
-    from scoresde.training.loop import _seed_generator, _step_seed
+    from scoresde.training.ranks import seed_generator, step_seed
 
     def first_step_noise(seed, stream=0, rank=0, step=0):
-        gen = _seed_generator(torch.Generator(), _step_seed(seed, rank, step, stream))
+        gen = seed_generator(torch.Generator(), step_seed(seed, rank, step, stream))
         return torch.randn(8, generator=gen)
 
     # CPU generators keep only 32 bits of a seed: seed, rank and stream must still reach them
@@ -157,8 +157,8 @@ def test_training_seeds_0_and_2048_draw_different_step_noise():
         assert not torch.equal(first_step_noise(*a), first_step_noise(*b)), (a, b)
     torch.testing.assert_close(first_step_noise(3), first_step_noise(3), rtol=0, atol=0)
     # the 64-bit values (what accelerator generators take) are those of before for seeds below 2048
-    assert _step_seed(5, 3, 17, 1) == (((5 * 1024 + 3) * 4 + 1) << 40) + 17
-    seen = {_step_seed(seed, rank, step, stream) for seed in (0, 1, 2047, 2048, 4095)
+    assert step_seed(5, 3, 17, 1) == (((5 * 1024 + 3) * 4 + 1) << 40) + 17
+    seen = {step_seed(seed, rank, step, stream) for seed in (0, 1, 2047, 2048, 4095)
             for rank in (0, 1023) for step in (0, 1, 2**40 - 1) for stream in range(4)}
     assert len(seen) == 5 * 2 * 3 * 4
 
