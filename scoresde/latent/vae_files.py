@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ..files import read_safetensors, write_safetensors
-from ..training.checkpoints import ASSETS, MAX_STEP, _meta_json
+from ..training.checkpoints import ASSETS
+from ..training.file_meta import MAX_STEP, meta_json
 from .vae import VAE, vae_from_state
 
 __all__ = ["DEFAULT_VAE", "FORMAT", "VAEFile", "default_vae", "load_vae", "read_vae_file", "save_vae"]
@@ -73,7 +74,7 @@ def _number(path, meta: dict[str, str], key: str, low: float, high: float) -> fl
 def _optimizer_state(path, tensors: dict[str, Tensor], meta: dict[str, str]) -> dict | None:
     if "opt_groups" not in meta:
         return None
-    groups = _meta_json(path, meta, "opt_groups", list)
+    groups = meta_json(path, meta, "opt_groups", list)
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):
@@ -90,10 +91,10 @@ def read_vae_file(path: str | os.PathLike, *, device=None) -> VAEFile:
     scale = None if meta.get("scale_factor") == "none" else _number(path, meta, "scale_factor", 0.0, 1e12)
     step = int(_number(path, meta, "step", 0, MAX_STEP))
     weights = {k.removeprefix("vae."): v for k, v in tensors.items() if k.startswith("vae.")}
-    vae = vae_from_state(str(path), _meta_json(path, meta, "vae_config"), scale, weights)
+    vae = vae_from_state(str(path), meta_json(path, meta, "vae_config"), scale, weights)
     if device is not None:
         vae = vae.to(device)
-    return VAEFile(vae.eval(), step, _meta_json(path, meta, "train_config"), _optimizer_state(path, tensors, meta))
+    return VAEFile(vae.eval(), step, meta_json(path, meta, "train_config"), _optimizer_state(path, tensors, meta))
 
 
 def load_vae(path: str | os.PathLike, *, device=None) -> VAE:

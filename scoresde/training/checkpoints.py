@@ -27,7 +27,6 @@ JSON only: nothing is unpickled, no code runs. The metadata's "format" entry tel
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +40,14 @@ from ..losses import LossHistory
 from ..latent.model import LatentModel
 from ..latent.vae import VAE, vae_from_state
 from ..nn import DiTConfig, UNetConfig
-from ..nn.unet import MAX_PARAMETERS
 from ..param import ScoreModel
 from ..sde import SDE
-from .builders import NET_KINDS, build_net, build_sde, build_sr_stage, net_kind, net_kind_of
+from .builders import build_net, build_sde, build_sr_stage, net_kind_of
 from .config import CONSISTENCY_LOSSES, TrainConfig
 from .consistency import consistency_model
+from .file_meta import (
+    MAX_RANKS, MAX_STEP, check_finite, check_weights, config_key, meta_configs, meta_json, meta_step, split_opt,
+)
 
 __all__ = [
     "ASSETS", "CASCADE_MODELS", "CHECKPOINT", "CONDITIONAL_MODELS", "DEFAULT_MODELS", "FEW_STEP_MODELS",
@@ -79,144 +80,12 @@ CASCADE_MODELS = {"vp": ("patches8_base_vp.safetensors", "patches32_sr_vp.safete
 NetConfig = UNetConfig | DiTConfig
 
 
-def _config_key(kind: str) -> str:
-    """The metadata entry that holds the network configuration of backbone `kind`: "unet_config", "dit_config"."""
-    return f"{kind}_config"
-
-
 def _metadata(fmt: str, step: int, config: TrainConfig, net_config: NetConfig, sde_config: dict) -> dict[str, str]:
     kind = net_kind_of(net_config)
     return {
         "format": fmt, "step": str(step), "config": json.dumps(config.to_dict()), "net_kind": kind,
-        _config_key(kind): json.dumps(net_config.to_dict()), "sde": json.dumps(sde_config),
+        config_key(kind): json.dumps(net_config.to_dict()), "sde": json.dumps(sde_config),
     }
-
-
-# --- reading what a file claims, before trusting it ------------------------------------------------
-
-MAX_JSON_CHARS = 1_000_000  # per metadata entry
-MAX_JSON_DEPTH = 16  # nesting of [ and { (the configs nest 2 deep)
-MAX_STEP = 10**15
-MAX_RANKS = 1024  # loss sums in "log_interval" (the per-step seeds allow ranks < 2^10)
-
-
-def _json_depth(text: str) -> int:
-    """Greatest nesting of [ and { in JSON text, outside strings (a linear scan: no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300]
-
-
-def _meta_json(path, meta: dict[str, str], key: str, kind: type = dict):
-    """The JSON object in metadata entry `key`, or ValueError naming the file and the entry."""
-    if key not in meta:
-        raise ValueError(f"{path}: metadata lacks {key!r}")
-    text = meta[key]
-    if len(text) > MAX_JSON_CHARS:
-        raise ValueError(f"{path}: metadata {key!r} is {len(text)} characters (at most {MAX_JSON_CHARS})")
-    if _json_depth(text) > MAX_JSON_DEPTH:
-        raise ValueError(f"{path}: metadata {key!r} nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({_one_line(e)})") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{path}: metadata {key!r} must be a JSON {kind.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _meta_step(path, meta: dict[str, str]) -> int:
-    text = meta.get("step")
-    if text is None:
-        raise ValueError(f"{path}: metadata lacks 'step'")
-    if not (text.isascii() and text.isdigit() and len(text) <= 16) or int(text) > MAX_STEP:
-        raise ValueError(f"{path}: metadata 'step' must be an integer in [0, {MAX_STEP}], got {text[:40]!r}")
-    return int(text)
-
-
-def _meta_net_kind(path, meta: dict[str, str]) -> str:
-    """The file's backbone, metadata "net_kind" ("unet" when absent: the files written before the DiT)."""
-    kind = meta.get("net_kind", "unet")
-    if kind not in NET_KINDS:
-        raise ValueError(f"{path}: metadata 'net_kind' must be one of {list(NET_KINDS)}, got {kind[:40]!r}")
-    return kind
-
-
-def _meta_configs(path, meta: dict[str, str]) -> tuple[TrainConfig, NetConfig, dict]:
-    """(TrainConfig, UNetConfig or DiTConfig as "net_kind" says, SDE JSON) of a file's metadata, each
-    checked, errors naming the file and the entry."""
-    kind = _meta_net_kind(path, meta)
-    configs = []
-    for key, cls in (("config", TrainConfig), (_config_key(kind), NET_KINDS[kind][0])):
-        d = _meta_json(path, meta, key)
-        try:
-            configs.append(cls.from_dict(d))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: metadata {key!r}: {_one_line(e)}") from None
-    if net_kind(configs[0].net) != kind:
-        raise ValueError(f"{path}: metadata 'net_kind' is {kind!r} but the config's net {configs[0].net!r} "
-                         f"is a {net_kind(configs[0].net)!r} preset")
-    return configs[0], configs[1], _meta_json(path, meta, "sde")
-
-
-def _check_weights(path, net_config: NetConfig, state: dict[str, Tensor], what: str) -> None:
-    """Refuse weights that do not fit `net_config` (names, shapes, count) or are not finite, before any
-    network is built: a DiT's count comes from its configuration alone, the expected shapes from a
-    network on the meta device (no memory)."""
-    key = _config_key(net_kind_of(net_config))
-    if isinstance(net_config, DiTConfig) and net_config.parameter_count() > MAX_PARAMETERS:
-        raise ValueError(f"{path}: {key} implies {net_config.parameter_count():,} parameters "
-                         f"(at most {MAX_PARAMETERS:,})")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_net(net_config).state_dict().items()}
-    count = sum(math.prod(s) for s in expected.values())
-    if count > MAX_PARAMETERS:
-        raise ValueError(f"{path}: {key} implies {count:,} parameters (at most {MAX_PARAMETERS:,})")
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        raise ValueError(f"{path}: {what} weights do not match {key}: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}" + (" ..." if len(missing) > 5 or len(extra) > 5 else ""))
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != shape:
-            raise ValueError(f"{path}: {what} weight {k!r} has shape {tuple(state[k].shape)}, {key} implies {shape}")
-    _check_finite(path, state, what)
-
-
-def _check_finite(path, tensors: dict[str, Tensor], what: str) -> None:
-    for k, v in tensors.items():
-        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{path}: {what} tensor {k!r} holds non-finite values (NaN or inf)")
-
-
-def _split_opt(path, tensors: dict[str, Tensor]) -> dict[int, dict[str, Tensor]]:
-    """Optimizer state by parameter index from tensors named "opt.<i>.<key>"."""
-    opt: dict[int, dict[str, Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            parts = k.split(".", 2)
-            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 9) or not parts[2]:
-                raise ValueError(f"{path}: tensor name {k[:80]!r} is not of the form 'opt.<index>.<name>'")
-            opt.setdefault(int(parts[1]), {})[parts[2]] = v
-    return opt
 
 
 # --- training checkpoints ------------------------------------------------------------------------
@@ -242,7 +111,7 @@ def _meta_log_interval(path, meta: dict[str, str]) -> LogInterval:
     """The checkpoint's open log interval (empty when the file has none), checked, errors naming the file."""
     if "log_interval" not in meta:
         return LogInterval(0, ())
-    d = _meta_json(path, meta, "log_interval")
+    d = meta_json(path, meta, "log_interval")
     count, sums = d.get("count"), d.get("loss_sums")
     if set(d) != {"count", "loss_sums"}:
         raise ValueError(f"{path}: metadata 'log_interval' must hold exactly 'count' and 'loss_sums', got {[k[:40] for k in sorted(d)[:5]]}")
@@ -307,7 +176,7 @@ def _split_vae(path, config: TrainConfig, tensors: dict[str, Tensor], meta: dict
         return rest, None
     if not weights or "vae" not in meta:
         raise ValueError(f"{path}: the file of a latent run (vae {config.vae!r}) holds no VAE")
-    d = _meta_json(path, meta, "vae")
+    d = meta_json(path, meta, "vae")
     if set(d) != {"config", "scale_factor"} or not isinstance(d["config"], dict) or not _is_number(d["scale_factor"]):
         raise ValueError(f"{path}: metadata 'vae' must be {{'config': {{...}}, 'scale_factor': a number}}")
     return rest, vae_from_state(f"{path}: VAE", d["config"], float(d["scale_factor"]), weights)
@@ -343,23 +212,23 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: TrainConfig, 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by `train` (tensors and JSON only; nothing is unpickled)."""
     tensors, meta = read_safetensors(path, fmt=FORMAT, what="checkpoint")
-    step = _meta_step(path, meta)
-    config, net_config, sde_config = _meta_configs(path, meta)
+    step = meta_step(path, meta)
+    config, net_config, sde_config = meta_configs(path, meta)
     tensors, vae = _split_vae(path, config, tensors, meta)
     net = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    opt = _split_opt(path, tensors)
+    opt = split_opt(path, tensors)
     history = {k[len("loss_history."):]: v for k, v in tensors.items() if k.startswith("loss_history.")}
     target = {k[len("target."):]: v for k, v in tensors.items() if k.startswith("target.")}
     unknown = sorted(k for k in tensors if not k.startswith(("net.", "ema.", "opt.", "loss_history.", "target.")))
     if unknown:
         raise ValueError(f"{path}: unexpected tensor(s) {[k[:80] for k in unknown[:5]]} in a checkpoint")
-    _check_weights(path, net_config, net, "net")
-    _check_weights(path, net_config, ema, "ema")
+    check_weights(path, net_config, net, "net")
+    check_weights(path, net_config, ema, "ema")
     if target:
-        _check_weights(path, net_config, target, "target")
-    _check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
-    _check_finite(path, history, "loss_history")
+        check_weights(path, net_config, target, "target")
+    check_finite(path, {f"opt.{i}.{k}": v for i, d in opt.items() for k, v in d.items()}, "optimizer")
+    check_finite(path, history, "loss_history")
     counters = {**{f"opt.{i}.step": d["step"] for i, d in opt.items() if "step" in d},
                 **{f"loss_history.{k}": v for k, v in history.items() if k == "count"}}
     for k, v in counters.items():
@@ -374,7 +243,7 @@ def write_run_config(out_dir: str | os.PathLike, *, step: int, config: TrainConf
                      sde: SDE) -> None:
     """Write `config.json` in out_dir (atomic): the run's configurations and step, for people to read."""
     kind = net_kind_of(net_config)
-    meta = {"step": step, "config": config.to_dict(), "net_kind": kind, _config_key(kind): net_config.to_dict(),
+    meta = {"step": step, "config": config.to_dict(), "net_kind": kind, config_key(kind): net_config.to_dict(),
             "sde": sde.config()}
     atomic_write(Path(out_dir) / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
 
@@ -446,10 +315,10 @@ class Pretrained:
 def read_pretrained(path) -> Pretrained:
     """The contents of a file written by `export_model`, each checked (tensors and JSON only)."""
     tensors, meta = read_safetensors(path, fmt=PRETRAINED_FORMAT, what="pretrained model")
-    step = _meta_step(path, meta)
-    config, net_config, _ = _meta_configs(path, meta)
+    step = meta_step(path, meta)
+    config, net_config, _ = meta_configs(path, meta)
     tensors, vae = _split_vae(path, config, tensors, meta)
-    _check_weights(path, net_config, tensors, "model")
+    check_weights(path, net_config, tensors, "model")
     return Pretrained({k: v.to(torch.float32) for k, v in tensors.items()}, config, net_config, step, meta, vae)
 
 
@@ -464,7 +333,7 @@ def load_pretrained(path: str | os.PathLike, *, device=None) -> ScoreModel:
     model = _score_model(path, file.state, file.config, file.net_config, device, file.vae)
     model.step = file.step
     if fitted_grids.META_KEY in file.meta:
-        value = _meta_json(path, file.meta, fitted_grids.META_KEY, list)
+        value = meta_json(path, file.meta, fitted_grids.META_KEY, list)
         model.fitted_grids = fitted_grids.from_json(str(path), value, model.sde)
     return model
 
