@@ -3,36 +3,21 @@ SR run's stage."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
 from ..augment import augment_dim
-from ..nn import DIT_PRESETS, DiT, DiTConfig, UNet, UNetConfig, dit_preset, preset
+from ..nn import DiTConfig, UNetConfig, dit_preset, preset
 from ..sde import SDE
 from ..sde_names import SDE_TABLE, make_sde
+from .config import NET_KINDS, TrainConfig, net_kind
 
-if TYPE_CHECKING:
-    from .config import TrainConfig
-
-__all__ = [
-    "NET_KINDS", "build_net", "build_net_config", "build_sde", "build_sr_stage", "net_config_diff", "net_kind",
-    "net_kind_of",
-]
-
-# backbone kind -> (configuration class, network class); model files record the kind ("net_kind")
-NET_KINDS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}
+__all__ = ["build_net", "build_net_config", "build_sde", "build_sr_stage", "net_config_diff", "net_kind_of"]
 
 
 def build_sde(config: TrainConfig) -> SDE:
     """The forward process named by config.sde, with the config's schedule parameters (SDE_TABLE)."""
     _, _, params = SDE_TABLE[config.sde]
     return make_sde(config.sde, **{name: getattr(config, name) for name in params})
-
-
-def net_kind(name: str) -> str:
-    """The backbone of net preset `name`: "dit" for a DiT preset (DIT_PRESETS), else "unet"."""
-    return "dit" if name in DIT_PRESETS else "unet"
 
 
 def net_kind_of(net_config: UNetConfig | DiTConfig) -> str:

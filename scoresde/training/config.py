@@ -19,18 +19,17 @@ from ..augment import AUGMENTATIONS
 from ..augment import check_kinds as check_augment_kinds
 from ..losses import TIME_SAMPLING
 from ..patches import PATCH_SIZES
-from ..nn import DIT_PRESETS, PRESETS, UNetConfig
+from ..nn import DIT_PRESETS, PRESETS, DiT, DiTConfig, UNet, UNetConfig
 from ..param import C_NOISE
 from ..sde_names import SDE_NAMES
 from ..speed import COMPILE_BACKENDS
-from .builders import NET_KINDS, net_kind
 from .few_step_checks import CONSISTENCY_LOSSES, check_consistency, check_pd, check_reflow
 
 __all__ = [
-    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
+    "COMPILE", "CONSISTENCY_DEFAULTS", "CONSISTENCY_LOSSES", "LOSSES", "NETS", "NET_KINDS", "OPTIMIZERS", "OPTIMIZER_IMPLS",
     "PAIR_GRID", "PD_DEFAULTS", "PD_GRIDS", "PD_MAX_STEPS", "PD_WEIGHTINGS", "PRECISIONS", "REFLOW_DEFAULTS",
     "REFLOW_SAMPLE_STEPS", "REFLOW_SOLVERS", "RESUMABLE_CHANGES", "SR_AUG_MAX",
-    "TRAIN_PREDICTIONS", "TrainConfig", "check_resume", "recorded_config",
+    "TRAIN_PREDICTIONS", "TrainConfig", "check_resume", "net_kind", "recorded_config",
 ]
 
 LOSSES = ("dsm", "hybrid", "flow_matching", "cd", "ct", "ect", "pd", "reflow")
@@ -64,6 +63,10 @@ RESUMABLE_CHANGES = frozenset({
     "lr", "time_sampling", "augment_p",  # a second phase of one run (e.g. likelihood weighting at a lower lr)
     "cd_n",  # consistency distillation on a finer grid in a later phase (a curriculum, as iCT's for CT)
 })
+
+# backbone kind -> (configuration class, network class); model files record the kind ("net_kind")
+NET_KINDS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT)}
+
 
 NETS = sorted(PRESETS) + sorted(DIT_PRESETS)  # TrainConfig.net: the U-Net presets, then the DiT presets
 
@@ -471,6 +474,11 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """Inverse of `to_dict`; unknown keys raise."""
         return dataclass_from_dict(cls, d)
+
+
+def net_kind(name: str) -> str:
+    """The backbone of net preset `name`: "dit" for a DiT preset (DIT_PRESETS), else "unet"."""
+    return "dit" if name in DIT_PRESETS else "unet"
 
 
 def check_resume(saved: TrainConfig, config: TrainConfig, path: Path) -> None:

@@ -1,13 +1,9 @@
 """The few-step trainers' TrainConfig checks (consistency losses cd / ct / ect, progressive distillation "pd",
 rectified-flow reflow): a teacher exactly where the loss uses one, each loss's options only with that loss, and no
-option its trainer does not implement, each refused by name rather than ignored. TrainConfig runs them."""
+option its trainer does not implement, each refused by name rather than ignored. TrainConfig runs them on
+itself (`config`: a TrainConfig; this module does not import config.py, which imports it)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 __all__ = ["CONSISTENCY_LOSSES", "TEACHER_LOSSES", "check_consistency", "check_pd", "check_reflow"]
 
@@ -15,7 +11,7 @@ CONSISTENCY_LOSSES = ("cd", "ct", "ect")  # the model is a ConsistencyModel (sco
 TEACHER_LOSSES = ("cd", "ect", "pd", "reflow")  # the losses that take a teacher model file
 
 
-def check_consistency(config: TrainConfig) -> None:
+def check_consistency(config) -> None:
     """The consistency losses' fields: a teacher exactly where the loss uses one, and no option the
     consistency trainer does not implement (each named, rather than ignored)."""
     consistency = config.loss in CONSISTENCY_LOSSES
@@ -34,7 +30,7 @@ def check_consistency(config: TrainConfig) -> None:
     _check_few_step(config, "consistency", "noise levels", "the consistency losses evaluate the network")
 
 
-def check_pd(config: TrainConfig) -> None:
+def check_pd(config) -> None:
     """Progressive distillation's fields: a teacher and pd_steps with loss "pd", its options with no other loss,
     and no option its trainer does not implement (each named, rather than ignored)."""
     if not _loss_options(config, "pd", ("pd_steps", "pd_grid", "pd_weighting"), "progressive distillation"):
@@ -47,7 +43,7 @@ def check_pd(config: TrainConfig) -> None:
     _check_few_step(config, "distillation", "times (the student's grid)", "loss 'pd' evaluates the networks on its grid,")
 
 
-def check_reflow(config: TrainConfig) -> None:
+def check_reflow(config) -> None:
     """Reflow's fields: a teacher and reflow_pairs (at least one batch) with loss "reflow", its options with no other
     loss, and no option its trainer does not implement (each named, rather than ignored): the data only give the
     image shape, so also no flips or dequantization."""
@@ -67,7 +63,7 @@ def check_reflow(config: TrainConfig) -> None:
     _check_few_step(config, "reflow", "times", "loss 'reflow' evaluates the network")
 
 
-def _loss_options(config: TrainConfig, loss: str, names: tuple[str, ...], what: str) -> bool:
+def _loss_options(config, loss: str, names: tuple[str, ...], what: str) -> bool:
     """Whether the run's loss is `loss`; with another loss, refuse any of the fields `names` that is set (not None),
     naming them and `what` the loss is."""
     if config.loss == loss:
@@ -78,7 +74,7 @@ def _loss_options(config: TrainConfig, loss: str, names: tuple[str, ...], what: 
     return False
 
 
-def _check_few_step(config: TrainConfig, trainer: str, draws: str, evaluates: str) -> None:
+def _check_few_step(config, trainer: str, draws: str, evaluates: str) -> None:
     """What the consistency and distillation trainers share: no class labels, augmentation, learned variance or
     bf16; uniform time_sampling (they draw their own times); a continuous c_noise (they evaluate between the
     DDPM timesteps). `trainer`, `draws`, `evaluates`: the words of the errors."""

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..nn import DiTConfig, UNetConfig
 from ..nn.unet import MAX_PARAMETERS
-from .builders import NET_KINDS, build_net, net_kind, net_kind_of
-from .config import TrainConfig
+from .builders import build_net, net_kind_of
+from .config import NET_KINDS, TrainConfig, net_kind
 
 __all__ = [
     "MAX_JSON_CHARS", "MAX_JSON_DEPTH", "MAX_RANKS", "MAX_STEP", "check_finite", "check_weights", "config_key",
