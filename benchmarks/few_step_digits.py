@@ -73,11 +73,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in args.teacher_solvers:
         if name != "auto" and name not in solvers.available():
             p.error(f"--teacher-solvers: unknown solver {name!r}; choose from {sorted(solvers.available())} or auto")
-    if args.sampler is not None and args.sampler not in solvers.available():
-        p.error(f"--sampler: unknown solver {args.sampler!r}; choose from {sorted(solvers.available())}")
-    if args.sampler is not None and solvers.get(args.sampler).nfe_per_step != 1:
-        p.error(f"--sampler: {args.sampler!r} takes {solvers.get(args.sampler).nfe_per_step} evaluations per step; "
-                "the few-step rows need one per step")
+    if args.sampler is not None:
+        if args.sampler not in solvers.available():
+            p.error(f"--sampler: unknown solver {args.sampler!r}; choose from {sorted(solvers.available())}")
+        per_step = solvers.get(args.sampler).nfe_per_step
+        if per_step != 1:
+            p.error(f"--sampler: {args.sampler!r} takes {per_step} evaluations per step; the few-step rows need one")
     if args.grid is not None and args.sampler is None:
         p.error("--grid needs --sampler (each model's own sampler walks its own grid)")
     if args.n < 2 or min(args.nfes + args.teacher_nfes) < 1:

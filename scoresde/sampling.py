@@ -123,17 +123,15 @@ def model_sampler(model) -> tuple[str, int | None, str | None]:
 
     A consistency model (one with a callable `consistency`): "consistency". A loaded student of a "pd" run: "ddim" on
     the steps and grid it was distilled to; of a "reflow" run: "ddim" in one uniform step (one Euler step on
-    FlowSDE), both read from the file's recorded run config (`TrainConfig.ddim_sampling`). Any other model: "pc".
+    FlowSDE), both read from the file's recorded run config (`pd_sampling`, `reflow_sampling`). Any other model: "pc".
     """
     if callable(getattr(model, "consistency", None)):
         return "consistency", None, None
-    from .training.config import recorded_config  # loaded lazily, as default_model
+    from .training.progressive import pd_sampling  # loaded lazily, as default_model
+    from .training.reflow import reflow_sampling
 
-    for loss in ("pd", "reflow"):
-        recorded = recorded_config(model, loss)
-        if recorded is not None:
-            return ("ddim", *recorded.ddim_sampling())
-    return "pc", None, None
+    distilled = pd_sampling(model) or reflow_sampling(model)
+    return ("pc", None, None) if distilled is None else ("ddim", *distilled)
 
 
 def _plan(model=None, *, sde=None, solver=None, steps=None, grid=None, n=None, shape=None, x_T=None, t_start=None,

@@ -39,14 +39,13 @@ from ..files import atomic_write, read_safetensors, safetensors_format, write_sa
 from ..losses import LossHistory
 from ..latent.model import LatentModel
 from ..latent.vae import VAE, vae_from_state
-from ..nn import DiTConfig, UNetConfig
 from ..param import ScoreModel
 from ..sde import SDE
 from .builders import build_net, build_sde, build_sr_stage, net_kind_of
 from .config import CONSISTENCY_LOSSES, TrainConfig
 from .consistency import consistency_model
 from .file_meta import (
-    MAX_RANKS, MAX_STEP, check_finite, check_weights, config_key, meta_configs, meta_json, meta_step, split_opt,
+    MAX_RANKS, NetConfig, MAX_STEP, check_finite, check_weights, config_key, meta_configs, meta_json, meta_step, split_opt,
 )
 
 __all__ = [
@@ -76,8 +75,6 @@ MODEL_DATA = ("digits", "patches")  # default_model's data sets
 # the shipped cascade of the 32 x 32 patches, per SDE: (base model of the patches pooled 4 x 4, 8 -> 32 SR stage)
 CASCADE_MODELS = {"vp": ("patches8_base_vp.safetensors", "patches32_sr_vp.safetensors")}
 
-
-NetConfig = UNetConfig | DiTConfig
 
 
 def _metadata(fmt: str, step: int, config: TrainConfig, net_config: NetConfig, sde_config: dict) -> dict[str, str]:

@@ -17,11 +17,11 @@ from .builders import build_net, net_kind_of
 from .config import NET_KINDS, TrainConfig, net_kind
 
 __all__ = [
-    "MAX_JSON_CHARS", "MAX_JSON_DEPTH", "MAX_RANKS", "MAX_STEP", "check_finite", "check_weights", "config_key",
+    "MAX_JSON_CHARS", "MAX_JSON_DEPTH", "MAX_RANKS", "MAX_STEP", "NetConfig", "check_finite", "check_weights", "config_key",
     "json_depth", "meta_configs", "meta_json", "meta_net_kind", "meta_step", "one_line", "split_opt",
 ]
 
-NetConfig = UNetConfig | DiTConfig
+NetConfig = UNetConfig | DiTConfig  # a network configuration of either backbone
 
 
 def config_key(kind: str) -> str:
